@@ -1,0 +1,168 @@
+"""The `edgekit` command: each subcommand parses options into an API call and renders
+what comes back. Errors become a two-line message and an exit status (errors.py);
+`--debug` shows the traceback instead."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+
+
+def _handle_errors(command):
+    """EdgekitError -> 'error: ...' + hint on stderr, and its exit status; no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EdgekitError as exc:
+            if kwargs.get("debug"):
+                raise
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"  hint: {exc.hint}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekit")
+def cli() -> None:
+    """Take a trained TensorFlow model to phones, browsers and small boards."""
+
+
+def _human_bytes(count: int | None) -> str:
+    if count is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return str(count)
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+class _ProgressPrinter:
+    """Per-variant progress on stderr: one live line on a terminal, plain lines otherwise."""
+
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, step) -> None:
+        prefix = f"[{step.index}/{step.total}] {step.variant:<8}"
+        if step.stage == "start":
+            text = f"{prefix} converting and checking..."
+            click.echo(text, err=True, nl=not self.live)
+            return
+        self.seconds[step.variant] = step.seconds
+        artifact = step.artifact
+        text = f"{prefix} {artifact.status:<10} {_human_bytes(artifact.bytes):>9}  {step.seconds:5.1f} s"
+        if artifact.status not in ("ok",) and artifact.error:
+            text += f"  {artifact.error.splitlines()[0]}"
+        click.echo(("\r\033[K" if self.live else "") + text, err=True)
+
+
+def _summary_table(manifest, seconds: dict[str, float]) -> str:
+    float32 = next((a for a in manifest.artifacts if a.variant == "float32" and a.bytes), None)
+    header = ["variant", "status", "size", "vs float32", "rel L2", "max abs", "top-1 agree", "time"]
+    rows = []
+    for artifact in manifest.artifacts:
+        check = artifact.check
+        ratio = f"{artifact.bytes / float32.bytes:.2f}x" if float32 and artifact.bytes else "-"
+        agree = check.top1_agreement if check else None
+        rows.append([
+            artifact.variant + (" (flex)" if artifact.requires_flex else ""),
+            artifact.status,
+            _human_bytes(artifact.bytes),
+            ratio,
+            _fmt(check.worst_rel_l2 if check else None, ".2e"),
+            _fmt(check.worst_max_abs if check else None, ".2e"),
+            "-" if agree is None else f"{agree * 100:.1f}%",
+            f"{seconds[artifact.variant]:.1f} s" if artifact.variant in seconds else "-",
+        ])
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    checks = manifest.check_inputs
+    lines.append(
+        f"checked on {checks['samples']} {checks['source']} samples against the SavedModel"
+        + (f"; calibrated on {manifest.calibration['samples']} samples" if manifest.calibration else "")
+    )
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("saved_model", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder to write (built aside and renamed into place).")
+@click.option("--signature", default="serving_default", show_default=True,
+              help="Signature to convert; the manifest lists them all.")
+@click.option("--variants", default=None,
+              help="Comma-separated: float32,dynamic,float16,int8,int16x8 [default: all].")
+@click.option("--calibration", type=click.Path(path_type=Path),
+              help="Real samples: .npz keyed by input name, .npy (one input) or an image folder.")
+@click.option("--calibration-samples", default=200, show_default=True,
+              help="How many calibration samples (spread over the data) to use.")
+@click.option("--check-samples", default=32, show_default=True,
+              help="How many samples to compare each artifact with the SavedModel on.")
+@click.option("--int8-io", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
+              help="Input/output tensor type of the int8 variant.")
+@click.option("--image-range", type=click.Choice(["0:255", "0:1", "-1:1"]), default="0:255",
+              show_default=True, help="Pixel scale for an image-folder calibration set.")
+@click.option("--allow-flex", is_flag=True,
+              help="Keep ops TFLite lacks as SELECT_TF_OPS (needs the flex delegate at run time).")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest to stdout instead of the table.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own logs.")
+@_handle_errors
+def convert(saved_model, out_dir, signature, variants, calibration, calibration_samples,
+            check_samples, int8_io, image_range, allow_flex, force, as_json, debug):
+    """Convert SAVED_MODEL to TFLite variants, check each against it, write a manifest.
+
+    Exit status: 0 every variant converted and passed its check, 1 some failed,
+    2 bad input (nothing written).
+    """
+    import os
+
+    if not debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgekit.converter import convert as run_convert
+    from edgekit.targets.tflite import parse_variants
+
+    chosen = parse_variants(variants) if variants else None
+    printer = _ProgressPrinter()
+    manifest = run_convert(
+        saved_model, out_dir, signature=signature, variants=chosen, calibration=calibration,
+        calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
+        allow_flex=allow_flex, image_range=image_range, force=force, progress=printer,
+        quiet=not debug,
+    )
+    if as_json:
+        click.echo(manifest.to_json(), nl=False)
+    else:
+        click.echo(_summary_table(manifest, printer.seconds))
+        click.echo(f"wrote {out_dir}/manifest.json")
+    for artifact in manifest.artifacts:
+        if artifact.status == "skipped":
+            click.echo(f"note: {artifact.variant} skipped: {artifact.error}", err=True)
+        if artifact.status == "unverified":
+            click.echo(f"note: {artifact.variant} was not checked: {artifact.check.reason}", err=True)
+    sys.exit(0 if manifest.all_ok else 1)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""`edgekit convert`: SavedModel -> checked TFLite artifacts + manifest.json, atomically.
+
+Order matters for the user: everything that can be validated without TensorFlow
+(paths, options, OUT_DIR) fails first and fast; then the SavedModel and the samples are
+checked against the chosen signature; only then does conversion start, in a temporary
+folder beside OUT_DIR that is renamed into place at the end (or removed on failure).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import __version__, data, savedmodel
+from edgekit.errors import BadInput, EdgekitError, FlexOpsRequired
+from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest, SignatureSpec, TensorSpec
+from edgekit.metrics import compare_output
+from edgekit.native_logs import captured_native_output
+from edgekit.runtime.tflite import TensorInfo, TFLiteModel
+from edgekit.targets.tflite import VARIANTS, TFLiteOptions, Variant, convert_variant
+
+DEFAULT_CALIBRATION_SAMPLES = 200
+DEFAULT_CHECK_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class Step:
+    """A progress event: `stage` is "start" before a variant, "done" after it."""
+
+    variant: str
+    stage: str
+    index: int
+    total: int
+    artifact: Artifact | None = None
+    seconds: float | None = None
+
+
+Progress = Callable[[Step], None]
+
+
+def convert(
+    saved_model: str | Path,
+    out_dir: str | Path,
+    *,
+    signature: str = "serving_default",
+    variants: tuple[Variant | str, ...] | None = None,
+    calibration: str | Path | None = None,
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    check_samples: int = DEFAULT_CHECK_SAMPLES,
+    int8_io: str = "int8",
+    allow_flex: bool = False,
+    image_range: str = "0:255",
+    force: bool = False,
+    progress: Progress | None = None,
+    quiet: bool = True,
+) -> Manifest:
+    """Convert `saved_model` into OUT_DIR and return its manifest.
+
+    `variants=None` means all five; full-integer ones are then skipped (with the reason in
+    the manifest) when no calibration data is given. Naming them explicitly without data
+    is an error instead. Raises BadInput (nothing written) for unusable input.
+    """
+    explicit_variants = variants is not None
+    options = TFLiteOptions(
+        variants=tuple(variants) if variants else tuple(Variant), int8_io=int8_io, allow_flex=allow_flex
+    )
+    source_dir = savedmodel.check_path(saved_model)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, force)
+    if calibration_samples < 1 or check_samples < 1:
+        raise BadInput("--calibration-samples and --check-samples must be at least 1", "e.g. 200 and 32")
+    if calibration is not None and not Path(calibration).exists():
+        raise BadInput(f"calibration data {calibration} does not exist", "pass a .npz, a .npy or an image folder")
+    needing_data = [v.value for v in options.variants if VARIANTS[v].needs_calibration]
+    if explicit_variants and needing_data and calibration is None:
+        raise BadInput(
+            f"{', '.join(needing_data)} {'needs' if len(needing_data) == 1 else 'need'} "
+            "calibration data, and edgekit never calibrates on random noise",
+            "pass --calibration with real samples (.npz keyed by input name, .npy, or a folder of images)",
+        )
+
+    with captured_native_output(quiet):  # importing TensorFlow prints absl/oneDNN notes
+        loaded = savedmodel.load(source_dir)
+    all_signatures = savedmodel.signatures(loaded)
+    spec = savedmodel.pick_signature(all_signatures, signature)
+    calibration_rows = None
+    calibration_record = None
+    if calibration is not None:
+        calibration_rows = data.load_samples(calibration, spec, image_range)
+        available = len(next(iter(calibration_rows.values())))
+        calibration_rows = data.spread_rows(calibration_rows, calibration_samples)
+        calibration_record = {
+            "source": str(Path(calibration).resolve()),
+            "format": "images" if Path(calibration).is_dir() else Path(calibration).suffix[1:],
+            "samples_available": available,
+            "samples": len(next(iter(calibration_rows.values()))),
+            "sha256": _sha256_path(Path(calibration)),
+        }
+    if calibration_rows is not None:
+        check_inputs = data.spread_rows(calibration_rows, check_samples)
+        check_source = "calibration"
+    else:
+        check_inputs = data.synthetic_samples(spec, check_samples)
+        check_source = "synthetic"
+    batch = data.batch_size(spec)
+    with captured_native_output(quiet):
+        reference = savedmodel.run_reference(loaded, signature, check_inputs, batch)
+
+    import tensorflow as tf
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    _chmod_like_mkdir(staging)
+    try:
+        artifacts = []
+        runtime = "unknown"
+        flex_needed = False
+        total = len(options.variants)
+        for index, variant in enumerate(options.variants, 1):
+            if progress:
+                progress(Step(variant.value, "start", index, total))
+            started = time.perf_counter()
+            if VARIANTS[variant].needs_calibration and calibration_rows is None:
+                artifact = _skipped(variant, signature)
+            else:
+                artifact, runtime_name, used_flex = _build_variant(
+                    source_dir, staging, signature, variant, options, calibration_rows,
+                    check_inputs, reference, batch, quiet, flex_needed,
+                )
+                runtime = runtime_name or runtime
+                flex_needed = flex_needed or used_flex
+            artifacts.append(artifact)
+            if progress:
+                progress(Step(variant.value, "done", index, total, artifact, time.perf_counter() - started))
+
+        manifest = Manifest(
+            schema_version=SCHEMA_VERSION,
+            created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            versions={"edgekit": __version__, "tensorflow": tf.__version__, "runtime": runtime,
+                      "numpy": np.__version__},
+            source=savedmodel.source_identity(source_dir),
+            signature=signature,
+            signatures=all_signatures,
+            calibration=calibration_record,
+            check_inputs={"source": check_source, "samples": len(next(iter(check_inputs.values())))},
+            artifacts=artifacts,
+        )
+        manifest.write(staging)
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"{out_dir} exists and is a file", "pass a folder path for -o")
+    if out_dir.exists() and not force:
+        raise BadInput(f"{out_dir} already exists", "pass --force to replace it, or choose another -o")
+
+
+def _chmod_like_mkdir(path: Path) -> None:
+    """mkdtemp makes 0700 folders; OUT_DIR should get the mode a plain mkdir would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Swap the finished folder in with renames, so OUT_DIR is never half-written."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.rename(out_dir, old)
+    os.rename(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sha256_path(path: Path) -> str:
+    if path.is_file():
+        return savedmodel.sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(savedmodel.sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def _skipped(variant: Variant, signature: str) -> Artifact:
+    return Artifact(
+        name=f"tflite_{variant.value}", format="tflite", variant=variant.value, status="skipped",
+        signature=signature, quantization=_quantization(variant, None),
+        error="no calibration data: pass --calibration with real samples "
+        "(.npz keyed by input name, .npy, or a folder of images)",
+    )
+
+
+def _quantization(variant: Variant, calibration_rows: dict[str, np.ndarray] | None) -> dict:
+    spec = VARIANTS[variant]
+    record = {"weights": spec.weights, "activations": spec.activations}
+    if spec.needs_calibration and calibration_rows is not None:
+        record["calibration_samples"] = len(next(iter(calibration_rows.values())))
+    return record
+
+
+def _representative(rows: dict[str, np.ndarray]):
+    count = len(next(iter(rows.values())))
+
+    def samples():
+        for i in range(count):
+            yield {name: array[i : i + 1] for name, array in rows.items()}
+
+    return samples
+
+
+def _tensor_spec(info: TensorInfo) -> TensorSpec:
+    return TensorSpec(
+        name=info.name,
+        dtype=info.dtype.name,
+        shape=[None if d < 0 else d for d in info.shape],
+        quantization=info.quantization_dict(),
+    )
+
+
+def _build_variant(
+    source_dir: Path, staging: Path, signature: str, variant: Variant, options: TFLiteOptions,
+    calibration_rows, check_inputs, reference, batch: int, quiet: bool, start_with_flex: bool,
+) -> tuple[Artifact, str | None, bool]:
+    name = f"tflite_{variant.value}"
+    quantization = _quantization(variant, calibration_rows)
+    tolerance = VARIANTS[variant].tolerance_rel_l2
+    calibration = _representative(calibration_rows) if calibration_rows is not None else None
+    try:
+        result = convert_variant(
+            str(source_dir), signature, variant, options, calibration, quiet, start_with_flex
+        )
+    except EdgekitError as exc:
+        return Artifact(
+            name=name, format="tflite", variant=variant.value, status="failed", signature=signature,
+            quantization=quantization, error=str(exc),
+        ), None, False
+    file_name = f"model_{variant.value}.tflite"
+    (staging / file_name).write_bytes(result.model)
+    common = dict(
+        name=name, format="tflite", variant=variant.value, signature=signature, file=file_name,
+        bytes=len(result.model), sha256=hashlib.sha256(result.model).hexdigest(),
+        quantization=quantization, requires_flex=result.requires_flex,
+    )
+    samples = len(next(iter(check_inputs.values())))
+    try:
+        with captured_native_output(quiet):  # LiteRT announces its XNNPACK delegate
+            model = TFLiteModel(result.model, num_threads=os.cpu_count())
+    except FlexOpsRequired as exc:
+        check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance,
+                      reason=f"needs flex ops ({', '.join(result.flex_ops)}); {exc.hint}")
+        return Artifact(status="unverified", check=check, **common), None, True
+    except EdgekitError as exc:
+        return Artifact(status="failed", error=f"LiteRT cannot load it: {exc.message}", **common), None, False
+
+    inputs = [_tensor_spec(i) for i in model.inputs(signature)]
+    outputs = [_tensor_spec(o) for o in model.outputs(signature)]
+    try:
+        actual = _run_batches(model, signature, check_inputs, batch)
+        per_output = {out: compare_output(actual[out], reference[out]) for out in sorted(reference)}
+    except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
+        check = Check(status="failed", samples=samples, tolerance_rel_l2=tolerance,
+                      reason=f"LiteRT could not run it: {exc}")
+        return Artifact(status="failed", inputs=inputs, outputs=outputs, check=check,
+                        error=check.reason, **common), model.runtime, result.requires_flex
+    worst = max((o.rel_l2_error for o in per_output.values()), default=0.0)
+    passed = worst <= tolerance
+    check = Check(
+        status="passed" if passed else "failed", samples=samples, tolerance_rel_l2=tolerance,
+        outputs=per_output,
+        reason=None if passed else f"relative L2 error {worst:.4g} exceeds the {variant.value} tolerance {tolerance:g}",
+    )
+    return Artifact(status="ok" if passed else "failed", inputs=inputs, outputs=outputs, check=check,
+                    error=check.reason, **common), model.runtime, result.requires_flex
+
+
+def _run_batches(model: TFLiteModel, signature: str, inputs: dict[str, np.ndarray], batch: int):
+    count = len(next(iter(inputs.values())))
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, count, batch):
+        feed = {k: v[start : start + batch] for k, v in inputs.items()}
+        for name, value in model.run(feed, signature).items():
+            chunks.setdefault(name, []).append(np.array(value))
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}

@@ -1,0 +1,209 @@
+"""The manifest: the contract between convert and every later job (bench, package, serve).
+
+`OUT_DIR/manifest.json` records what convert produced and how it checked each artifact,
+so no later step has to reopen the SavedModel. Pure data + JSON: safe on a device
+(no TensorFlow). The JSON is written with sorted keys and one timestamp (`created_at`),
+so two runs on the same input differ only there; app builds cache on the hashes.
+
+Schema (version 1), as written:
+
+    {"schema_version": 1, "created_at": "2026-11-25T12:00:00Z",
+     "versions": {"edgekit": "0.1.0", "tensorflow": "2.21.0", ...},
+     "source": {"path": "/abs/saved_model", "saved_model_pb_sha256": "...",
+                "variables_sha256": "..."},
+     "signature": "serving_default",
+     "signatures": {"serving_default": {"inputs": [TensorSpec], "outputs": [TensorSpec]}},
+     "calibration": {"source": "calib.npz", "format": "npz", "samples": 200,
+                     "sha256": "..."} | null,
+     "check_inputs": {"source": "calibration" | "synthetic", "samples": 32},
+     "artifacts": [Artifact, ...]}
+
+TensorSpec: {"name", "dtype" (numpy name), "shape" (list, null = any size)}; an artifact's
+tensors add "quantization": {"scale", "zero_point"} (lists when per-channel) or null.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import BadInput
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: list[int | None]
+    # Only on an artifact's tensors: how to map real values to the stored integers,
+    # real = scale * (q - zero_point). None for float tensors.
+    quantization: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SignatureSpec:
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.inputs if spec.name == name)
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """How one output of an artifact compares with the SavedModel on the check inputs."""
+
+    max_abs_error: float
+    rel_l2_error: float  # norm(artifact - reference) / norm(reference)
+    top1_agreement: float | None  # only for classifier-shaped outputs [batch, classes]
+
+
+@dataclass(frozen=True)
+class Check:
+    status: str  # "passed" | "failed" | "skipped"
+    samples: int
+    tolerance_rel_l2: float
+    outputs: dict[str, OutputCheck] = field(default_factory=dict)
+    reason: str | None = None  # why failed or skipped
+
+    @property
+    def worst_rel_l2(self) -> float | None:
+        return max((o.rel_l2_error for o in self.outputs.values()), default=None)
+
+    @property
+    def worst_max_abs(self) -> float | None:
+        return max((o.max_abs_error for o in self.outputs.values()), default=None)
+
+    @property
+    def top1_agreement(self) -> float | None:
+        values = [o.top1_agreement for o in self.outputs.values() if o.top1_agreement is not None]
+        return min(values) if values else None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str  # unique in the manifest, e.g. "tflite_int8"
+    format: str  # "tflite"
+    variant: str  # "float32" | "dynamic" | "float16" | "int8" | "int16x8"
+    # "ok" | "failed" | "skipped" (needs calibration data, none given) |
+    # "unverified" (built, but no runtime here can run it: flex ops)
+    status: str
+    signature: str
+    file: str | None = None  # relative to OUT_DIR
+    bytes: int | None = None
+    sha256: str | None = None
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    requires_flex: bool = False
+    check: Check | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    created_at: str
+    versions: dict[str, str]
+    source: dict[str, str]
+    signature: str
+    signatures: dict[str, SignatureSpec]
+    calibration: dict[str, Any] | None
+    check_inputs: dict[str, Any]
+    artifacts: list[Artifact]
+
+    def artifact(self, name: str) -> Artifact:
+        for artifact in self.artifacts:
+            if name in (artifact.name, artifact.variant):
+                return artifact
+        known = ", ".join(a.name for a in self.artifacts)
+        raise BadInput(f"no artifact named {name!r} in the manifest", f"pick one of: {known}")
+
+    @property
+    def all_ok(self) -> bool:
+        """No artifact failed: skipped (no calibration data) and unverified (flex) are not failures."""
+        return all(artifact.status in ("ok", "unverified", "skipped") for artifact in self.artifacts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def write(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / MANIFEST_NAME
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BadInput(
+                f"manifest schema_version is {version!r}; this edgekit reads version {SCHEMA_VERSION}",
+                "re-run `edgekit convert` with this edgekit version",
+            )
+        try:
+            return cls(
+                schema_version=version,
+                created_at=data["created_at"],
+                versions=data["versions"],
+                source=data["source"],
+                signature=data["signature"],
+                signatures={k: _signature(v) for k, v in data["signatures"].items()},
+                calibration=data.get("calibration"),
+                check_inputs=data["check_inputs"],
+                artifacts=[_artifact(a) for a in data["artifacts"]],
+            )
+        except (KeyError, TypeError) as exc:
+            raise BadInput(
+                f"manifest is missing or has a malformed field: {exc}",
+                "the file was not written by `edgekit convert`, or was edited; convert again",
+            ) from exc
+
+    @classmethod
+    def read(cls, out_dir: str | Path) -> Manifest:
+        path = Path(out_dir)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        if not path.is_file():
+            raise BadInput(
+                f"no {MANIFEST_NAME} at {path}",
+                "pass the OUT_DIR that `edgekit convert` wrote",
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"{path} is not valid JSON: {exc}", "convert again") from exc
+        return cls.from_dict(data)
+
+
+def _tensor(data: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(**data)
+
+
+def _signature(data: dict[str, Any]) -> SignatureSpec:
+    return SignatureSpec(
+        inputs=[_tensor(t) for t in data["inputs"]], outputs=[_tensor(t) for t in data["outputs"]]
+    )
+
+
+def _artifact(data: dict[str, Any]) -> Artifact:
+    data = dict(data)
+    data["inputs"] = [_tensor(t) for t in data.get("inputs", [])]
+    data["outputs"] = [_tensor(t) for t in data.get("outputs", [])]
+    check = data.get("check")
+    if check is not None:
+        check = dict(check)
+        check["outputs"] = {k: OutputCheck(**v) for k, v in check.get("outputs", {}).items()}
+        data["check"] = Check(**check)
+    return Artifact(**data)

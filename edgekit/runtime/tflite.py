@@ -1,0 +1,197 @@
+"""Load a .tflite and run one of its signatures: the device world's only engine.
+
+Imports numpy and the LiteRT interpreter (`ai_edge_litert`, or `tflite_runtime` where that
+is what a device has) and nothing else: a Raspberry Pi has no TensorFlow. Quantized
+(int8/int16/uint8) inputs and outputs are mapped to and from real values here with the
+tensor's own scale and zero point, so callers always speak float.
+
+An interpreter is not thread-safe: use one `TFLiteModel` per thread (serve keeps a pool).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BadInput, FlexOpsRequired, MissingDependency, NotFound
+
+DEFAULT_SIGNATURE = "serving_default"
+_FLEX_MESSAGE = "Select TensorFlow op"
+
+
+def interpreter_class() -> tuple[type, str]:
+    """The Interpreter class of the installed runtime, and that runtime's name and version."""
+    try:
+        from ai_edge_litert import interpreter as litert
+
+        return litert.Interpreter, f"ai-edge-litert {_version('ai-edge-litert')}"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as tflite_runtime
+
+        return tflite_runtime.Interpreter, f"tflite-runtime {_version('tflite-runtime')}"
+    except ImportError:
+        raise MissingDependency(
+            "no TFLite runtime is installed (neither ai-edge-litert nor tflite-runtime)",
+            "pip install 'edgekit[runtime]'",
+        ) from None
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a caller needs to feed or read one tensor of a signature."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]  # -1 where the model accepts any size (shape_signature)
+    scale: float | list[float] | None  # None: not quantized
+    zero_point: int | list[int] | None
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale is not None
+
+    def quantization_dict(self) -> dict[str, Any] | None:
+        if self.scale is None:
+            return None
+        return {"scale": self.scale, "zero_point": self.zero_point}
+
+
+def _tensor_info(name: str, detail: dict[str, Any]) -> TensorInfo:
+    params = detail.get("quantization_parameters") or {}
+    scales = np.asarray(params.get("scales", []), dtype=np.float64)
+    zero_points = np.asarray(params.get("zero_points", []), dtype=np.int64)
+    scale: float | list[float] | None = None
+    zero_point: int | list[int] | None = None
+    if scales.size == 1 and scales[0] != 0:
+        scale, zero_point = float(scales[0]), int(zero_points[0])
+    elif scales.size > 1:
+        scale, zero_point = [float(s) for s in scales], [int(z) for z in zero_points]
+    shape = detail.get("shape_signature")
+    if shape is None or len(shape) == 0:
+        shape = detail["shape"]
+    return TensorInfo(
+        name=name,
+        dtype=np.dtype(detail["dtype"]),
+        shape=tuple(int(d) for d in shape),
+        scale=scale,
+        zero_point=zero_point,
+    )
+
+
+def quantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """real -> stored integer, q = round(real / scale) + zero_point, clipped to the dtype."""
+    limits = np.iinfo(info.dtype)
+    q = np.round(np.asarray(values, dtype=np.float64) / info.scale) + info.zero_point
+    return np.clip(q, limits.min, limits.max).astype(info.dtype)
+
+
+def dequantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """stored integer -> real, real = scale * (q - zero_point)."""
+    return (np.asarray(values, dtype=np.float32) - np.float32(info.zero_point)) * np.float32(
+        info.scale
+    )
+
+
+def flex_ops_in(message: str) -> list[str]:
+    """The Flex op names LiteRT's refusal mentions, e.g. ['FlexTensorListReserve']."""
+    return sorted(set(re.findall(r"\b(Flex\w+)", message)))
+
+
+class TFLiteModel:
+    """One loaded .tflite, ready to run any of its signatures on float or integer inputs."""
+
+    def __init__(self, model: str | Path | bytes, num_threads: int | None = None):
+        interpreter_cls, self.runtime = interpreter_class()
+        kwargs: dict[str, Any] = {"num_threads": num_threads} if num_threads else {}
+        source = "model" if isinstance(model, bytes) else str(model)
+        try:
+            if isinstance(model, bytes):
+                self._interpreter = interpreter_cls(model_content=model, **kwargs)
+            else:
+                self._interpreter = interpreter_cls(model_path=str(model), **kwargs)
+            self._interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            message = str(exc)
+            if _FLEX_MESSAGE in message:
+                ops = flex_ops_in(message) or ["unknown"]
+                raise FlexOpsRequired(
+                    f"{source} uses TensorFlow (flex) ops that this runtime cannot run: "
+                    + ", ".join(ops),
+                    "no Python LiteRT wheel links the flex delegate; convert without "
+                    "--allow-flex, or run it in an app that bundles "
+                    "tensorflow-lite-select-tf-ops",
+                ) from exc
+            raise BadInput(
+                f"cannot load {source} as a TFLite model: {message}",
+                "check that the file is a complete .tflite written by `edgekit convert`",
+            ) from exc
+        self._runners: dict[str, Any] = {}
+        self._infos: dict[tuple[str, str], list[TensorInfo]] = {}
+        self.signature_names = list(self._interpreter.get_signature_list()) or [DEFAULT_SIGNATURE]
+
+    def _runner(self, signature: str | None) -> Any:
+        name = signature or self.signature_names[0]
+        if name not in self._runners:
+            if name not in self.signature_names:
+                raise NotFound(
+                    f"the model has no signature {name!r}",
+                    "use one of: " + ", ".join(self.signature_names),
+                )
+            self._runners[name] = self._interpreter.get_signature_runner(name)
+        return self._runners[name]
+
+    def _details(self, signature: str | None, kind: str) -> list[TensorInfo]:
+        key = (signature or self.signature_names[0], kind)
+        if key not in self._infos:
+            runner = self._runner(signature)
+            details = runner.get_input_details() if kind == "in" else runner.get_output_details()
+            self._infos[key] = [_tensor_info(name, detail) for name, detail in details.items()]
+        return self._infos[key]
+
+    def inputs(self, signature: str | None = None) -> list[TensorInfo]:
+        return self._details(signature, "in")
+
+    def outputs(self, signature: str | None = None) -> list[TensorInfo]:
+        return self._details(signature, "out")
+
+    def run(
+        self, inputs: dict[str, np.ndarray], signature: str | None = None, real: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Run one batch. With real=True, inputs given as real values are quantized for
+        integer tensors (an array already in the tensor's dtype passes as it is) and
+        integer outputs dequantized, so the caller sees the model's real values."""
+        runner = self._runner(signature)
+        feeds = {}
+        for info in self.inputs(signature):
+            if info.name not in inputs:
+                raise BadInput(
+                    f"input {info.name!r} is missing",
+                    "the signature's inputs are: "
+                    + ", ".join(i.name for i in self.inputs(signature)),
+                )
+            value = np.asarray(inputs[info.name])
+            if real and info.quantized and value.dtype != info.dtype:
+                value = quantize(value, info)
+            feeds[info.name] = value.astype(info.dtype, copy=False)
+        results = runner(**feeds)
+        if not real:
+            return dict(results)
+        infos = {info.name: info for info in self.outputs(signature)}
+        return {
+            name: dequantize(value, infos[name]) if infos[name].quantized else value
+            for name, value in results.items()
+        }

@@ -1,0 +1,119 @@
+"""Reading a SavedModel: its signatures, its identity (hashes), and reference outputs.
+
+Build world: imports TensorFlow, lazily, inside the functions that need it.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BadInput, NotFound
+from edgekit.manifest import SignatureSpec, TensorSpec
+
+def check_path(path: str | Path) -> Path:
+    """Fail early, before TensorFlow is imported, when the path is not a SavedModel."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"{path} does not exist", "pass the folder that holds saved_model.pb")
+    if path.is_file():
+        hint = "pass the folder that holds saved_model.pb"
+        if path.suffix in (".h5", ".keras"):
+            hint = "export it first: keras.models.load_model(path).export('saved_model_dir')"
+        raise BadInput(f"{path} is a file, not a SavedModel folder", hint)
+    if not (path / "saved_model.pb").is_file():
+        raise BadInput(
+            f"{path} is not a SavedModel: it has no saved_model.pb",
+            "save one with tf.saved_model.save(obj, path) or keras_model.export(path)",
+        )
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_identity(path: Path) -> dict[str, str]:
+    """Where the model came from and hashes that change whenever it does."""
+    variables = hashlib.sha256()
+    variables_dir = path / "variables"
+    if variables_dir.is_dir():
+        for file in sorted(p for p in variables_dir.rglob("*") if p.is_file()):
+            variables.update(file.relative_to(variables_dir).as_posix().encode() + b"\0")
+            variables.update(sha256_file(file).encode())
+    return {
+        "path": str(path.resolve()),
+        "saved_model_pb_sha256": sha256_file(path / "saved_model.pb"),
+        "variables_sha256": variables.hexdigest(),
+    }
+
+
+def load(path: Path) -> Any:
+    import tensorflow as tf
+
+    try:
+        return tf.saved_model.load(str(path))
+    except Exception as exc:  # TF raises many unrelated types for a corrupt SavedModel
+        raise BadInput(
+            f"TensorFlow could not load the SavedModel at {path}: {type(exc).__name__}: {exc}",
+            "check that the folder is complete (saved_model.pb and variables/)",
+        ) from exc
+
+
+def _spec(name: str, tensor_spec: Any) -> TensorSpec:
+    shape = tensor_spec.shape
+    dims = None if shape.rank is None else [d if d is None else int(d) for d in shape.as_list()]
+    return TensorSpec(name=name, dtype=tensor_spec.dtype.name, shape=dims)
+
+
+def signatures(loaded: Any) -> dict[str, SignatureSpec]:
+    """Every signature's named inputs and outputs, sorted by name for a stable manifest."""
+    result = {}
+    for key in sorted(loaded.signatures.keys()):
+        function = loaded.signatures[key]
+        _, kwargs = function.structured_input_signature
+        outputs = function.structured_outputs
+        if not isinstance(outputs, dict):  # tf.function signatures always return dicts
+            outputs = {"output_0": outputs}
+        result[key] = SignatureSpec(
+            inputs=[_spec(name, spec) for name, spec in sorted(kwargs.items())],
+            outputs=[_spec(name, spec) for name, spec in sorted(outputs.items())],
+        )
+    return result
+
+
+def pick_signature(available: dict[str, SignatureSpec], name: str) -> SignatureSpec:
+    if not available:
+        raise BadInput(
+            "the SavedModel has no signatures, so there is nothing to convert",
+            "export it with a serving signature: keras_model.export(path), or "
+            "tf.saved_model.save(obj, path, signatures=obj.__call__.get_concrete_function(...))",
+        )
+    if name not in available:
+        raise NotFound(
+            f"the SavedModel has no signature {name!r}",
+            "pass --signature with one of: " + ", ".join(available),
+        )
+    return available[name]
+
+
+def run_reference(
+    loaded: Any, signature: str, inputs: dict[str, np.ndarray], batch: int
+) -> dict[str, np.ndarray]:
+    """The SavedModel's outputs on `inputs`, `batch` rows at a time, as numpy arrays."""
+    import tensorflow as tf
+
+    function = loaded.signatures[signature]
+    count = len(next(iter(inputs.values())))
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, count, batch):
+        feed = {k: tf.constant(v[start : start + batch]) for k, v in inputs.items()}
+        for name, value in function(**feed).items():
+            chunks.setdefault(name, []).append(value.numpy())
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}

@@ -1,0 +1,194 @@
+"""TFLite (LiteRT) variants of a SavedModel signature.
+
+Quantization is data, not branches: `VARIANTS` is the one table of what each variant
+does, whether it needs calibration data and the check tolerance it must meet; the
+CLI, the README table and the converter all read it. `TFLiteOptions` carries the
+knobs and validates them before TensorFlow is imported.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from edgekit.errors import BadInput, ConversionFailed
+from edgekit.native_logs import captured_native_output
+
+
+class Variant(str, Enum):
+    FLOAT32 = "float32"
+    DYNAMIC = "dynamic"
+    FLOAT16 = "float16"
+    INT8 = "int8"
+    INT16X8 = "int16x8"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    weights: str
+    activations: str
+    needs_calibration: bool
+    # Worst relative L2 error (norm(tflite - savedmodel) / norm(savedmodel)) over the
+    # signature's outputs that the post-conversion check accepts.
+    tolerance_rel_l2: float
+    summary: str
+
+
+VARIANTS: dict[Variant, VariantSpec] = {
+    Variant.FLOAT32: VariantSpec("float32", "float32", False, 1e-3, "no quantization"),
+    Variant.DYNAMIC: VariantSpec(
+        "int8", "float32", False, 0.05, "int8 weights, activations quantized at run time"
+    ),
+    Variant.FLOAT16: VariantSpec("float16", "float32", False, 0.01, "float16 weights"),
+    Variant.INT8: VariantSpec(
+        "int8", "int8", True, 0.15, "full integer, calibrated; int8 I/O unless --int8-io float"
+    ),
+    Variant.INT16X8: VariantSpec(
+        "int8", "int16", True, 0.05, "int16 activations, int8 weights, calibrated; float I/O"
+    ),
+}
+
+INT8_IO_CHOICES = ("int8", "float")
+
+
+def parse_variants(text: str) -> tuple[Variant, ...]:
+    """'float32,int8' -> (Variant.FLOAT32, Variant.INT8), in the order given, no repeats."""
+    chosen: list[Variant] = []
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        try:
+            variant = Variant(word)
+        except ValueError:
+            raise BadInput(
+                f"unknown TFLite variant {word!r}",
+                "choose from: " + ", ".join(v.value for v in Variant),
+            ) from None
+        if variant not in chosen:
+            chosen.append(variant)
+    if not chosen:
+        raise BadInput("no TFLite variant asked for", "e.g. --variants float32,int8")
+    return tuple(chosen)
+
+
+@dataclass(frozen=True)
+class TFLiteOptions:
+    variants: tuple[Variant, ...] = tuple(Variant)
+    int8_io: str = "int8"  # "int8": int8 input/output tensors; "float": float I/O
+    allow_flex: bool = False
+
+    def __post_init__(self) -> None:
+        if self.int8_io not in INT8_IO_CHOICES:
+            raise BadInput(
+                f"--int8-io must be one of {', '.join(INT8_IO_CHOICES)}, not {self.int8_io!r}",
+                "int8 gives int8 input/output tensors; float keeps float I/O",
+            )
+        object.__setattr__(self, "variants", tuple(Variant(v) for v in self.variants))
+
+
+@dataclass(frozen=True)
+class TFLiteResult:
+    model: bytes
+    requires_flex: bool
+    flex_ops: tuple[str, ...]
+
+
+Samples = Callable[[], Iterator[dict[str, np.ndarray]]]
+
+
+def _configure(converter, variant: Variant, options: TFLiteOptions, calibration: Samples | None, flex: bool):
+    import tensorflow as tf
+
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    if variant is Variant.DYNAMIC:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant is Variant.FLOAT16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant is Variant.INT8:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calibration
+        builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+        if options.int8_io == "int8":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    elif variant is Variant.INT16X8:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calibration
+        builtins = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+    ops = [builtins]
+    if flex:
+        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+        converter._experimental_lower_tensor_list_ops = False
+    converter.target_spec.supported_ops = ops
+
+
+def unsupported_ops(message: str) -> list[str]:
+    """TensorFlow op names the converter could not lower, from its error text."""
+    return sorted(set(re.findall(r"'tf\.(\w+)'", message)) | set(re.findall(r"\btf\.(\w+)\b op", message)))
+
+
+def _first_error_line(message: str) -> str:
+    for line in message.splitlines():
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()
+    return message.strip().splitlines()[0] if message.strip() else "unknown converter error"
+
+
+def flex_ops_in_model(model: bytes) -> tuple[str, ...]:
+    """Custom op codes named Flex* in the flatbuffer: what the flex delegate would have to run."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    root = schema.Model.GetRootAsModel(model, 0)
+    names = set()
+    for i in range(root.OperatorCodesLength()):
+        code = root.OperatorCodes(i).CustomCode()
+        if code and code.startswith(b"Flex"):
+            names.add(code.decode())
+    return tuple(sorted(names))
+
+
+def convert_variant(
+    saved_model_dir: str,
+    signature: str,
+    variant: Variant,
+    options: TFLiteOptions,
+    calibration: Samples | None,
+    quiet: bool = True,
+    start_with_flex: bool = False,
+) -> TFLiteResult:
+    """One variant's .tflite bytes. Tries builtin ops first; falls back to SELECT_TF_OPS
+    only when allowed, and says which TensorFlow ops forced it."""
+    import tensorflow as tf
+
+    if VARIANTS[variant].needs_calibration and calibration is None:
+        raise BadInput(
+            f"the {variant.value} variant needs calibration data",
+            "pass --calibration with real samples (.npz keyed by input name, .npy or images)",
+        )
+    attempts = [True] if start_with_flex else [False, True] if options.allow_flex else [False]
+    failure = ""
+    for flex in attempts:
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[signature])
+        _configure(converter, variant, options, calibration, flex)
+        with captured_native_output(quiet) as captured:
+            try:
+                model = converter.convert()
+            except Exception as exc:  # ConverterError, or RuntimeError/ValueError from calibration
+                failure = f"{exc}\n{captured.text}" if quiet else str(exc)
+                continue
+        flex_ops = flex_ops_in_model(model) if flex else ()
+        return TFLiteResult(model=model, requires_flex=bool(flex_ops), flex_ops=flex_ops)
+
+    ops = unsupported_ops(failure)
+    if ops and not options.allow_flex:
+        raise ConversionFailed(
+            f"{variant.value}: TFLite builtins cannot express these TensorFlow ops: {', '.join(ops)}",
+            "pass --allow-flex to keep them as SELECT_TF_OPS (the artifact then needs the flex "
+            "delegate, which the Python LiteRT and tflite-runtime wheels lack), or change the "
+            "model to use TFLite-friendly ops",
+        )
+    raise ConversionFailed(f"{variant.value}: TFLite could not convert the model: {_first_error_line(failure)}")
