@@ -1,0 +1,140 @@
+"""The edgekit command: exit statuses, messages with hints, --json, and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import DIGITS, IRIS
+
+from edgekit.cli import cli
+
+SAVED_MODEL = str(DIGITS / "saved_model")
+CALIBRATION = str(DIGITS / "calibration.npz")
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["convert", *map(str, args)])
+
+
+def assert_bad_input(result, *fragments, out_parent=None):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "error:" in result.output and "hint:" in result.output
+    for fragment in fragments:
+        assert fragment in result.output
+    if out_parent is not None:
+        assert list(out_parent.iterdir()) == [], "bad input must write nothing"
+
+
+def test_convert_prints_the_summary_table_and_exits_0(tmp_path):
+    result = run(SAVED_MODEL, "-o", tmp_path / "out", "--calibration", CALIBRATION, "--variants", "float32,int8")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:4] == ["variant", "status", "size", "vs"]
+    assert next(line for line in lines if line.startswith("float32")).split()[1:2] == ["ok"]
+    assert "1.00x" in next(line for line in lines if line.startswith("float32"))
+    assert next(line for line in lines if line.startswith("int8")).split()[1] == "ok"
+    assert "calibrated on 200 samples" in result.output
+
+
+def test_json_prints_the_manifest_on_stdout(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", "convert", SAVED_MODEL, "-o", str(out), "--variants", "float32", "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    manifest = json.loads(result.stdout)
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    assert "[1/1] float32" in result.stderr  # progress stays on stderr
+
+
+def test_a_failed_variant_exits_1_and_still_writes_the_others(lstm_saved_model, tmp_path):
+    result = run(lstm_saved_model, "-o", tmp_path / "out", "--variants", "float32")
+    assert result.exit_code == 1
+    assert "TensorListReserve" in result.output
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_not_a_saved_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_bad_input(run(tmp_path / "empty", "-o", tmp_path / "o"), "no saved_model.pb")
+    assert_bad_input(run(tmp_path / "missing", "-o", tmp_path / "o"), "does not exist")
+    (tmp_path / "model.keras").write_bytes(b"x")
+    assert_bad_input(run(tmp_path / "model.keras", "-o", tmp_path / "o"), "export")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_signature_lists_the_known_ones(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_bad_input(run(IRIS / "saved_model", "-o", out / "o", "--signature", "nope"),
+                     "'nope'", "embed, serving_default", out_parent=out)
+
+
+def test_unknown_variant(tmp_path):
+    assert_bad_input(run(SAVED_MODEL, "-o", tmp_path / "o", "--variants", "float32,int4"), "'int4'", "int16x8")
+
+
+def test_full_integer_variant_without_calibration_is_refused(tmp_path):
+    assert_bad_input(run(SAVED_MODEL, "-o", tmp_path / "o", "--variants", "int8"), "random noise", "--calibration")
+
+
+def test_existing_out_dir_needs_force(tmp_path):
+    (tmp_path / "o").mkdir()
+    assert_bad_input(run(SAVED_MODEL, "-o", tmp_path / "o"), "already exists", "--force")
+
+
+@pytest.mark.parametrize("arrays, fragment", [
+    ({"image": np.zeros((4, 8, 8, 1), np.float32)}, "no array named 'pixels'"),
+    ({"pixels": np.zeros((4, 8, 8, 3), np.float32)}, "has shape (4, 8, 8, 3)"),
+    ({"pixels": np.zeros((4, 8, 8), np.float32)}, "has shape (4, 8, 8)"),
+    ({"pixels": np.array([["a"] * 8] * 8).reshape(1, 8, 8, 1)}, "cannot feed a float32 input"),
+    ({"pixels": np.full((4, 8, 8, 1), np.nan, np.float32)}, "NaN"),
+    ({"pixels": np.zeros((0, 8, 8, 1), np.float32)}, "no samples"),
+])
+def test_calibration_that_does_not_fit_the_signature(tmp_path, arrays, fragment):
+    out = tmp_path / "out"
+    out.mkdir()
+    np.savez(tmp_path / "calib.npz", **arrays)
+    result = run(SAVED_MODEL, "-o", out / "o", "--calibration", tmp_path / "calib.npz", "--variants", "int8")
+    assert_bad_input(result, fragment, out_parent=out)
+
+
+def test_two_input_models_reject_npy_and_mismatched_row_counts(tmp_path):
+    np.save(tmp_path / "one.npy", np.zeros((4, 2), np.float32))
+    assert_bad_input(run(IRIS / "saved_model", "-o", tmp_path / "o", "--calibration", tmp_path / "one.npy"),
+                     "2 inputs", "np.savez")
+    np.savez(tmp_path / "rows.npz", sepal=np.zeros((4, 2), np.float32), petal=np.zeros((5, 2), np.float32))
+    assert_bad_input(run(IRIS / "saved_model", "-o", tmp_path / "o", "--calibration", tmp_path / "rows.npz"),
+                     "different numbers of samples")
+
+
+def test_npy_that_needs_pickle_is_refused(tmp_path):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    assert_bad_input(run(SAVED_MODEL, "-o", tmp_path / "o", "--calibration", tmp_path / "objects.npy"),
+                     "pickle")
+
+
+def test_files_that_are_not_what_their_suffix_says(tmp_path):
+    (tmp_path / "fake.npz").write_text("not a zip")
+    assert_bad_input(run(SAVED_MODEL, "-o", tmp_path / "o", "--calibration", tmp_path / "fake.npz"),
+                     "is not a .npz file")
+    (tmp_path / "data.csv").write_text("1,2")
+    assert_bad_input(run(SAVED_MODEL, "-o", tmp_path / "o", "--calibration", tmp_path / "data.csv"),
+                     "unknown format .csv")
+
+
+def test_image_folder_for_a_non_image_input_is_refused(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    assert_bad_input(run(IRIS / "saved_model", "-o", tmp_path / "o", "--calibration", tmp_path / "imgs"),
+                     "one-input model")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "--debug"])
+    assert result.exit_code != 0
+    assert result.exception is not None and "does not exist" in str(result.exception)

@@ -1,0 +1,178 @@
+"""edgekit convert on real models: every variant, every calibration format, flex, atomicity."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from conftest import DIGITS, IRIS
+
+from edgekit import convert
+from edgekit.errors import FlexOpsRequired
+from edgekit.manifest import Manifest
+from edgekit.runtime import TFLiteModel
+from edgekit.targets.tflite import VARIANTS, Variant
+
+
+def test_digits_every_variant_converts_and_passes_its_check(digits_out):
+    manifest = Manifest.read(digits_out)
+    assert [a.variant for a in manifest.artifacts] == [v.value for v in Variant]
+    for artifact in manifest.artifacts:
+        assert artifact.status == "ok", artifact.error
+        assert artifact.check.status == "passed"
+        assert artifact.check.worst_rel_l2 <= VARIANTS[Variant(artifact.variant)].tolerance_rel_l2
+        assert artifact.check.top1_agreement >= 0.95
+        assert artifact.requires_flex is False
+
+
+def test_manifest_hashes_and_sizes_match_the_files(digits_out):
+    manifest = Manifest.read(digits_out)
+    for artifact in manifest.artifacts:
+        content = (digits_out / artifact.file).read_bytes()
+        assert artifact.bytes == len(content)
+        assert artifact.sha256 == hashlib.sha256(content).hexdigest()
+
+
+def test_manifest_records_source_signatures_calibration_and_versions(digits_out):
+    manifest = Manifest.read(digits_out)
+    assert manifest.schema_version == 1
+    assert manifest.source["path"] == str((DIGITS / "saved_model").resolve())
+    assert len(manifest.source["saved_model_pb_sha256"]) == 64
+    spec = manifest.signatures["serving_default"]
+    assert [(t.name, t.dtype, t.shape) for t in spec.inputs] == [("pixels", "float32", [None, 8, 8, 1])]
+    assert [(t.name, t.shape) for t in spec.outputs] == [("probs", [None, 10])]
+    assert manifest.calibration["samples"] == 200
+    assert manifest.calibration["samples_available"] == 300
+    assert manifest.artifact("int8").quantization["calibration_samples"] == 200
+    assert set(manifest.versions) >= {"edgekit", "tensorflow", "runtime"}
+
+
+def test_quantized_variants_shrink_the_model(digits_out):
+    manifest = Manifest.read(digits_out)
+    float32 = manifest.artifact("float32").bytes
+    assert manifest.artifact("float16").bytes < 0.6 * float32
+    for name in ("dynamic", "int8", "int16x8"):
+        assert manifest.artifact(name).bytes < 0.4 * float32
+
+
+def test_int8_has_int8_io_with_scale_and_zero_point(digits_out):
+    int8 = Manifest.read(digits_out).artifact("int8")
+    for tensor in int8.inputs + int8.outputs:
+        assert tensor.dtype == "int8"
+        assert tensor.quantization["scale"] > 0
+        assert -128 <= tensor.quantization["zero_point"] <= 127
+
+
+def test_int8_accuracy_within_one_point_of_float32(digits_out, digits_rows):
+    accuracy = {}
+    for variant in ("float32", "int8"):
+        model = TFLiteModel(digits_out / f"model_{variant}.tflite")
+        probs = model.run({"pixels": digits_rows["pixels"]})["probs"]
+        accuracy[variant] = np.mean(np.argmax(probs, 1) == digits_rows["y"])
+    assert accuracy["float32"] > 0.95
+    assert abs(accuracy["float32"] - accuracy["int8"]) <= 0.01
+
+
+def test_int8_io_float_keeps_float_tensors(tmp_path):
+    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8",),
+                       calibration=DIGITS / "calibration.npz", int8_io="float")
+    int8 = manifest.artifact("int8")
+    assert int8.status == "ok"
+    assert int8.inputs[0].dtype == "float32" and int8.outputs[0].dtype == "float32"
+
+
+def test_two_inputs_and_dict_outputs_in_every_variant(tmp_path):
+    manifest = convert(IRIS / "saved_model", tmp_path / "out", calibration=IRIS / "calibration.npz")
+    assert sorted(manifest.signatures) == ["embed", "serving_default"]
+    for artifact in manifest.artifacts:
+        assert artifact.status == "ok", artifact.error
+        assert sorted(t.name for t in artifact.inputs) == ["petal", "sepal"]
+        assert sorted(artifact.check.outputs) == ["embedding", "probs"]
+
+
+def test_other_signature_is_converted_when_named(tmp_path):
+    manifest = convert(IRIS / "saved_model", tmp_path / "out", signature="embed", variants=("float32",))
+    artifact = manifest.artifact("float32")
+    assert manifest.signature == "embed" and artifact.signature == "embed"
+    assert [t.name for t in artifact.outputs] == ["embedding"]
+    assert TFLiteModel(tmp_path / "out" / artifact.file).signature_names == ["embed"]
+
+
+def test_without_calibration_full_integer_variants_are_skipped_with_a_hint(tmp_path):
+    manifest = convert(DIGITS / "saved_model", tmp_path / "out")
+    assert manifest.artifact("int8").status == "skipped"
+    assert "--calibration" in manifest.artifact("int16x8").error
+    assert manifest.check_inputs["source"] == "synthetic"
+    assert manifest.all_ok
+
+
+def test_npy_calibration(tmp_path, digits_rows):
+    np.save(tmp_path / "calib.npy", digits_rows["pixels"][:50])
+    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8",),
+                       calibration=tmp_path / "calib.npy")
+    assert manifest.calibration["format"] == "npy"
+    assert manifest.artifact("int8").status == "ok"
+    assert manifest.artifact("int8").quantization["calibration_samples"] == 50
+
+
+def test_image_folder_calibration(tmp_path, digits_rows):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(digits_rows["pixels"][:40]):
+        # written at 16x16 so the loader has to resize to the model's 8x8
+        pixels = Image.fromarray((image[..., 0] * 255).astype(np.uint8)).resize((16, 16))
+        pixels.save(folder / f"{i:03d}.png")
+    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8", "int16x8"),
+                       calibration=folder, image_range="0:1", calibration_samples=1000)
+    assert manifest.calibration["format"] == "images"
+    assert manifest.calibration["samples"] == 40
+    assert all(a.status == "ok" for a in manifest.artifacts), [a.error for a in manifest.artifacts]
+
+
+def test_calibration_samples_count_is_honoured(tmp_path):
+    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8",),
+                       calibration=DIGITS / "calibration.npz", calibration_samples=10, check_samples=5)
+    assert manifest.calibration["samples"] == 10
+    assert manifest.artifact("int8").quantization["calibration_samples"] == 10
+    assert manifest.artifact("int8").check.samples == 5
+
+
+def test_unsupported_ops_fail_with_their_names_and_the_way_out(lstm_saved_model, tmp_path):
+    manifest = convert(lstm_saved_model, tmp_path / "out", variants=("float32",))
+    artifact = manifest.artifact("float32")
+    assert artifact.status == "failed"
+    assert "TensorListReserve" in artifact.error and "--allow-flex" in artifact.error
+    assert not manifest.all_ok
+
+
+def test_allow_flex_marks_the_artifact_and_the_runtime_refuses_it_clearly(lstm_saved_model, tmp_path):
+    manifest = convert(lstm_saved_model, tmp_path / "out", variants=("float32", "float16"), allow_flex=True)
+    for artifact in manifest.artifacts:
+        assert artifact.requires_flex is True
+        assert artifact.status == "unverified"
+        assert artifact.check.status == "skipped" and "flex" in artifact.check.reason
+    assert manifest.all_ok
+    with pytest.raises(FlexOpsRequired, match="FlexTensorListReserve"):
+        TFLiteModel(tmp_path / "out" / manifest.artifact("float32").file)
+
+
+def test_same_input_gives_identical_artifacts_and_manifest(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        convert(DIGITS / "saved_model", tmp_path / name, calibration=DIGITS / "calibration.npz")
+        data = json.loads((tmp_path / name / "manifest.json").read_text())
+        data.pop("created_at")
+        runs.append(data)
+    assert runs[0] == runs[1]
+    for artifact in runs[0]["artifacts"]:
+        a = (tmp_path / "a" / artifact["file"]).read_bytes()
+        b = (tmp_path / "b" / artifact["file"]).read_bytes()
+        assert a == b
+
+
+def test_manifest_round_trips_through_json(digits_out):
+    text = (digits_out / "manifest.json").read_text()
+    assert Manifest.read(digits_out).to_json() == text

@@ -1,0 +1,67 @@
+"""The device world (edgekit.runtime) loads and runs .tflite without importing TensorFlow.
+
+Checked in a fresh interpreter, since this test session has TensorFlow loaded already.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from edgekit.runtime.tflite import TensorInfo, dequantize, quantize
+
+
+def test_running_a_tflite_imports_no_tensorflow(digits_out):
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import edgekit, edgekit.cli, edgekit.manifest, edgekit.metrics, edgekit.errors
+        from edgekit.runtime import TFLiteModel
+        manifest = edgekit.manifest.Manifest.read({str(digits_out)!r})
+        for artifact in manifest.artifacts:
+            model = TFLiteModel({str(digits_out)!r} + "/" + artifact.file)
+            out = model.run({{"pixels": np.zeros((2, 8, 8, 1), np.float32)}})
+            assert out["probs"].shape == (2, 10) and out["probs"].dtype == np.float32
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+        print("LOADED", loaded)
+        assert not loaded, loaded
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LOADED []" in result.stdout
+
+
+def test_quantize_round_trips_within_half_a_step():
+    info = TensorInfo("x", np.dtype(np.int8), (-1, 4), scale=0.05, zero_point=-3)
+    values = np.array([[-6.0, -0.1, 0.0, 6.0]], np.float32)
+    q = quantize(values, info)
+    assert q.dtype == np.int8
+    assert np.all(np.abs(dequantize(q, info) - np.clip(values, -6.25, 6.5)) <= 0.025 + 1e-6)
+
+
+def test_quantize_saturates_at_the_dtype_limits():
+    info = TensorInfo("x", np.dtype(np.int8), (1,), scale=0.1, zero_point=0)
+    assert quantize(np.array([1000.0, -1000.0]), info).tolist() == [127, -128]
+
+
+def test_runtime_names_missing_inputs_and_unknown_signatures(digits_out):
+    from edgekit.errors import BadInput, NotFound
+    from edgekit.runtime import TFLiteModel
+
+    model = TFLiteModel(digits_out / "model_float32.tflite")
+    with pytest.raises(BadInput, match="'pixels' is missing"):
+        model.run({"image": np.zeros((1, 8, 8, 1), np.float32)})
+    with pytest.raises(NotFound, match="serving_default"):
+        model.run({"pixels": np.zeros((1, 8, 8, 1), np.float32)}, signature="nope")
+
+
+def test_a_corrupt_file_is_a_clear_error(tmp_path):
+    from edgekit.errors import BadInput
+    from edgekit.runtime import TFLiteModel
+
+    (tmp_path / "bad.tflite").write_bytes(b"\x00" * 64)
+    with pytest.raises(BadInput, match="cannot load"):
+        TFLiteModel(tmp_path / "bad.tflite")
