@@ -57,19 +57,29 @@ class _ProgressPrinter:
     def __init__(self) -> None:
         self.live = sys.stderr.isatty()
         self.seconds: dict[str, float] = {}
+        self.converting = ""  # the live line, redrawn after a check's result is printed
 
     def __call__(self, step) -> None:
         prefix = f"[{step.index}/{step.total}] {step.variant:<8}"
         if step.stage == "start":
-            text = f"{prefix} converting and checking..."
-            click.echo(text, err=True, nl=not self.live)
+            self.converting = f"{prefix} converting..."
+            click.echo(self.converting, err=True, nl=not self.live)
             return
         self.seconds[step.variant] = step.seconds
         artifact = step.artifact
         text = f"{prefix} {artifact.status:<10} {_human_bytes(artifact.bytes):>9}  {step.seconds:5.1f} s"
-        if artifact.status not in ("ok",) and artifact.error:
+        if artifact.status == "skipped":
+            text += "  no calibration data"
+        elif artifact.status != "ok" and artifact.error:
             text += f"  {artifact.error.splitlines()[0]}"
-        click.echo(("\r\033[K" if self.live else "") + text, err=True)
+        if not self.live:
+            click.echo(text, err=True)
+            return
+        click.echo("\r\033[K" + text, err=True)
+        if self.converting and not self.converting.startswith(prefix):
+            click.echo(self.converting, err=True, nl=False)
+        else:
+            self.converting = ""
 
 
 def _summary_table(manifest, seconds: dict[str, float]) -> str:

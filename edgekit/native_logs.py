@@ -10,8 +10,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# File descriptors belong to the process: two threads swapping them at once would leave
+# stdout pointing at a closed file. One capture at a time.
+_LOCK = threading.RLock()
 
 
 class CapturedOutput:
@@ -24,10 +29,10 @@ def captured_native_output(enabled: bool = True) -> Iterator[CapturedOutput]:
     if not enabled:
         yield captured
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
+    with _LOCK, tempfile.TemporaryFile() as sink:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:

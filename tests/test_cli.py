@@ -33,7 +33,7 @@ def assert_bad_input(result, *fragments, out_parent=None):
 def test_convert_prints_the_summary_table_and_exits_0(tmp_path):
     result = run(SAVED_MODEL, "-o", tmp_path / "out", "--calibration", CALIBRATION, "--variants", "float32,int8")
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()  # the table; progress went to stderr
     assert lines[0].split()[:4] == ["variant", "status", "size", "vs"]
     assert next(line for line in lines if line.startswith("float32")).split()[1:2] == ["ok"]
     assert "1.00x" in next(line for line in lines if line.startswith("float32"))
