@@ -65,3 +65,11 @@ def test_a_corrupt_file_is_a_clear_error(tmp_path):
     (tmp_path / "bad.tflite").write_bytes(b"\x00" * 64)
     with pytest.raises(BadInput, match="cannot load"):
         TFLiteModel(tmp_path / "bad.tflite")
+
+
+def test_a_missing_file_says_so(tmp_path):
+    from edgekit.errors import BadInput
+    from edgekit.runtime import TFLiteModel
+
+    with pytest.raises(BadInput, match="does not exist"):
+        TFLiteModel(tmp_path / "nope.tflite")

@@ -118,6 +118,8 @@ class TFLiteModel:
         interpreter_cls, self.runtime = interpreter_class()
         kwargs: dict[str, Any] = {"num_threads": num_threads} if num_threads else {}
         source = "model" if isinstance(model, bytes) else str(model)
+        if not isinstance(model, bytes) and not Path(model).is_file():
+            raise BadInput(f"{model} does not exist", "pass the path of a .tflite file")
         try:
             if isinstance(model, bytes):
                 self._interpreter = interpreter_cls(model_content=model, **kwargs)
