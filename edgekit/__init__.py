@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "convert"]
+__all__ = ["__version__", "bench", "convert"]
 
 
 def convert(*args, **kwargs):
@@ -19,3 +19,10 @@ def convert(*args, **kwargs):
     return _convert(*args, **kwargs)
 
 
+
+
+def bench(*args, **kwargs):
+    """Measure a convert OUT_DIR's artifacts against the SavedModel; see edgekit.benchmark.measure.bench."""
+    from edgekit.benchmark.measure import bench as _bench
+
+    return _bench(*args, **kwargs)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from edgekit import __version__
-from edgekit.errors import EdgekitError
+from edgekit.errors import BadInput, EdgekitError
 
 
 def _handle_errors(command):
@@ -168,6 +168,71 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
         if artifact.status == "unverified":
             click.echo(f"note: {artifact.variant} was not checked: {artifact.check.reason}", err=True)
     sys.exit(0 if manifest.all_ok else 1)
+
+
+def _thread_counts(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        counts = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise BadInput(f"--threads takes whole numbers like 1,2,4, not {text!r}", "e.g. --threads 1,4") from None
+    return counts
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--data", "eval_data", type=click.Path(path_type=Path),
+              help="Evaluation rows: .npz keyed by input name (labels under --labels-key) or .npy.")
+@click.option("--labels-key", default="y", show_default=True, help="Key of the labels in the --data .npz.")
+@click.option("--task", type=click.Choice(["classification", "regression"]),
+              help="Task metric for the labels [default: from the output's shape and the labels' dtype].")
+@click.option("--output", "output_name", help="Output the labels score (when the signature has several).")
+@click.option("--runs", default=100, show_default=True, help="Timed runs per latency figure.")
+@click.option("--warmup", default=10, show_default=True, help="Untimed runs after the cold one.")
+@click.option("--threads", "threads_text", help="LiteRT thread counts, e.g. 1,2,4 [default: 1 and all cores].")
+@click.option("--batch", default=32, show_default=True, help="Batch size of the throughput figure.")
+@click.option("--artifact", help="Measure only this artifact (name or variant); budgets apply to it.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a self-contained HTML report with plots.")
+@click.option("--no-memory", is_flag=True, help="Skip the peak-memory subprocesses.")
+@click.option("--max-accuracy-drop", type=float, help="Budget: accuracy points lost (or % MAE gained).")
+@click.option("--min-agreement", type=float, help="Budget: top-1 agreement with the SavedModel, percent.")
+@click.option("--max-latency-ms", type=float, help="Budget: p50 at batch 1 (best thread count), ms.")
+@click.option("--max-size-mb", type=float, help="Budget: file size, MiB.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_handle_errors
+def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threads_text, batch, artifact,
+          json_path, html_path, no_memory, max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb, debug):
+    """Measure OUT_DIR's artifacts against the original SavedModel.
+
+    Exit status: 0 measured and within every budget given, 1 a budget broken (one line
+    each, saying by how much), 2 bad input.
+    """
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgekit.benchmark.budgets import Budgets, broken_budgets
+    from edgekit.benchmark.measure import bench as run_bench
+    from edgekit.benchmark.report import render_html, render_table
+
+    budgets = Budgets(max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb)
+    report = run_bench(
+        out_dir, eval_data=eval_data, labels_key=labels_key, task=task, output=output_name, runs=runs,
+        warmup=warmup, threads=_thread_counts(threads_text), batch=batch, artifact=artifact,
+        memory=not no_memory, progress=lambda message: click.echo(message, err=True), quiet=not debug,
+    )
+    click.echo(render_table(report))
+    if json_path:
+        json_path.write_text(report.to_json())
+        click.echo(f"wrote {json_path}")
+    if html_path:
+        html_path.write_text(render_html(report))
+        click.echo(f"wrote {html_path}")
+    broken = broken_budgets(report, budgets)
+    for line in broken:
+        click.echo(f"budget broken: {line}", err=True)
+    sys.exit(1 if broken else 0)
 
 
 def main() -> None:

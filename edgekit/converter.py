@@ -336,10 +336,15 @@ class _Job:
             artifact = Artifact(status="failed", inputs=inputs, outputs=outputs, check=check,
                                 error=check.reason, **fields)
             return artifact, time.perf_counter() - started
-        worst = max((o.rel_l2_error for o in per_output.values()), default=0.0)
-        passed = worst <= tolerance
-        reason = None if passed else (
-            f"relative L2 error {worst:.4g} exceeds the {variant.value} tolerance {tolerance:g}")
+        broken = sorted(name for name, o in per_output.items() if o.rel_l2_error is None)
+        worst = max((o.rel_l2_error for o in per_output.values() if o.rel_l2_error is not None), default=0.0)
+        passed = not broken and worst <= tolerance
+        if broken:
+            reason = f"output {', '.join(broken)} holds NaN or infinite values where the SavedModel's does not"
+        elif not passed:
+            reason = f"relative L2 error {worst:.4g} exceeds the {variant.value} tolerance {tolerance:g}"
+        else:
+            reason = None
         check = Check(status="passed" if passed else "failed", samples=samples, tolerance_rel_l2=tolerance,
                       outputs=per_output, reason=reason)
         artifact = Artifact(status="ok" if passed else "failed", inputs=inputs, outputs=outputs, check=check,

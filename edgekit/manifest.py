@@ -58,8 +58,8 @@ class SignatureSpec:
 class OutputCheck:
     """How one output of an artifact compares with the SavedModel on the check inputs."""
 
-    max_abs_error: float
-    rel_l2_error: float  # norm(artifact - reference) / norm(reference)
+    max_abs_error: float | None  # None: the artifact's output holds NaN or Inf
+    rel_l2_error: float | None  # norm(artifact - reference) / norm(reference); None as above
     top1_agreement: float | None  # only for classifier-shaped outputs [batch, classes]
 
 
@@ -73,11 +73,14 @@ class Check:
 
     @property
     def worst_rel_l2(self) -> float | None:
-        return max((o.rel_l2_error for o in self.outputs.values()), default=None)
+        """The largest relative L2 error over the outputs; inf when one is not finite."""
+        values = [float("inf") if o.rel_l2_error is None else o.rel_l2_error for o in self.outputs.values()]
+        return max(values, default=None)
 
     @property
     def worst_max_abs(self) -> float | None:
-        return max((o.max_abs_error for o in self.outputs.values()), default=None)
+        values = [float("inf") if o.max_abs_error is None else o.max_abs_error for o in self.outputs.values()]
+        return max(values, default=None)
 
     @property
     def top1_agreement(self) -> float | None:
@@ -137,7 +140,7 @@ class Manifest:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     def write(self, out_dir: Path) -> Path:
         path = Path(out_dir) / MANIFEST_NAME

@@ -45,3 +45,61 @@ def lstm_saved_model(tmp_path_factory) -> Path:
 def digits_rows() -> dict[str, np.ndarray]:
     with np.load(DIGITS / "eval.npz") as archive:
         return {key: archive[key] for key in archive.files}
+
+
+def _train_diabetes_regressor():
+    import keras
+    from sklearn.datasets import load_diabetes
+
+    keras.utils.set_random_seed(0)
+    features, target = load_diabetes(return_X_y=True)
+    features = features.astype(np.float32)
+    target = (target / 100).astype(np.float32)
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    model.fit(features, target, epochs=20, verbose=0)
+    return model, features, target
+
+
+@pytest.fixture(scope="session")
+def diabetes_out(tmp_path_factory) -> Path:
+    """A small regression model on scikit-learn's diabetes data, converted to float32 and float16."""
+    import keras
+    import tensorflow as tf
+
+    from edgekit import convert
+
+    model, features, target = _train_diabetes_regressor()
+    root = tmp_path_factory.mktemp("diabetes")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", lambda features: {"progression": model(features)},
+                         input_signature=[tf.TensorSpec([None, 10], tf.float32, name="features")])
+    archive.write_out(str(root / "saved_model"), verbose=False)
+    np.savez(root / "eval.npz", features=features[:100], y=target[:100])
+    manifest = convert(root / "saved_model", root / "out", variants=("float32", "float16"))
+    assert manifest.all_ok, [a.error for a in manifest.artifacts]
+    return root
+
+
+@pytest.fixture(scope="session")
+def unfrozen_variables_saved_model(tmp_path_factory) -> Path:
+    """A Keras 3 model wrapped in a tf.Module and saved with tf.saved_model.save: TFLite
+    keeps its weights as variables with no initializer (VAR_HANDLE/READ_VARIABLE)."""
+    import tensorflow as tf
+
+    model, _, _ = _train_diabetes_regressor()
+
+    class Regressor(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 10], tf.float32, name="features")])
+        def serve(self, features):
+            return {"progression": self.model(features)}
+
+    path = tmp_path_factory.mktemp("unfrozen") / "saved_model"
+    module = Regressor()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path

@@ -159,6 +159,13 @@ def test_allow_flex_marks_the_artifact_and_the_runtime_refuses_it_clearly(lstm_s
         TFLiteModel(tmp_path / "out" / manifest.artifact("float32").file)
 
 
+def test_variables_tflite_did_not_freeze_are_refused_with_the_fix(unfrozen_variables_saved_model, tmp_path):
+    manifest = convert(unfrozen_variables_saved_model, tmp_path / "out", variants=("float32",))
+    artifact = manifest.artifact("float32")
+    assert artifact.status == "failed" and artifact.file is None
+    assert "READ_VARIABLE" in artifact.error and "keras_model.export" in artifact.error
+
+
 def test_same_input_gives_identical_artifacts_and_manifest(tmp_path):
     runs = []
     for name in ("a", "b"):

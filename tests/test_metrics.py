@@ -34,3 +34,8 @@ def test_zero_reference_is_not_a_division_by_zero():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         compare_output(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_non_finite_outputs_have_no_error_figures():
+    check = compare_output(np.array([[np.nan, 1.0]]), np.array([[0.5, 0.5]]))
+    assert check.max_abs_error is None and check.rel_l2_error is None and check.top1_agreement is None

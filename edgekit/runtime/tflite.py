@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -170,6 +170,43 @@ class TFLiteModel:
     def outputs(self, signature: str | None = None) -> list[TensorInfo]:
         return self._details(signature, "out")
 
+    def feeds(
+        self, inputs: dict[str, np.ndarray], signature: str | None = None, real: bool = True
+    ) -> dict[str, np.ndarray]:
+        """The arrays the interpreter takes: real values quantized for integer tensors (when
+        `real`), everything cast to the tensor's dtype; a missing input is a BadInput."""
+        feeds = {}
+        for info in self.inputs(signature):
+            if info.name not in inputs:
+                raise BadInput(
+                    f"input {info.name!r} is missing",
+                    "the signature's inputs are: " + ", ".join(i.name for i in self.inputs(signature)),
+                )
+            value = np.asarray(inputs[info.name])
+            if real and info.quantized and value.dtype != info.dtype:
+                value = quantize(value, info)
+            feeds[info.name] = value.astype(info.dtype, copy=False)
+        return feeds
+
+    def prepare(self, inputs: dict[str, np.ndarray], signature: str | None = None) -> Callable[[], None]:
+        """Resize, allocate and set `inputs` once, without running, and return a
+        zero-argument invoke: what a timing loop should call, as TFLite's benchmark_model
+        does (no per-call resize, copy or dict). Its first call is the cold inference.
+
+        It drives the interpreter's wrapper with the signature's subgraph index, the same
+        calls SignatureRunner makes: once a SignatureRunner exists, the public Interpreter
+        methods refuse to run (they count references to that wrapper)."""
+        runner = self._runner(signature)
+        feeds = self.feeds(inputs, signature)
+        wrapper, subgraph = runner._interpreter_wrapper, runner._subgraph_index
+        indices = {name: detail["index"] for name, detail in runner.get_input_details().items()}
+        for name, value in feeds.items():
+            wrapper.ResizeInputTensor(indices[name], np.array(value.shape, np.int32), False, subgraph)
+        wrapper.AllocateTensors(subgraph)
+        for name, value in feeds.items():
+            wrapper.SetTensor(indices[name], value, subgraph)
+        return lambda: wrapper.Invoke(subgraph)
+
     def run(
         self, inputs: dict[str, np.ndarray], signature: str | None = None, real: bool = True
     ) -> dict[str, np.ndarray]:
@@ -177,19 +214,7 @@ class TFLiteModel:
         integer tensors (an array already in the tensor's dtype passes as it is) and
         integer outputs dequantized, so the caller sees the model's real values."""
         runner = self._runner(signature)
-        feeds = {}
-        for info in self.inputs(signature):
-            if info.name not in inputs:
-                raise BadInput(
-                    f"input {info.name!r} is missing",
-                    "the signature's inputs are: "
-                    + ", ".join(i.name for i in self.inputs(signature)),
-                )
-            value = np.asarray(inputs[info.name])
-            if real and info.quantized and value.dtype != info.dtype:
-                value = quantize(value, info)
-            feeds[info.name] = value.astype(info.dtype, copy=False)
-        results = runner(**feeds)
+        results = runner(**self.feeds(inputs, signature, real))
         if not real:
             return dict(results)
         infos = {info.name: info for info in self.outputs(signature)}

@@ -138,17 +138,34 @@ def _first_error_line(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else "unknown converter error"
 
 
-def flex_ops_in_model(model: bytes) -> tuple[str, ...]:
-    """Custom op codes named Flex* in the flatbuffer: what the flex delegate would have to run."""
+def operator_codes(model: bytes) -> tuple[set[str], set[str]]:
+    """The builtin op names and the custom op codes a .tflite flatbuffer uses."""
     from tensorflow.lite.python import schema_py_generated as schema
 
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     root = schema.Model.GetRootAsModel(model, 0)
-    names = set()
+    builtins, customs = set(), set()
     for i in range(root.OperatorCodesLength()):
-        code = root.OperatorCodes(i).CustomCode()
-        if code and code.startswith(b"Flex"):
-            names.add(code.decode())
-    return tuple(sorted(names))
+        code = root.OperatorCodes(i)
+        custom = code.CustomCode()
+        if custom:
+            customs.add(custom.decode())
+        else:
+            builtins.add(names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN"))
+    return builtins, customs
+
+
+def _refuse_unfrozen_variables(variant: Variant, builtins: set[str]) -> None:
+    """A model that reads variables with no initializer subgraph computes with whatever
+    memory the variables hold: XNNPACK returns garbage, the plain kernels refuse to run."""
+    if "READ_VARIABLE" in builtins and "CALL_ONCE" not in builtins:
+        raise ConversionFailed(
+            f"{variant.value}: the converted model reads TensorFlow variables that TFLite did not freeze "
+            "into constants and has no initializer for them (VAR_HANDLE/READ_VARIABLE), so it would run "
+            "on uninitialized weights",
+            "export the model with keras_model.export(path) or keras.export.ExportArchive; this happens, "
+            "for example, when a Keras 3 model is wrapped in a tf.Module and saved with tf.saved_model.save",
+        )
 
 
 def convert_variant(
@@ -180,7 +197,9 @@ def convert_variant(
             except Exception as exc:  # ConverterError, or RuntimeError/ValueError from calibration
                 failure = f"{exc}\n{captured.text}" if quiet else str(exc)
                 continue
-        flex_ops = flex_ops_in_model(model) if flex else ()
+        builtins, customs = operator_codes(model)
+        _refuse_unfrozen_variables(variant, builtins)
+        flex_ops = tuple(sorted(op for op in customs if op.startswith("Flex")))
         return TFLiteResult(model=model, requires_flex=bool(flex_ops), flex_ops=flex_ops)
 
     ops = unsupported_ops(failure)

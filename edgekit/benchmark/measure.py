@@ -1,0 +1,287 @@
+"""`edgekit bench`: every artifact of a convert OUT_DIR against the original SavedModel,
+on the same inputs: task metric, agreement and errors, latency, throughput, size, memory."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import __version__, data, metrics
+from edgekit.benchmark.runners import LiteRTRunner, Runner, TensorFlowRunner
+from edgekit.benchmark.timing import Latency, measure_latency, measure_throughput
+from edgekit.errors import BadInput, EdgekitError, NotFound
+from edgekit.manifest import Manifest, SignatureSpec
+from edgekit.native_logs import captured_native_output
+
+SCHEMA_VERSION = 1
+TASKS = ("classification", "regression")
+
+
+@dataclass
+class Row:
+    """One model measured: the reference SavedModel or one artifact (all thread counts)."""
+
+    name: str
+    engine: str
+    device: str
+    variant: str | None
+    bytes: int | None
+    status: str  # "measured" | "skipped"
+    reason: str | None = None
+    task_metrics: dict[str, float] = field(default_factory=dict)  # accuracy | mae, rmse
+    accuracy_drop_points: float | None = None  # reference accuracy - this (classification)
+    mae_increase_percent: float | None = None  # (mae - reference mae) / reference mae (regression)
+    agreement: dict[str, dict] = field(default_factory=dict)  # per output, against the reference
+    latency_ms: dict[str, Latency] = field(default_factory=dict)  # by thread count ("1", "2"; "auto" for TF)
+    throughput_rows_per_s: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, float] | None = None
+
+    @property
+    def top1_agreement(self) -> float | None:
+        values = [a["top1_agreement"] for a in self.agreement.values() if a.get("top1_agreement") is not None]
+        return min(values) if values else None
+
+    @property
+    def best_p50_ms(self) -> float | None:
+        return min((lat.p50_ms for lat in self.latency_ms.values()), default=None)
+
+
+@dataclass
+class BenchReport:
+    schema_version: int
+    created_at: str
+    versions: dict[str, str]
+    machine: dict[str, object]
+    manifest: str
+    data: dict[str, object]
+    settings: dict[str, object]
+    reference: Row
+    artifacts: list[Row]
+
+    def to_dict(self) -> dict:
+        return _finite(asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    def row(self, name: str) -> Row:
+        for row in self.artifacts:
+            if name in (row.name, row.variant):
+                return row
+        raise NotFound(f"no artifact {name!r} in this report", "known: " + ", ".join(r.name for r in self.artifacts))
+
+
+def _finite(value):
+    """JSON has no NaN or Infinity: a figure that is not finite is written as null."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+Progress = Callable[[str], None]
+
+
+def bench(
+    out_dir: str | Path,
+    *,
+    eval_data: str | Path | None = None,
+    labels_key: str = "y",
+    task: str | None = None,
+    output: str | None = None,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: tuple[int, ...] | None = None,
+    batch: int = 32,
+    artifact: str | None = None,
+    memory: bool = True,
+    progress: Progress | None = None,
+    quiet: bool = True,
+) -> BenchReport:
+    """Measure the artifacts in OUT_DIR (or only `artifact`) against the SavedModel."""
+    say = progress or (lambda message: None)
+    manifest = Manifest.read(out_dir)
+    out_dir = Path(out_dir)
+    threads = tuple(threads or sorted({1, os.cpu_count() or 1}))
+    if runs < 1 or warmup < 0 or batch < 1 or any(t < 1 for t in threads):
+        raise BadInput("--runs, --batch and --threads must be at least 1, --warmup at least 0", "e.g. --runs 100")
+    if task is not None and task not in TASKS:
+        raise BadInput(f"unknown task {task!r}", "use classification or regression")
+    chosen = [manifest.artifact(artifact)] if artifact else list(manifest.artifacts)
+    spec = manifest.signatures[manifest.signature]
+    inputs, labels, data_record = _load_eval(eval_data, labels_key, manifest, spec)
+    output, task = _pick_task(spec, labels, task, output)
+    data_record.update({"task": task, "output": output})
+    _check_source_unchanged(manifest)
+
+    say(f"reference: loading {manifest.source['path']}")
+    with captured_native_output(quiet):  # TensorFlow's import notes
+        reference_runner = TensorFlowRunner(Path(manifest.source["path"]), manifest.signature)
+    row_batch = data.batch_size(spec)
+    reference_outputs = reference_runner.run_batches(inputs, row_batch)
+    reference = _row("savedmodel", reference_runner, None, _dir_bytes(Path(manifest.source["path"])))
+    _score(reference, reference_outputs, None, labels, task, output)
+    say(f"reference on {reference_runner.device}: timing")
+    _time(reference, {"auto": reference_runner}, inputs, warmup, runs, batch, spec)  # TF picks its threads
+    if memory:
+        reference.memory = _memory(reference_runner)
+
+    rows = []
+    for number, entry in enumerate(chosen, 1):
+        prefix = f"[{number}/{len(chosen)}] {entry.name}"
+        if entry.file is None or not (out_dir / entry.file).is_file():
+            rows.append(Row(entry.name, "litert", "CPU", entry.variant, entry.bytes, "skipped",
+                            reason=f"no file: convert marked it {entry.status}"))
+            say(f"{prefix}: skipped (no file)")
+            continue
+        if entry.requires_flex:
+            rows.append(Row(entry.name, "litert", "CPU", entry.variant, entry.bytes, "skipped",
+                            reason="requires flex ops, which no Python LiteRT runtime can run"))
+            say(f"{prefix}: skipped (requires flex ops)")
+            continue
+        try:
+            with captured_native_output(quiet):  # LiteRT's delegate notes
+                runners = {str(t): LiteRTRunner(out_dir / entry.file, entry.signature, t) for t in threads}
+        except EdgekitError as exc:
+            rows.append(Row(entry.name, "litert", "CPU", entry.variant, entry.bytes, "skipped", reason=exc.message))
+            say(f"{prefix}: skipped ({exc.message})")
+            continue
+        widest = runners[str(max(threads))]
+        row = _row(entry.name, widest, entry.variant, entry.bytes)
+        say(f"{prefix}: accuracy on {data_record['rows']} rows")
+        outputs = widest.run_batches(inputs, row_batch)
+        _score(row, outputs, reference_outputs, labels, task, output, reference)
+        say(f"{prefix}: latency at threads {', '.join(runners)}")
+        _time(row, runners, inputs, warmup, runs, batch, spec)
+        if memory:
+            row.memory = _memory(widest)
+        rows.append(row)
+
+    return BenchReport(
+        schema_version=SCHEMA_VERSION,
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        versions={"edgekit": __version__, **{k: v for k, v in manifest.versions.items() if k != "edgekit"}},
+        machine={"cpus": os.cpu_count(), "machine": platform.machine(), "processor": platform.processor() or None,
+                 "python": platform.python_version(), "reference_device": reference_runner.device},
+        manifest=str((out_dir / "manifest.json").resolve()),
+        data=data_record,
+        settings={"runs": runs, "warmup": warmup, "threads": list(threads), "batch": batch,
+                  "latency_batch": 1, "memory": memory},
+        reference=reference,
+        artifacts=rows,
+    )
+
+
+def _row(name: str, runner: Runner, variant: str | None, size: int | None) -> Row:
+    return Row(name=name, engine=runner.engine, device=runner.device, variant=variant, bytes=size, status="measured")
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _check_source_unchanged(manifest: Manifest) -> None:
+    from edgekit import savedmodel
+
+    path = Path(manifest.source["path"])
+    if not (path / "saved_model.pb").is_file():
+        raise BadInput(f"the SavedModel the manifest names ({path}) is gone",
+                       "bench needs the original model as its reference; convert again from where it now lives")
+    if savedmodel.source_identity(path) != manifest.source:
+        raise BadInput(f"the SavedModel at {path} changed after it was converted",
+                       "convert it again, so the artifacts and the reference are the same model")
+
+
+def _load_eval(eval_data, labels_key: str, manifest: Manifest, spec: SignatureSpec):
+    """Rows to measure on: --data, else the calibration set convert used, else synthetic."""
+    labels = None
+    if eval_data is not None:
+        path = Path(eval_data)
+        inputs = data.load_samples(path, spec)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                if labels_key in archive.files:
+                    labels = archive[labels_key]
+        if labels is not None and len(labels) != len(next(iter(inputs.values()))):
+            raise BadInput(f"{path.name}: {labels_key!r} has {len(labels)} rows, the inputs "
+                           f"{len(next(iter(inputs.values())))}", "give one label per row")
+        source = str(path.resolve())
+    elif manifest.calibration and Path(manifest.calibration["source"]).exists():
+        inputs = data.load_samples(manifest.calibration["source"], spec)
+        source = manifest.calibration["source"] + " (calibration data: pass --data for held-out rows)"
+    else:
+        inputs = data.synthetic_samples(spec, 64)
+        source = "synthetic (pass --data for real rows)"
+    rows = len(next(iter(inputs.values())))
+    return inputs, labels, {"source": source, "rows": rows, "labels": labels is not None}
+
+
+def _pick_task(spec: SignatureSpec, labels, task: str | None, output: str | None):
+    names = [o.name for o in spec.outputs]
+    if output is not None and output not in names:
+        raise NotFound(f"the signature has no output {output!r}", "use one of: " + ", ".join(names))
+    if labels is None:
+        return output, None
+    if output is None:
+        classifier = [o.name for o in spec.outputs if o.shape and len(o.shape) == 2 and (o.shape[1] or 0) > 1]
+        if len(names) == 1:
+            output = names[0]
+        elif task != "regression" and len(classifier) == 1:
+            output = classifier[0]
+        else:
+            raise BadInput("the signature has several outputs; which one do the labels score?",
+                           "pass --output with one of: " + ", ".join(names))
+    if task is None:
+        shape = next(o.shape for o in spec.outputs if o.name == output)
+        integer_labels = np.issubdtype(np.asarray(labels).dtype, np.integer)
+        task = "classification" if integer_labels and shape and len(shape) == 2 and (shape[1] or 0) > 1 else "regression"
+    return output, task
+
+
+def _score(row: Row, outputs, reference_outputs, labels, task, output, reference: Row | None = None) -> None:
+    if reference_outputs is not None:
+        for name in sorted(reference_outputs):
+            check = metrics.compare_output(outputs[name], reference_outputs[name])
+            finite = check.rel_l2_error is not None
+            spread = metrics.spread_errors(outputs[name], reference_outputs[name]) if finite else {
+                "rms_over_std": None, "sqnr_db": None}
+            row.agreement[name] = {**asdict(check), **spread, "finite": finite}
+    if labels is None:
+        return
+    if task == "classification":
+        row.task_metrics = {"accuracy": metrics.classification_accuracy(outputs[output], labels)}
+        if reference is not None:
+            row.accuracy_drop_points = 100 * (reference.task_metrics["accuracy"] - row.task_metrics["accuracy"])
+    else:
+        row.task_metrics = metrics.regression_errors(outputs[output], labels)
+        if reference is not None and reference.task_metrics["mae"] > 0:
+            row.mae_increase_percent = 100 * (row.task_metrics["mae"] / reference.task_metrics["mae"] - 1)
+
+
+def _time(row: Row, runners: dict[str, Runner], inputs, warmup: int, runs: int, batch: int, spec) -> None:
+    fixed = {s.shape[0] for s in spec.inputs if s.shape and s.shape[0] is not None}
+    fixed_rows = fixed.pop() if len(fixed) == 1 else None  # a model built for one batch size
+    first = {k: np.resize(v, (fixed_rows or 1, *v.shape[1:])) for k, v in inputs.items()}
+    rows = fixed_rows or batch
+    batch_inputs = {k: np.resize(v, (rows, *v.shape[1:])) for k, v in inputs.items()}
+    for threads, runner in runners.items():
+        row.latency_ms[threads] = measure_latency(runner.prepare(first), warmup, runs)
+        row.throughput_rows_per_s[threads] = measure_throughput(runner.prepare(batch_inputs), rows)
+
+
+def _memory(runner: Runner) -> dict[str, float] | None:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(runner.memory_argv(), capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode != 0:
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,0 +1,118 @@
+"""Engines that run a model on named inputs: one small interface, one class per engine.
+
+A runner loads once, runs batches of real values (`run`) for accuracy, and hands back a
+zero-argument invoke on fixed inputs (`prepare`) for timing. Adding an engine (TF.js in
+Node, onnxruntime, a remote `edgekit serve`) means adding one class here.
+"""
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import BadInput
+
+
+class Runner(ABC):
+    engine: str
+    device: str = "CPU"
+    threads: int | None = None
+
+    @abstractmethod
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One batch of real values in, real values out."""
+
+    @abstractmethod
+    def prepare(self, inputs: dict[str, np.ndarray]) -> Callable[[], object]:
+        """Inputs set once; the returned call runs the model on them."""
+
+    @abstractmethod
+    def memory_argv(self) -> list[str]:
+        """The command that loads and runs this model in a fresh process (benchmark.memory)."""
+
+    def run_batches(self, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        count = len(next(iter(inputs.values())))
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, count, batch):
+            feed = {k: v[start : start + batch] for k, v in inputs.items()}
+            for name, value in self.run(feed).items():
+                parts.setdefault(name, []).append(np.array(value))
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+class LiteRTRunner(Runner):
+    """A .tflite in the LiteRT interpreter (device world: no TensorFlow)."""
+
+    engine = "litert"
+
+    def __init__(self, path: Path, signature: str, threads: int):
+        from edgekit.runtime import TFLiteModel
+
+        self.path, self.signature, self.threads = path, signature, threads
+        self.model = TFLiteModel(path, num_threads=threads)
+        self.engine = self.model.runtime.split()[0]
+
+    def run(self, inputs):
+        return self.model.run(inputs, self.signature)
+
+    def prepare(self, inputs):
+        return self.model.prepare(inputs, self.signature)
+
+    def memory_argv(self):
+        return [sys.executable, "-m", "edgekit.benchmark.memory", "tflite", str(self.path),
+                "--signature", self.signature, "--threads", str(self.threads)]
+
+
+def tensorflow_device() -> str:
+    """'GPU:0 (<name>)' when TensorFlow sees a GPU, else 'CPU': the reference runs there."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return f"GPU:0 ({details.get('device_name', 'GPU')})"
+
+
+class TensorFlowRunner(Runner):
+    """The original SavedModel signature in TensorFlow: the reference every artifact is
+    measured against. It runs on the first GPU when one is visible, else the CPU."""
+
+    engine = "tensorflow"
+
+    def __init__(self, saved_model: Path, signature: str):
+        import tensorflow as tf
+
+        from edgekit import savedmodel
+
+        self.saved_model, self.signature = saved_model, signature
+        self.device = tensorflow_device()
+        self._tf_device = "/GPU:0" if self.device.startswith("GPU") else "/CPU:0"
+        self._loaded = savedmodel.load(saved_model)
+        if signature not in self._loaded.signatures:
+            raise BadInput(f"the SavedModel has no signature {signature!r}", "convert it again")
+        self._function = self._loaded.signatures[signature]
+        self._tf = tf
+
+    def run(self, inputs):
+        with self._tf.device(self._tf_device):
+            outputs = self._function(**{k: self._tf.constant(v) for k, v in inputs.items()})
+            return {k: v.numpy() for k, v in outputs.items()}
+
+    def prepare(self, inputs):
+        with self._tf.device(self._tf_device):
+            tensors = {k: self._tf.constant(v) for k, v in inputs.items()}
+
+        def invoke():
+            with self._tf.device(self._tf_device):
+                # .numpy() waits for the device, so GPU time is counted in full
+                return [v.numpy() for v in self._function(**tensors).values()]
+
+        return invoke
+
+    def memory_argv(self):
+        return [sys.executable, "-m", "edgekit.benchmark.memory", "savedmodel", str(self.saved_model),
+                "--signature", self.signature]

@@ -1,0 +1,161 @@
+"""edgekit bench on real artifacts: report values, budgets, HTML, skips and bad input."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import DIGITS
+
+from edgekit import bench, convert
+from edgekit.benchmark.budgets import Budgets, broken_budgets
+from edgekit.benchmark.report import pareto_front, render_html, render_table
+from edgekit.cli import cli
+from edgekit.errors import BadInput, NotFound
+
+EVAL = DIGITS / "eval.npz"
+QUICK = dict(runs=20, warmup=2, threads=(1,), batch=8)
+
+
+@pytest.fixture(scope="module")
+def digits_report(digits_out):
+    return bench(digits_out, eval_data=EVAL, memory=True, **QUICK)
+
+
+def test_reference_accuracy_is_what_the_sample_model_script_reported(digits_report):
+    card = json.loads((DIGITS / "model_card.json").read_text())
+    assert digits_report.reference.task_metrics["accuracy"] == pytest.approx(card["eval_accuracy"], abs=1e-4)
+    assert digits_report.data == {"source": str(EVAL.resolve()), "rows": 539, "labels": True,
+                                  "task": "classification", "output": "probs"}
+    assert digits_report.reference.device == "CPU" and digits_report.machine["reference_device"] == "CPU"
+
+
+def test_every_artifact_is_measured_and_int8_stays_within_one_point(digits_report):
+    rows = {row.variant: row for row in digits_report.artifacts}
+    assert sorted(rows) == ["dynamic", "float16", "float32", "int16x8", "int8"]
+    assert all(row.status == "measured" for row in rows.values())
+    assert abs(rows["int8"].accuracy_drop_points) <= 1.0
+    assert rows["float32"].agreement["probs"]["top1_agreement"] == 1.0
+    assert rows["float32"].agreement["probs"]["sqnr_db"] > 80
+    assert rows["int8"].agreement["probs"]["sqnr_db"] < rows["float32"].agreement["probs"]["sqnr_db"]
+
+
+def test_latency_throughput_and_memory_figures_are_sane(digits_report):
+    for row in [digits_report.reference] + digits_report.artifacts:
+        (latency,) = row.latency_ms.values()
+        assert 0 < latency.min_ms <= latency.p50_ms <= latency.p90_ms <= latency.p99_ms <= latency.max_ms
+        assert latency.runs == 20 and latency.warmup == 2 and latency.cold_ms > 0
+        assert all(rate > 0 for rate in row.throughput_rows_per_s.values())
+        assert row.memory["peak_rss_mb"] >= row.memory["baseline_rss_mb"] > 0
+    # a LiteRT process holds no TensorFlow: far smaller than the reference's
+    assert digits_report.row("int8").memory["peak_rss_mb"] < 150 < digits_report.reference.memory["peak_rss_mb"]
+
+
+def test_json_report_round_trips_and_keeps_its_schema(digits_report):
+    data = json.loads(digits_report.to_json())
+    assert data["schema_version"] == 1
+    assert set(data) == {"schema_version", "created_at", "versions", "machine", "manifest", "data", "settings",
+                         "reference", "artifacts"}
+    row = data["artifacts"][3]
+    assert row["name"] == "tflite_int8" and row["bytes"] > 0
+    assert set(row["latency_ms"]["1"]) == {"cold_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms",
+                                           "std_ms", "runs", "warmup"}
+    assert set(row["agreement"]["probs"]) == {"max_abs_error", "rel_l2_error", "top1_agreement", "rms_over_std",
+                                              "sqnr_db", "finite"}
+
+
+def test_table_puts_the_reference_first_then_one_row_per_artifact_and_thread(digits_report):
+    lines = render_table(digits_report).splitlines()
+    assert lines[0].split()[:2] == ["model", "threads"]
+    assert lines[2].startswith("savedmodel (CPU)")
+    assert [line.split()[0] for line in lines[3:8]] == [
+        "tflite_float32", "tflite_dynamic", "tflite_float16", "tflite_int8", "tflite_int16x8"]
+
+
+def test_html_holds_the_table_and_both_plots_with_the_pareto_front(digits_report):
+    page = render_html(digits_report)
+    assert page.count("<tr>") == 1 + 6  # header + reference + five artifacts
+    for plot in ("plot-quality-latency", "plot-size-latency"):
+        svg = re.search(rf'<svg id="{plot}".*?</svg>', page, re.S).group(0)
+        names = set(re.findall(r'class="point[^"]*" data-name="([^"]+)"', svg))
+        assert {"tflite_int8", "tflite_float32"} <= names
+        assert 'pareto-point' in svg
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
+
+
+def test_pareto_front():
+    points = [("fast-bad", 1.0, 90.0), ("slow-good", 5.0, 99.0), ("dominated", 6.0, 95.0), ("mid", 2.0, 97.0)]
+    assert pareto_front(points, higher_is_better=True) == {"fast-bad", "slow-good", "mid"}
+    assert pareto_front([("a", 1.0, 10.0), ("b", 2.0, 5.0)], higher_is_better=False) == {"a", "b"}
+
+
+def test_budgets_pass_and_trip_with_the_amount(digits_report):
+    assert broken_budgets(digits_report, Budgets(max_accuracy_drop=1.0, min_agreement=95, max_size_mb=1)) == []
+    lines = broken_budgets(digits_report, Budgets(max_size_mb=0.05, min_agreement=99.9))
+    assert any(line.startswith("tflite_float32: size") and "over by" in line for line in lines)
+    assert any(line.startswith("tflite_int8: top-1 agreement") and "short by" in line for line in lines)
+    assert not any(line.startswith("tflite_int8: size") for line in lines)
+
+
+def test_cli_budget_exit_status_and_reports(digits_out, tmp_path):
+    args = ["bench", str(digits_out), "--data", str(EVAL), "--runs", "10", "--warmup", "1", "--threads", "1",
+            "--no-memory", "--artifact", "int8"]
+    passed = CliRunner().invoke(cli, args + ["--max-accuracy-drop", "1", "--json", str(tmp_path / "r.json"),
+                                             "--html", str(tmp_path / "r.html")])
+    assert passed.exit_code == 0, passed.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [row["name"] for row in report["artifacts"]] == ["tflite_int8"]
+    assert (tmp_path / "r.html").read_text().startswith("<!doctype html>")
+    tripped = CliRunner().invoke(cli, args + ["--max-latency-ms", "0.000001"])
+    assert tripped.exit_code == 1
+    assert "budget broken: tflite_int8: p50 latency" in tripped.output and "over by" in tripped.output
+
+
+def test_without_data_it_measures_agreement_on_the_calibration_rows(digits_out):
+    report = bench(digits_out, artifact="float16", memory=False, **QUICK)
+    assert report.data["labels"] is False and "calibration" in report.data["source"]
+    row = report.row("float16")
+    assert row.task_metrics == {} and row.accuracy_drop_points is None
+    assert row.agreement["probs"]["top1_agreement"] == 1.0
+
+
+def test_regression_task_reports_mae_and_rmse(diabetes_out):
+    report = bench(diabetes_out / "out", eval_data=diabetes_out / "eval.npz", memory=False, **QUICK)
+    assert report.data["task"] == "regression"
+    assert set(report.reference.task_metrics) == {"mae", "rmse"}
+    row = report.row("float16")
+    assert abs(row.mae_increase_percent) < 1
+    assert row.agreement["progression"]["top1_agreement"] is None
+    assert "MAE" in render_table(report)
+
+
+def test_flex_artifacts_are_named_and_skipped(lstm_saved_model, tmp_path):
+    rows = np.random.default_rng(0).random((8, 5, 3), dtype=np.float32)
+    np.save(tmp_path / "seq.npy", rows)
+    convert(lstm_saved_model, tmp_path / "out", variants=("float32",), allow_flex=True)
+    report = bench(tmp_path / "out", eval_data=tmp_path / "seq.npy", memory=False, **QUICK)
+    (row,) = report.artifacts
+    assert row.status == "skipped" and "flex" in row.reason
+    assert "skipped: requires flex" in render_table(report)
+    assert broken_budgets(report, Budgets(max_size_mb=10))[0].startswith("tflite_float32: not measured")
+
+
+def test_bad_input(digits_out, tmp_path):
+    with pytest.raises(BadInput, match="no manifest.json"):
+        bench(tmp_path, **QUICK)
+    with pytest.raises(BadInput, match="no artifact named 'int4'"):
+        bench(digits_out, artifact="int4", **QUICK)
+    np.savez(tmp_path / "wrong.npz", image=np.zeros((2, 8, 8, 1), np.float32))
+    with pytest.raises(BadInput, match="no array named 'pixels'"):
+        bench(digits_out, eval_data=tmp_path / "wrong.npz", **QUICK)
+    np.savez(tmp_path / "labels.npz", pixels=np.zeros((4, 8, 8, 1), np.float32), y=np.zeros(3, np.int64))
+    with pytest.raises(BadInput, match="'y' has 3 rows"):
+        bench(digits_out, eval_data=tmp_path / "labels.npz", **QUICK)
+    with pytest.raises(NotFound, match="no output 'logits'"):
+        bench(digits_out, eval_data=EVAL, output="logits", **QUICK)
+    result = CliRunner().invoke(cli, ["bench", str(digits_out), "--threads", "one"])
+    assert result.exit_code == 2 and "--threads takes whole numbers" in result.output
+    result = CliRunner().invoke(cli, ["bench", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "hint:" in result.output and "Traceback" not in result.output
