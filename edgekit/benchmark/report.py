@@ -4,6 +4,7 @@ inline SVG drawn here, so the file can be attached to a CI run and opened anywhe
 from __future__ import annotations
 
 import html
+import math
 
 from edgekit.benchmark.measure import BenchReport, Row
 
@@ -102,46 +103,63 @@ def pareto_front(points: list[tuple[str, float, float]], higher_is_better: bool)
 
 
 def _svg_scatter(title: str, points: list[tuple[str, float, float]], x_label: str, y_label: str,
-                 higher_is_better: bool, plot_id: str) -> str:
-    width, height, margin = 520, 340, 60
+                 higher_is_better: bool, plot_id: str, y_from_zero: bool = False) -> str:
+    """A scatter plot as inline SVG. Latency spans orders of magnitude between a tiny
+    int8 model and a TensorFlow reference, so x is logarithmic when it spans over 10x."""
+    width, height, margin = 560, 360, 64
+    points = [p for p in points if p[1] is not None and p[1] > 0]
     if not points:
         return f'<p>{html.escape(title)}: nothing measured.</p>'
     xs = [p[1] for p in points]
     ys = [p[2] for p in points]
-    x0, x1 = 0.0, max(xs) * 1.1 or 1.0
+    log_x = max(xs) / min(xs) > 10
+    if log_x:
+        x0, x1 = math.log10(min(xs)) - 0.15, math.log10(max(xs)) + 0.15
+    else:
+        x0, x1 = 0.0, max(xs) * 1.1
     y_pad = (max(ys) - min(ys)) * 0.15 or abs(max(ys)) * 0.05 or 1.0
     y0, y1 = min(ys) - y_pad, max(ys) + y_pad
+    if y_from_zero:
+        y0 = 0.0
 
     def sx(x):
-        return margin + (x - x0) / (x1 - x0) * (width - 2 * margin)
+        value = math.log10(x) if log_x else x
+        return margin + (value - x0) / (x1 - x0) * (width - 2 * margin)
 
     def sy(y):
         return height - margin - (y - y0) / (y1 - y0) * (height - 2 * margin)
 
     front = pareto_front(points, higher_is_better)
+    scale = " (log scale)" if log_x else ""
     parts = [f'<svg id="{plot_id}" class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" '
              f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
              f'<text x="{width / 2}" y="20" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>',
              f'<line x1="{margin}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" stroke="#333"/>',
              f'<line x1="{margin}" y1="{margin}" x2="{margin}" y2="{height - margin}" stroke="#333"/>',
-             f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle">{html.escape(x_label)}</text>',
-             f'<text x="15" y="{height / 2}" text-anchor="middle" transform="rotate(-90 15 {height / 2})">'
+             f'<text x="{width / 2}" y="{height - 18}" text-anchor="middle">{html.escape(x_label + scale)}</text>',
+             f'<text x="16" y="{height / 2}" text-anchor="middle" transform="rotate(-90 16 {height / 2})">'
              f'{html.escape(y_label)}</text>']
     for tick in range(5):
-        x = x0 + (x1 - x0) * tick / 4
+        value = x0 + (x1 - x0) * tick / 4
+        x = 10 ** value if log_x else value
         y = y0 + (y1 - y0) * tick / 4
-        parts.append(f'<text x="{sx(x)}" y="{height - margin + 16}" text-anchor="middle" font-size="11">{x:.3g}</text>')
-        parts.append(f'<text x="{margin - 6}" y="{sy(y) + 4}" text-anchor="end" font-size="11">{y:.4g}</text>')
+        parts.append(f'<text x="{sx(x):.1f}" y="{height - margin + 16}" text-anchor="middle" font-size="11">{x:.3g}</text>')
+        parts.append(f'<text x="{margin - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" font-size="11">{y:.4g}</text>')
     on_front = sorted((p for p in points if p[0] in front), key=lambda p: p[1])
     if len(on_front) > 1:
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for _, x, y in on_front)
         parts.append(f'<polyline class="pareto" points="{path}" fill="none" stroke="#d62728" stroke-dasharray="4 3"/>')
-    for name, x, y in points:
+    placed: list[tuple[float, float]] = []  # label anchors already used, to keep labels apart
+    for name, x, y in sorted(points, key=lambda p: (sy(p[2]), sx(p[1]))):
         colour = "#d62728" if name in front else "#1f77b4"
         parts.append(f'<circle class="point{" pareto-point" if name in front else ""}" data-name="{html.escape(name)}" '
                      f'data-x="{x}" data-y="{y}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{colour}">'
                      f'<title>{html.escape(name)}: {x:.4g}, {y:.4g}</title></circle>')
-        parts.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 7:.1f}" font-size="11">{html.escape(name)}</text>')
+        label_x, label_y = sx(x) + 7, sy(y) - 7
+        while any(abs(label_y - py) < 12 and abs(label_x - px) < 90 for px, py in placed):
+            label_y += 12
+        placed.append((label_x, label_y))
+        parts.append(f'<text x="{label_x:.1f}" y="{label_y:.1f}" font-size="11">{html.escape(name)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -161,10 +179,10 @@ def render_html(report: BenchReport) -> str:
     plot_quality = _svg_scatter("Quality against latency", quality, "p50 latency at batch 1 (ms, best thread count)",
                                 y_label, higher, "plot-quality-latency")
     plot_size = _svg_scatter("Size against latency", sizes, "p50 latency at batch 1 (ms, best thread count)",
-                             "size (KB, smaller is better)", False, "plot-size-latency")
+                             "size (KB, smaller is better)", False, "plot-size-latency", y_from_zero=True)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
     body = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table_rows(report))
-    machine = ", ".join(f"{k}: {v}" for k, v in report.machine.items())
+    machine = ", ".join(f"{k}: {v}" for k, v in report.machine.items() if v is not None)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgekit bench</title>
 <style>
