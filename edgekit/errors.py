@@ -51,3 +51,27 @@ class ConversionFailed(EdgekitError):
     """TFLite (or another target) could not produce an artifact for this model."""
 
     exit_code = 1
+
+
+class Unavailable(EdgekitError):
+    """The thing exists but cannot answer yet (a model still loading)."""
+
+    http_status = 503
+
+
+class Unauthorized(EdgekitError):
+    """A request without the right API key."""
+
+    http_status = 401
+
+
+class PayloadTooLarge(BadInput):
+    """A request body over the server's size limit."""
+
+    http_status = 413
+
+
+class NotImplementedHere(EdgekitError):
+    """A TF Serving API edgekit deliberately does not offer."""
+
+    http_status = 501

@@ -1,0 +1,392 @@
+"""The versioned model repository: which versions are on disk, which are served.
+
+Laid out as TF Serving's: BASE_PATH/<version number>/ holding a `model.tflite`, an
+edgekit convert OUT_DIR (manifest.json + artifacts; the variant from config, default
+int8 where present), or a single .tflite. A poller thread rescans every few seconds.
+A new version is loaded and warmed up before it takes traffic, then swapped in by
+replacing one dict reference, so a request sees either the old set or the new one,
+never a half-loaded model. A version that fails to load is reported in its status and
+the versions serving before keep serving. A version dropped from the served set is freed
+when the last request holding it finishes (it is only referenced, never torn down).
+
+Device world: numpy and the LiteRT runtime only.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BadInput, EdgekitError, NotFound, Unavailable
+from edgekit.manifest import MANIFEST_NAME, Manifest
+from edgekit.runtime import TFLiteModel
+from edgekit.serve.codec import ServingTensor
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+PREFERRED_VARIANTS = ("int8", "dynamic", "float16", "float32", "int16x8")
+TF_DTYPES = {"float32": "DT_FLOAT", "float16": "DT_HALF", "float64": "DT_DOUBLE", "int8": "DT_INT8",
+             "uint8": "DT_UINT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64",
+             "bool": "DT_BOOL", "object": "DT_STRING", "bytes": "DT_STRING"}
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    if not NAME_PATTERN.match(name or ""):
+        raise BadInput(f"invalid {what} {name!r}", "use letters, digits, '.', '_' and '-' (no slashes)")
+    return name
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """TF Serving's model_version_policy: latest N, all, or specific versions."""
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def aspired(self, on_disk: list[int]) -> list[int]:
+        ordered = sorted(on_disk, reverse=True)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered[: self.num_versions]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> VersionPolicy:
+        if not data:
+            return cls()
+        if not isinstance(data, dict) or len(data) != 1:
+            raise BadInput("model_version_policy must have one of latest, all, specific",
+                           '{"latest": {"num_versions": 1}}')
+        (kind, body), = data.items()
+        body = body or {}
+        if kind == "latest":
+            return cls("latest", int(body.get("num_versions", 1)))
+        if kind == "all":
+            return cls("all")
+        if kind == "specific":
+            versions = tuple(int(v) for v in body.get("versions", []))
+            if not versions:
+                raise BadInput("a specific version policy needs versions", '{"specific": {"versions": [1, 2]}}')
+            return cls("specific", versions=versions)
+        raise BadInput(f"unknown version policy {kind!r}", "use latest, all or specific")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    base_path: Path
+    policy: VersionPolicy = VersionPolicy()
+    labels: dict[str, int] = field(default_factory=dict)
+    variant: str | None = None
+
+
+def read_model_config(path: str | Path, variant: str | None = None) -> list[ModelConfig]:
+    """The model config file (JSON, TF Serving's model_config_list field names):
+
+        {"model_config_list": [
+           {"name": "digits", "base_path": "/srv/models/digits",
+            "model_version_policy": {"latest": {"num_versions": 1}},
+            "version_labels": {"stable": 1, "canary": 2},
+            "variant": "int8"}]}
+
+    Relative base paths are relative to the config file.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+        entries = document["model_config_list"]
+    except FileNotFoundError:
+        raise BadInput(f"model config {path} does not exist", "pass --model-config FILE") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BadInput(f"model config {path} is not valid: {exc}",
+                       'write {"model_config_list": [{"name": ..., "base_path": ...}]}') from None
+    configs = []
+    for entry in entries:
+        try:
+            base = Path(entry["base_path"])
+            labels = {check_name(k, "version label"): int(v) for k, v in entry.get("version_labels", {}).items()}
+            configs.append(ModelConfig(
+                name=check_name(entry["name"]), base_path=base if base.is_absolute() else path.parent / base,
+                policy=VersionPolicy.from_json(entry.get("model_version_policy")), labels=labels,
+                variant=entry.get("variant", variant),
+            ))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(f"model config entry {entry!r} is not valid: {exc}", "each needs name and base_path") from None
+    if len({c.name for c in configs}) != len(configs):
+        raise BadInput("model config names a model twice", "give each model one entry")
+    return configs
+
+
+def model_file(version_dir: Path, variant: str | None) -> Path:
+    """The .tflite a version folder serves: model.tflite, an edgekit OUT_DIR's variant,
+    or its only .tflite."""
+    if (version_dir / MANIFEST_NAME).is_file():
+        manifest = Manifest.read(version_dir)
+        if variant:
+            artifact = manifest.artifact(variant)
+            if artifact.file is None or artifact.status == "failed":
+                raise BadInput(f"variant {variant!r} in {version_dir} is {artifact.status}: {artifact.error}",
+                               "serve another variant (--variant)")
+        else:
+            usable = {a.variant: a for a in manifest.artifacts if a.file and a.status == "ok"}
+            choice = next((v for v in PREFERRED_VARIANTS if v in usable), None)
+            if choice is None:
+                raise BadInput(f"{version_dir} has no artifact that passed its checks", "convert the model again")
+            artifact = usable[choice]
+        if artifact.requires_flex:
+            raise BadInput(f"{artifact.name} in {version_dir} needs flex ops, which no Python LiteRT runtime has",
+                           "convert without --allow-flex, or serve another variant")
+        return version_dir / artifact.file
+    if (version_dir / "model.tflite").is_file():
+        return version_dir / "model.tflite"
+    found = sorted(version_dir.glob("*.tflite"))
+    if len(found) == 1:
+        return found[0]
+    raise BadInput(f"{version_dir} has no model.tflite" + (f" and {len(found)} other .tflite files" if found else ""),
+                   "put the model at <base>/<version>/model.tflite, or an edgekit convert OUT_DIR")
+
+
+class LoadedVersion:
+    """One version in memory: a pool of interpreters (an interpreter is not thread-safe),
+    and its signatures as clients see them."""
+
+    def __init__(self, name: str, version: int, path: Path, threads: int, interpreters: int):
+        self.name, self.version, self.path = name, version, path
+        self.models = [TFLiteModel(path, num_threads=threads) for _ in range(interpreters)]
+        self._pool: queue.SimpleQueue[TFLiteModel] = queue.SimpleQueue()
+        for model in self.models:
+            self._pool.put(model)
+        first = self.models[0]
+        self.signatures: dict[str, tuple[list[ServingTensor], list[ServingTensor]]] = {}
+        self.tensor_names: dict[str, dict[str, str]] = {}
+        self.batchable: dict[str, bool] = {}
+        for signature in first.signature_names:
+            ins, outs = first.inputs(signature), first.outputs(signature)
+            self.signatures[signature] = ([_serving(i) for i in ins], [_serving(o) for o in outs])
+            self.batchable[signature] = all(i.shape and i.shape[0] == -1 for i in ins)
+            runner = first._runner(signature)
+            details = {**runner.get_input_details(), **runner.get_output_details()}
+            self.tensor_names[signature] = {k: d["name"] for k, d in details.items()}
+
+    def warm_up(self) -> None:
+        """Run every interpreter once, so the first client does not pay for lazy setup."""
+        for model in self.models:
+            for signature, (ins, _) in self.signatures.items():
+                zeros = {t.name: np.zeros([1 if d < 0 else d for d in t.shape], t.dtype) for t in ins}
+                model.run(zeros, signature)
+
+    def specs(self, signature: str) -> tuple[list[ServingTensor], list[ServingTensor]]:
+        if signature not in self.signatures:
+            raise NotFound(f"model {self.name} version {self.version} has no signature {signature!r}",
+                           "use one of: " + ", ".join(self.signatures))
+        return self.signatures[signature]
+
+    def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a batch: as one call when the batch axis is free, else row by row."""
+        ins, _ = self.specs(signature)
+        model = self._pool.get()
+        try:
+            rows = len(next(iter(inputs.values())))
+            fixed = ins[0].shape[0] if ins and ins[0].shape else 1
+            if self.batchable[signature] or rows == fixed:
+                return model.run(inputs, signature)
+            if fixed != 1:
+                raise BadInput(f"this model takes batches of exactly {fixed}", f"send {fixed} examples")
+            parts = [model.run({k: v[i : i + 1] for k, v in inputs.items()}, signature) for i in range(rows)]
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        finally:
+            self._pool.put(model)
+
+    def metadata(self) -> dict[str, Any]:
+        """TF Serving's signature_def map for this version."""
+        signature_defs = {}
+        for signature, (ins, outs) in self.signatures.items():
+            names = self.tensor_names[signature]
+            signature_defs[signature] = {
+                "inputs": {t.name: _tensor_info(t, names.get(t.name, t.name)) for t in ins},
+                "outputs": {t.name: _tensor_info(t, names.get(t.name, t.name)) for t in outs},
+                "method_name": "tensorflow/serving/predict",
+            }
+        return {"signature_def": {"signature_def": signature_defs}}
+
+
+def _serving(info) -> ServingTensor:
+    dtype = np.dtype(np.float32) if info.quantized else info.dtype
+    return ServingTensor(info.name, dtype, tuple(info.shape))
+
+
+def _tensor_info(tensor: ServingTensor, name: str) -> dict[str, Any]:
+    return {"dtype": TF_DTYPES.get(tensor.dtype.name, "DT_INVALID"), "name": name,
+            "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in tensor.shape], "unknown_rank": False}}
+
+
+@dataclass
+class VersionStatus:
+    state: str  # START | LOADING | AVAILABLE | UNLOADING | END (TF Serving's names)
+    error_code: str = "OK"
+    error_message: str = ""
+
+    def to_json(self, version: int) -> dict[str, Any]:
+        return {"version": str(version), "state": self.state,
+                "status": {"error_code": self.error_code, "error_message": self.error_message}}
+
+
+Event = Callable[..., None]
+
+
+class ModelRepository:
+    """Loads, serves and swaps model versions; polled on a background thread."""
+
+    def __init__(self, configs: list[ModelConfig], *, threads: int = 1, interpreters: int = 1,
+                 poll_seconds: float = 2.0, on_event: Event | None = None):
+        self.configs = {c.name: c for c in configs}
+        self.threads, self.interpreters, self.poll_seconds = threads, interpreters, poll_seconds
+        self._served: dict[str, dict[int, LoadedVersion]] = {name: {} for name in self.configs}
+        self._status: dict[str, dict[int, VersionStatus]] = {name: {} for name in self.configs}
+        self._failed: dict[tuple[str, int], tuple] = {}  # (model, version) -> folder fingerprint
+        self._on_event = on_event or (lambda kind, **fields: None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._poll_lock = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="edgekit-repository", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        announced = False
+        while not self._stop.is_set():
+            self.poll_once()
+            if self.ready and not announced:
+                announced = True
+                self._on_event("ready", models=self.served_versions())
+            self._stop.wait(self.poll_seconds)
+
+    @property
+    def ready(self) -> bool:
+        return all(self._served[name] for name in self.configs)
+
+    # --- polling -----------------------------------------------------------------------
+    def poll_once(self) -> None:
+        with self._poll_lock:
+            for config in self.configs.values():
+                try:
+                    self._poll_model(config)
+                except Exception as exc:  # one model's trouble must not stop the others
+                    self._on_event("poll_error", model=config.name, error=f"{type(exc).__name__}: {exc}")
+
+    def _poll_model(self, config: ModelConfig) -> None:
+        on_disk = _versions_on_disk(config.base_path)
+        aspired = config.policy.aspired(on_disk)
+        served = self._served[config.name]
+        status = self._status[config.name]
+        for version in aspired:
+            if version in served:
+                continue
+            folder = config.base_path / str(version)
+            fingerprint = _fingerprint(folder)
+            if self._failed.get((config.name, version)) == fingerprint:
+                continue  # failed before and unchanged since: do not retry every poll
+            status[version] = VersionStatus("LOADING")
+            started = time.perf_counter()
+            try:
+                loaded = LoadedVersion(config.name, version, model_file(folder, config.variant),
+                                       self.threads, self.interpreters)
+                loaded.warm_up()
+            except (EdgekitError, RuntimeError, ValueError, OSError) as exc:
+                message = exc.message if isinstance(exc, EdgekitError) else str(exc)
+                status[version] = VersionStatus("END", "UNKNOWN", f"failed to load: {message}")
+                self._failed[(config.name, version)] = fingerprint
+                self._on_event("load_failed", model=config.name, version=version, error=message)
+                continue
+            self._failed.pop((config.name, version), None)
+            served = {**served, version: loaded}
+            status[version] = VersionStatus("AVAILABLE")
+            self._on_event("loaded", model=config.name, version=version, path=str(loaded.path),
+                           seconds=round(time.perf_counter() - started, 3))
+        keep = {v: served[v] for v in aspired if v in served}
+        wanted = len(aspired) if config.policy.kind == "latest" else 0
+        # Availability first: while an aspired version is missing (loading failed), the
+        # versions serving before keep serving, newest first.
+        for version in sorted(served, reverse=True):
+            if len(keep) >= wanted:
+                break
+            if version not in keep and version in on_disk:
+                keep[version] = served[version]
+        self._served[config.name] = keep  # the atomic swap: one reference assignment
+        for version in set(served) - set(keep):
+            status[version] = VersionStatus("END")
+            self._on_event("unloaded", model=config.name, version=version)
+
+    # --- lookups -----------------------------------------------------------------------
+    def _config(self, name: str) -> ModelConfig:
+        if name not in self.configs:
+            raise NotFound(f"Servable not found for request: Latest({name})", "known models: " + ", ".join(self.configs))
+        return self.configs[name]
+
+    def _version_for_label(self, config: ModelConfig, label: str) -> int:
+        if label not in config.labels:
+            raise NotFound(f"Unrecognized servable version label: {label}",
+                           "known labels: " + (", ".join(config.labels) or "none"))
+        return config.labels[label]
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
+        config = self._config(name)
+        served = self._served[name]  # one read: a consistent snapshot
+        if label is not None:
+            version = self._version_for_label(config, label)
+        if version is None:
+            if not served:
+                raise Unavailable(f"Servable not found for request: Latest({name}); no version is loaded yet",
+                                  "wait for the model to load, or check the server's log")
+            return served[max(served)]
+        if version in served:
+            return served[version]
+        if self._status[name].get(version, VersionStatus("END")).state == "LOADING":
+            raise Unavailable(f"model {name} version {version} is still loading", "retry in a moment")
+        raise NotFound(f"Servable not found for request: Specific({name}, {version})",
+                       "served versions: " + (", ".join(map(str, sorted(served))) or "none"))
+
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[dict[str, Any]]:
+        config = self._config(name)
+        if label is not None:
+            version = self._version_for_label(config, label)
+        statuses = self._status[name]
+        if version is not None:
+            if version not in statuses:
+                raise NotFound(f"Could not find version {version} of model {name}", "GET /v1/models/" + name)
+            return [statuses[version].to_json(version)]
+        return [statuses[v].to_json(v) for v in sorted(statuses, reverse=True)]
+
+    def served_versions(self) -> dict[str, list[int]]:
+        return {name: sorted(versions) for name, versions in self._served.items()}
+
+
+def _versions_on_disk(base: Path) -> list[int]:
+    if not base.is_dir():
+        return []
+    return [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
+
+
+def _fingerprint(folder: Path) -> tuple:
+    """Changes when any file in the folder changes: a failed version is retried then."""
+    try:
+        return tuple(sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns, p.stat().st_size)
+                            for p in folder.rglob("*") if p.is_file()))
+    except OSError:
+        return ()

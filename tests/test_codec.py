@@ -1,0 +1,147 @@
+"""The TF Serving body codec: every case of its contract, and each malformed body."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+
+from edgekit.errors import BadInput
+from edgekit.serve.codec import (NPY, NPZ, ServingTensor, decode_binary, decode_json, encode_binary, encode_json,
+                                 parse_json)
+
+PIXELS = [ServingTensor("pixels", np.dtype(np.float32), (-1, 2, 2))]
+IRIS = [ServingTensor("petal", np.dtype(np.float32), (-1, 2)), ServingTensor("sepal", np.dtype(np.float32), (-1, 2))]
+TEXT = [ServingTensor("text", np.dtype(object), (-1,))]
+
+
+def test_row_format_one_input():
+    request = decode_json({"instances": [[[1, 2], [3, 4]], [[5, 6], [7, 8]]]}, PIXELS)
+    assert request.style == "row" and request.signature_name == "serving_default"
+    assert request.inputs["pixels"].dtype == np.float32 and request.inputs["pixels"].shape == (2, 2, 2)
+
+
+def test_row_format_named_inputs():
+    request = decode_json({"signature_name": "embed",
+                           "instances": [{"petal": [1, 2], "sepal": [3, 4]}, {"petal": [5, 6], "sepal": [7, 8]}]}, IRIS)
+    assert request.signature_name == "embed"
+    assert request.inputs["sepal"].tolist() == [[3, 4], [7, 8]]
+
+
+def test_columnar_format_one_input_and_named_inputs():
+    assert decode_json({"inputs": [[[1, 2], [3, 4]]]}, PIXELS).inputs["pixels"].shape == (1, 2, 2)
+    request = decode_json({"inputs": {"petal": [[1, 2]], "sepal": [[3, 4]]}}, IRIS)
+    assert request.style == "columnar" and request.inputs["petal"].tolist() == [[1, 2]]
+
+
+def test_b64_values_become_bytes():
+    encoded = base64.b64encode(b"\x00\xffhello").decode()
+    request = decode_json({"instances": [{"b64": encoded}, {"b64": encoded}]}, TEXT)
+    assert request.inputs["text"].tolist() == [b"\x00\xffhello"] * 2
+
+
+@pytest.mark.parametrize("document, fragment", [
+    ({}, "exactly one of"),
+    ({"instances": [], "inputs": []}, "exactly one of"),
+    ({"instances": []}, "non-empty list"),
+    ({"instances": [[[1, 2], [3]]]}, "ragged"),
+    ({"instances": [[["a", "b"], ["c", "d"]]]}, "expected numbers"),
+    ({"instances": [[1, 2, 3]]}, "shape (1, 3) does not fit"),
+    ({"instances": [[[True, False], [True, True]]]}, None),
+    ({"signature_name": 3, "instances": [[[1, 2], [3, 4]]]}, "signature_name"),
+])
+def test_malformed_one_input_bodies(document, fragment):
+    if fragment is None:  # bools are numbers for a float input, as in TF Serving
+        assert decode_json(document, PIXELS).inputs["pixels"].dtype == np.float32
+        return
+    with pytest.raises(BadInput, match=re_escape(fragment)):
+        decode_json(document, PIXELS)
+
+
+def re_escape(text):
+    import re
+
+    return re.escape(text)
+
+
+@pytest.mark.parametrize("document, fragment", [
+    ({"instances": [{"petal": [1, 2]}]}, "missing sepal"),
+    ({"instances": [{"petal": [1, 2], "sepal": [1, 2], "x": 1}]}, "unknown x"),
+    ({"instances": [[1, 2]]}, "must be an object keyed by input name"),
+    ({"instances": [{"petal": [1, 2], "sepal": [1, 2]}, [1, 2]]}, "mixes named"),
+    ({"inputs": [[1, 2]]}, "must be an object keyed by input name"),
+    ({"inputs": {"petal": [[1, 2]]}}, "missing sepal"),
+])
+def test_malformed_named_input_bodies(document, fragment):
+    with pytest.raises(BadInput, match=re_escape(fragment)):
+        decode_json(document, IRIS)
+
+
+def test_float_into_integer_input_is_refused():
+    ids = [ServingTensor("ids", np.dtype(np.int32), (-1, 3))]
+    assert decode_json({"instances": [[1, 2, 3]]}, ids).inputs["ids"].dtype == np.int32
+    with pytest.raises(BadInput, match="float64 values cannot feed 'ids', which is int32"):
+        decode_json({"instances": [[1.5, 2, 3]]}, ids)
+
+
+def test_parse_json_refuses_non_objects_and_garbage():
+    with pytest.raises(BadInput, match="not valid JSON"):
+        parse_json(b"{nope")
+    with pytest.raises(BadInput, match="must be an object"):
+        parse_json(b"[1, 2]")
+
+
+def test_replies_are_shaped_as_tf_serving_shapes_them():
+    one = {"probs": np.array([[0.25, 0.75], [1.0, 0.0]], np.float32)}
+    two = {"probs": np.array([[0.5, 0.5]], np.float32), "embedding": np.array([[1.0]], np.float32)}
+    assert json.loads(encode_json(one, "row")) == {"predictions": [[0.25, 0.75], [1.0, 0.0]]}
+    assert json.loads(encode_json(one, "columnar")) == {"outputs": [[0.25, 0.75], [1.0, 0.0]]}
+    assert json.loads(encode_json(two, "row")) == {"predictions": [{"embedding": [1.0], "probs": [0.5, 0.5]}]}
+    assert json.loads(encode_json(two, "columnar")) == {"outputs": {"embedding": [[1.0]], "probs": [[0.5, 0.5]]}}
+
+
+def test_nan_and_infinity_are_written_as_tf_serving_writes_them():
+    body = encode_json({"y": np.array([np.nan, np.inf, -np.inf], np.float32)}, "columnar")
+    assert body == b'{"outputs":[NaN,Infinity,-Infinity]}'
+
+
+def test_bytes_outputs_go_out_as_b64_when_named_so():
+    outputs = {"image_bytes": np.array([b"\x00\x01"], dtype=object), "label": np.array([b"cat"], dtype=object)}
+    reply = json.loads(encode_json(outputs, "columnar"))
+    assert reply["outputs"] == {"image_bytes": [{"b64": "AAE="}], "label": ["cat"]}
+
+
+def _npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_binary_bodies_in_and_out():
+    request = decode_binary(_npy(np.zeros((3, 2, 2), np.float64)), NPY, PIXELS)
+    assert request.style == "npy" and request.inputs["pixels"].dtype == np.float32
+    buffer = io.BytesIO()
+    np.savez(buffer, petal=np.ones((2, 2)), sepal=np.zeros((2, 2)))
+    request = decode_binary(buffer.getvalue(), NPZ, IRIS)
+    assert request.style == "npz" and request.inputs["petal"].shape == (2, 2)
+    payload, media = encode_binary({"probs": np.ones((2, 3), np.float32)}, "npy")
+    assert media == NPY and np.load(io.BytesIO(payload)).shape == (2, 3)
+    payload, media = encode_binary({"a": np.ones(1), "b": np.zeros(1)}, "npz")
+    assert media == NPZ and sorted(np.load(io.BytesIO(payload)).files) == ["a", "b"]
+
+
+def test_bad_binary_bodies():
+    with pytest.raises(BadInput, match="not a .npy file"):
+        decode_binary(b"hello", NPY, PIXELS)
+    with pytest.raises(BadInput, match="without pickle"):
+        decode_binary(_npy(np.array([{"a": 1}], dtype=object)), NPY, PIXELS)
+    with pytest.raises(BadInput, match="holds one array"):
+        decode_binary(_npy(np.zeros((1, 2))), NPY, IRIS)
+    with pytest.raises(BadInput, match="not a readable .npz"):
+        decode_binary(b"PK-not-really", NPZ, IRIS)
+    buffer = io.BytesIO()
+    np.savez(buffer, petal=np.ones((2, 2)), sepal=np.zeros((3, 2)))
+    with pytest.raises(BadInput, match="different batch sizes"):
+        decode_binary(buffer.getvalue(), NPZ, IRIS)

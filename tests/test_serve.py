@@ -1,0 +1,343 @@
+"""edgekit serve: a real server process on loopback and a real HTTP client (http.client)."""
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DIGITS, IRIS
+
+from edgekit import convert
+from edgekit.runtime import TFLiteModel
+
+API_KEY = "test-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Client:
+    def __init__(self, port: int, key: str | None = None):
+        self.port, self.key = port, key
+
+    def request(self, method: str, path: str, body: bytes | str | None = None, content_type: str | None = None,
+                headers: dict | None = None):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        all_headers = dict(headers or {})
+        if content_type:
+            all_headers["Content-Type"] = content_type
+        if self.key:
+            all_headers.setdefault("Authorization", f"Bearer {self.key}")
+        connection.request(method, path, body=body, headers=all_headers)
+        response = connection.getresponse()
+        payload = response.read()
+        connection.close()
+        return response.status, response.getheader("Content-Type"), payload
+
+    def json(self, method: str, path: str, document=None):
+        body = None if document is None else json.dumps(document)
+        status, _, payload = self.request(method, path, body, "application/json" if body else None)
+        return status, json.loads(payload)
+
+    def predict(self, path: str, document):
+        return self.json("POST", path, document)
+
+
+class Server:
+    def __init__(self, args: list[str], key: str | None = None):
+        self.port = free_port()
+        # The log goes to a file: a pipe nobody reads fills up and blocks the server's writes.
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="edgekit-serve-", suffix=".log")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edgekit.cli", "serve", *args, "--port", str(self.port), "--poll-seconds", "0.2"],
+            stdout=self.log, stderr=subprocess.STDOUT, text=True,
+        )
+        self.client = Client(self.port, key)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if self.client.request("GET", "/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready:\n" + self.stop())
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.seek(0)
+        return self.log.read()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, digits_out) -> Path:
+    """digits: version 1 = the convert OUT_DIR (int8 served); iris: version 1, labels."""
+    root = tmp_path_factory.mktemp("models")
+    shutil.copytree(digits_out, root / "digits" / "1")
+    convert(IRIS / "saved_model", root / "iris" / "1", calibration=IRIS / "calibration.npz",
+            variants=("float32", "int8"))
+    (root / "models.json").write_text(json.dumps({"model_config_list": [
+        {"name": "digits", "base_path": "digits"},
+        {"name": "iris", "base_path": "iris", "version_labels": {"stable": 1}, "variant": "float32"},
+    ]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    running = Server(["--model-config", str(repo / "models.json")])
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def digits_eval():
+    with np.load(DIGITS / "eval.npz") as archive:
+        return archive["pixels"][:8], archive["y"][:8]
+
+
+def still_serving(client: Client) -> None:
+    status, reply = client.predict("/v1/models/iris:predict", {"instances": [{"sepal": [0, 0], "petal": [0, 0]}]})
+    assert status == 200 and len(reply["predictions"]) == 1
+
+
+def test_status_of_a_model_a_version_and_a_label(server):
+    client = server.client
+    expected = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+    assert client.json("GET", "/v1/models/digits") == (200, expected)
+    assert client.json("GET", "/v1/models/iris/versions/1") == (200, expected)
+    assert client.json("GET", "/v1/models/iris/labels/stable") == (200, expected)
+
+
+def test_metadata_lists_signature_inputs_and_outputs(server):
+    status, reply = server.client.json("GET", "/v1/models/iris/metadata")
+    assert status == 200
+    assert reply["model_spec"] == {"name": "iris", "signature_name": "", "version": "1"}
+    signature = reply["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sorted(signature["inputs"]) == ["petal", "sepal"]
+    assert sorted(signature["outputs"]) == ["embedding", "probs"]
+    assert signature["inputs"]["sepal"]["dtype"] == "DT_FLOAT"
+    assert signature["inputs"]["sepal"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}, {"size": "2", "name": ""}]
+    assert signature["method_name"] == "tensorflow/serving/predict"
+
+
+def test_row_format_predictions_match_the_interpreter(server, repo, digits_eval):
+    pixels, labels = digits_eval
+    status, reply = server.client.predict("/v1/models/digits:predict", {"instances": pixels.tolist()})
+    assert status == 200
+    expected = TFLiteModel(repo / "digits" / "1" / "model_int8.tflite").run({"pixels": pixels})["probs"]
+    assert np.allclose(reply["predictions"], expected)
+    assert (np.argmax(reply["predictions"], 1) == labels).mean() >= 0.85
+
+
+def test_columnar_format_and_several_outputs(server):
+    rows = {"sepal": [[0.1, 0.2], [1.0, -1.0]], "petal": [[0.3, 0.4], [1.5, 1.2]]}
+    status, reply = server.client.predict("/v1/models/iris:predict", {"inputs": rows})
+    assert status == 200 and sorted(reply["outputs"]) == ["embedding", "probs"]
+    assert np.array(reply["outputs"]["probs"]).shape == (2, 3)
+    status, reply = server.client.predict("/v1/models/iris/versions/1:predict", {
+        "instances": [{"sepal": s, "petal": p} for s, p in zip(rows["sepal"], rows["petal"])]})
+    assert status == 200 and sorted(reply["predictions"][0]) == ["embedding", "probs"]
+    status, reply = server.client.predict("/v1/models/iris/labels/stable:predict",
+                                          {"signature_name": "serving_default", "inputs": rows})
+    assert status == 200 and np.array(reply["outputs"]["embedding"]).shape == (2, 8)
+
+
+def test_binary_bodies(server, digits_eval):
+    pixels, _ = digits_eval
+    buffer = io.BytesIO()
+    np.save(buffer, pixels)
+    status, content_type, payload = server.client.request("POST", "/v1/models/digits:predict", buffer.getvalue(),
+                                                          "application/x-npy")
+    assert status == 200 and content_type == "application/x-npy"
+    probs = np.load(io.BytesIO(payload))
+    _, reply = server.client.predict("/v1/models/digits:predict", {"instances": pixels.tolist()})
+    assert np.allclose(probs, reply["predictions"])
+    buffer = io.BytesIO()
+    np.savez(buffer, sepal=np.zeros((3, 2), np.float32), petal=np.ones((3, 2), np.float32))
+    status, content_type, payload = server.client.request("POST", "/v1/models/iris:predict", buffer.getvalue(),
+                                                          "application/x-npz")
+    assert status == 200 and content_type == "application/x-npz"
+    assert sorted(np.load(io.BytesIO(payload)).files) == ["embedding", "probs"]
+
+
+@pytest.mark.parametrize("path, body, code, fragment", [
+    ("/v1/models/digits:predict", "{not json", 400, "not valid JSON"),
+    ("/v1/models/digits:predict", {"instances": [[1, 2, 3]]}, 400, "does not fit 'pixels'"),
+    ("/v1/models/digits:predict", {"instances": [[[["a"]] * 8] * 8]}, 400, "expected numbers"),
+    ("/v1/models/iris:predict", {"instances": [{"sepal": [1, 2]}]}, 400, "missing petal"),
+    ("/v1/models/iris:predict", {"inputs": {"sepal": [[1, 2]], "petal": [[1, 2]], "x": [[1]]}}, 400, "unknown x"),
+    ("/v1/models/nope:predict", {"instances": [1]}, 404, "nope"),
+    ("/v1/models/digits/versions/9:predict", {"instances": [1]}, 404, "Specific(digits, 9)"),
+    ("/v1/models/iris/labels/canary:predict", {"instances": [1]}, 404, "canary"),
+    ("/v1/models/iris:predict", {"signature_name": "nope", "instances": [1]}, 404, "no signature 'nope'"),
+    ("/v1/models/digits:classify", {"examples": []}, 501, "does not implement :classify"),
+    ("/v1/models/../etc/passwd:predict", {"instances": [1]}, 404, "Malformed request"),
+])
+def test_bad_requests_get_tf_serving_errors_and_the_server_keeps_serving(server, path, body, code, fragment):
+    payload = body if isinstance(body, str) else json.dumps(body)
+    status, content_type, reply = server.client.request("POST", path, payload, "application/json")
+    assert status == code, reply
+    assert content_type == "application/json"
+    assert fragment in json.loads(reply)["error"]
+    still_serving(server.client)
+
+
+def test_health_readiness_and_metrics(server):
+    client = server.client
+    assert client.json("GET", "/healthz") == (200, {"status": "alive"})
+    assert client.json("GET", "/readyz") == (200, {"ready": True, "models": {"digits": ["1"], "iris": ["1"]}})
+    still_serving(client)
+    status, content_type, text = client.request("GET", "/metrics")
+    text = text.decode()
+    assert status == 200 and content_type.startswith("text/plain")
+    assert 'edgekit_requests_total{model="iris",version="1",api="predict",code="200"}' in text
+    assert 'edgekit_request_duration_seconds_bucket{model="iris",version="1",api="predict",le="+Inf"}' in text
+    assert 'edgekit_model_load_events_total{model="digits",version="1",event="loaded"} 1' in text
+    assert 'edgekit_model_versions_served{model="digits"} 1' in text
+
+
+def test_api_key_and_body_limit(repo):
+    key_file = repo / "key.txt"
+    key_file.write_text(API_KEY + "\n")
+    running = Server([str(repo / "digits"), "--api-key-file", str(key_file), "--max-body-mb", "0.01"], key=API_KEY)
+    try:
+        client = running.client
+        ok = {"instances": [[[[0.0]] * 8] * 8]}
+        assert client.predict("/v1/models/digits:predict", ok)[0] == 200
+        for headers in ({"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": ""}):
+            status, _, reply = client.request("POST", "/v1/models/digits:predict", json.dumps(ok), "application/json",
+                                              headers)
+            assert status == 401 and "API key" in json.loads(reply)["error"]
+        assert client.request("GET", "/v1/models/digits", headers={"X-API-Key": API_KEY})[0] == 200
+        assert Client(running.port).request("GET", "/metrics")[0] == 401
+        assert Client(running.port).request("GET", "/healthz")[0] == 200  # probes need no key
+        big = json.dumps({"instances": [[[[0.5]] * 8] * 8] * 200})
+        status, _, reply = client.request("POST", "/v1/models/digits:predict", big, "application/json")
+        assert status == 413 and "at most 0.01 MB" in json.loads(reply)["error"]
+        assert client.predict("/v1/models/digits:predict", ok)[0] == 200
+    finally:
+        running.stop()
+
+
+def _wait_for(predicate, seconds=30.0):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_hot_reload_under_load_loses_no_request_and_a_corrupt_version_leaves_the_old_one(repo, tmp_path):
+    base = tmp_path / "digits"
+    shutil.copytree(repo / "digits" / "1", base / "1")
+    running = Server([str(base)])
+    client = running.client
+    results: list[int] = []
+    stop = threading.Event()
+    row = {"instances": [[[[0.25]] * 8] * 8]}
+
+    def load():
+        while not stop.is_set():
+            results.append(client.predict("/v1/models/digits:predict", row)[0])
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        for worker in workers:
+            worker.start()
+        # version 2: staged aside, then renamed in, as a deploy should do
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        shutil.copy(repo / "digits" / "1" / "model_float32.tflite", staging / "model.tflite")
+        os.rename(staging, base / "2")
+        assert _wait_for(lambda: client.json("GET", "/v1/models/digits")[1]["model_version_status"][0]
+                         == {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}})
+        assert client.json("GET", "/v1/models/digits/versions/1")[1]["model_version_status"][0]["state"] == "END"
+        # version 3 is corrupt: it fails to load, version 2 keeps serving
+        (base / "3").mkdir()
+        (base / "3" / "model.tflite").write_bytes(b"\x00" * 100)
+        assert _wait_for(lambda: client.json("GET", "/v1/models/digits/versions/3")[0] == 200
+                         and client.json("GET", "/v1/models/digits/versions/3")[1]["model_version_status"][0]
+                         ["status"]["error_code"] != "OK")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    status = client.json("GET", "/v1/models/digits")[1]["model_version_status"]
+    assert [(s["version"], s["state"]) for s in status] == [("3", "END"), ("2", "AVAILABLE"), ("1", "END")]
+    assert "failed to load" in status[0]["status"]["error_message"]
+    assert len(results) > 20 and set(results) == {200}, f"{len(results)} requests: {sorted(set(results))}"
+    assert client.predict("/v1/models/digits:predict", row)[0] == 200
+    log = running.stop()
+    assert '"event": "load_failed"' in log and '"event": "unloaded"' in log
+
+
+def test_sigterm_lets_the_request_in_flight_finish(repo):
+    running = Server([str(repo / "digits")])
+    big_batch = json.dumps({"instances": [[[[0.5]] * 8] * 8] * 3000})  # a few hundred ms of work
+    replies = []
+    worker = threading.Thread(target=lambda: replies.append(
+        running.client.request("POST", "/v1/models/digits:predict", big_batch, "application/json")))
+    worker.start()
+    time.sleep(0.1)
+    log = running.stop()
+    worker.join()
+    status, _, payload = replies[0]
+    assert status == 200 and len(json.loads(payload)["predictions"]) == 3000
+    # uvicorn drains in-flight requests, then re-raises SIGTERM: the exit status systemd expects
+    assert running.process.returncode in (0, -signal.SIGTERM)
+    assert '"event": "shutdown"' in log
+
+
+def test_serving_imports_no_tensorflow(repo):
+    """A server in a fresh process answers a predict; TensorFlow never enters sys.modules."""
+    port = free_port()
+    script = textwrap.dedent(f"""
+        import http.client, json, sys, threading, time
+        import uvicorn
+        from edgekit.serve.app import create_app
+        from edgekit.serve.repository import ModelConfig, ModelRepository
+        from pathlib import Path
+        repository = ModelRepository([ModelConfig("digits", Path({str(repo / 'digits')!r}))], poll_seconds=0.2)
+        server = uvicorn.Server(uvicorn.Config(create_app(repository), host="127.0.0.1", port={port}, log_level="error"))
+        threading.Thread(target=server.run, daemon=True).start()
+        for _ in range(300):
+            time.sleep(0.05)
+            if repository.ready and server.started:
+                break
+        connection = http.client.HTTPConnection("127.0.0.1", {port})
+        connection.request("POST", "/v1/models/digits:predict", json.dumps({{"instances": [[[[0.0]] * 8] * 8]}}))
+        assert connection.getresponse().status == 200
+        server.should_exit = True
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+        print("LOADED", loaded)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LOADED []" in result.stdout
