@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "bench", "convert"]
+__all__ = ["__version__", "bench", "convert", "package"]
 
 
 def convert(*args, **kwargs):
@@ -26,3 +26,10 @@ def bench(*args, **kwargs):
     from edgekit.benchmark.measure import bench as _bench
 
     return _bench(*args, **kwargs)
+
+
+def package(*args, **kwargs):
+    """Lay a chosen artifact out for an Android, iOS or web build; see edgekit.packaging.package."""
+    from edgekit.packaging import package as _package
+
+    return _package(*args, **kwargs)

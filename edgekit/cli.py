@@ -269,6 +269,46 @@ def serve(model_base_path, model_name, model_config, host, port, threads, interp
         max_body_mb=max_body_mb, api_key=read_api_key(api_key_file), log_level=log_level)
 
 
+@cli.command("package")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--platform", type=click.Choice(["android", "ios", "web"]), required=True, help="The app build to lay out for.")
+@click.option("--dest", type=click.Path(path_type=Path), required=True,
+              help="Where the model folder goes (Android: app/src/main/assets).")
+@click.option("--variant", help="The artifact to ship (name or variant).")
+@click.option("--pick", type=click.Choice(["smallest", "fastest", "most-accurate"]),
+              help="Choose among the artifacts that meet the budgets (fastest/most-accurate need --bench-json).")
+@click.option("--bench-json", type=click.Path(path_type=Path), help="`edgekit bench --json` report for picks and budgets.")
+@click.option("--labels", type=click.Path(path_type=Path), help="Labels file, one per line in class order.")
+@click.option("--name", help="Model folder name [default: OUT_DIR's name].")
+@click.option("--max-size-mb", type=float, help="Budget: file size, MiB.")
+@click.option("--max-accuracy-drop", type=float, help="Budget: accuracy points lost (from --bench-json).")
+@click.option("--max-latency-ms", type=float, help="Budget: p50 at batch 1 (from --bench-json).")
+@click.option("--allow-flex", is_flag=True, help="The app links the flex delegate (select TF ops).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was laid out as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_handle_errors
+def package_command(out_dir, platform, dest, variant, pick, bench_json, labels, name, max_size_mb, max_accuracy_drop,
+                    max_latency_ms, allow_flex, as_json, debug):
+    """Put the right model into an Android, iOS or web app build.
+
+    Exit status: 0 laid out (or already up to date), 1 refused (a budget broken, a failed or
+    flex artifact, no TF.js artifact for web), 2 bad input.
+    """
+    import json
+
+    from edgekit.packaging import Budgets, package, result_dict
+
+    result = package(out_dir, platform, dest, variant=variant, pick=pick, bench_json=bench_json, labels=labels,
+                     name=name, budgets=Budgets(max_size_mb, max_accuracy_drop, max_latency_ms), allow_flex=allow_flex)
+    if as_json:
+        click.echo(json.dumps(result_dict(result), indent=2))
+        return
+    state = "laid out" if result.changed else "up to date, nothing rewritten"
+    click.echo(f"{platform}: {result.artifact} -> {result.folder} ({state})")
+    for file_name, digest in result.files.items():
+        click.echo(f"  {file_name:<16} {(result.folder / file_name).stat().st_size:>10} bytes  sha256 {digest[:16]}")
+
+
 def main() -> None:
     cli()
 

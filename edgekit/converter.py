@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import __version__, data, savedmodel
+from edgekit.atomic import replace_dir, staging_dir
 from edgekit.errors import BadInput, EdgekitError, FlexOpsRequired
 from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest, SignatureSpec, TensorSpec
 from edgekit.metrics import compare_output
@@ -117,9 +117,7 @@ def convert(
 
     import tensorflow as tf
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    _chmod_like_mkdir(staging)
+    staging = staging_dir(out_dir)
     try:
         job = _Job(source_dir, staging, signature, options, calibration_rows, check_inputs, reference,
                    batch, quiet)
@@ -137,7 +135,7 @@ def convert(
             artifacts=artifacts,
         )
         manifest.write(staging)
-        _move_into_place(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -149,24 +147,6 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
         raise BadInput(f"{out_dir} exists and is a file", "pass a folder path for -o")
     if out_dir.exists() and not force:
         raise BadInput(f"{out_dir} already exists", "pass --force to replace it, or choose another -o")
-
-
-def _chmod_like_mkdir(path: Path) -> None:
-    """mkdtemp makes 0700 folders; OUT_DIR should get the mode a plain mkdir would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Swap the finished folder in with renames, so OUT_DIR is never half-written."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.rename(out_dir, old)
-    os.rename(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _sha256_path(path: Path) -> str:

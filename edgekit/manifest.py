@@ -33,6 +33,9 @@ from edgekit.errors import BadInput
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# The artifact a device gets when nobody names one: the smallest that keeps accuracy
+# on most models first. serve and package both choose by it.
+PREFERRED_VARIANTS = ("int8", "dynamic", "float16", "float32", "int16x8")
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,11 @@ class Manifest:
                 return artifact
         known = ", ".join(a.name for a in self.artifacts)
         raise BadInput(f"no artifact named {name!r} in the manifest", f"pick one of: {known}")
+
+    def preferred_artifact(self) -> Artifact | None:
+        """The first of PREFERRED_VARIANTS that was written and passed its check."""
+        usable = {a.variant: a for a in self.artifacts if a.file and a.status == "ok"}
+        return next((usable[v] for v in PREFERRED_VARIANTS if v in usable), None)
 
     @property
     def all_ok(self) -> bool:

@@ -81,6 +81,12 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError("server did not become ready:\n" + self.stop())
 
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
     def stop(self) -> str:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -224,8 +230,8 @@ def test_health_readiness_and_metrics(server):
 def test_api_key_and_body_limit(repo):
     key_file = repo / "key.txt"
     key_file.write_text(API_KEY + "\n")
-    running = Server([str(repo / "digits"), "--api-key-file", str(key_file), "--max-body-mb", "0.01"], key=API_KEY)
-    try:
+    with Server([str(repo / "digits"), "--api-key-file", str(key_file), "--max-body-mb", "0.01"],
+                key=API_KEY) as running:
         client = running.client
         ok = {"instances": [[[[0.0]] * 8] * 8]}
         assert client.predict("/v1/models/digits:predict", ok)[0] == 200
@@ -240,8 +246,6 @@ def test_api_key_and_body_limit(repo):
         status, _, reply = client.request("POST", "/v1/models/digits:predict", big, "application/json")
         assert status == 413 and "at most 0.01 MB" in json.loads(reply)["error"]
         assert client.predict("/v1/models/digits:predict", ok)[0] == 200
-    finally:
-        running.stop()
 
 
 def _wait_for(predicate, seconds=30.0):
@@ -256,58 +260,59 @@ def _wait_for(predicate, seconds=30.0):
 def test_hot_reload_under_load_loses_no_request_and_a_corrupt_version_leaves_the_old_one(repo, tmp_path):
     base = tmp_path / "digits"
     shutil.copytree(repo / "digits" / "1", base / "1")
-    running = Server([str(base)])
-    client = running.client
     results: list[int] = []
     stop = threading.Event()
     row = {"instances": [[[[0.25]] * 8] * 8]}
+    with Server([str(base)]) as running:
+        client = running.client
 
-    def load():
-        while not stop.is_set():
-            results.append(client.predict("/v1/models/digits:predict", row)[0])
+        def load():
+            while not stop.is_set():
+                results.append(client.predict("/v1/models/digits:predict", row)[0])
 
-    workers = [threading.Thread(target=load) for _ in range(4)]
-    try:
+        workers = [threading.Thread(target=load) for _ in range(4)]
         for worker in workers:
             worker.start()
-        # version 2: staged aside, then renamed in, as a deploy should do
-        staging = tmp_path / "staging"
-        staging.mkdir()
-        shutil.copy(repo / "digits" / "1" / "model_float32.tflite", staging / "model.tflite")
-        os.rename(staging, base / "2")
-        assert _wait_for(lambda: client.json("GET", "/v1/models/digits")[1]["model_version_status"][0]
-                         == {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}})
-        assert client.json("GET", "/v1/models/digits/versions/1")[1]["model_version_status"][0]["state"] == "END"
-        # version 3 is corrupt: it fails to load, version 2 keeps serving
-        (base / "3").mkdir()
-        (base / "3" / "model.tflite").write_bytes(b"\x00" * 100)
-        assert _wait_for(lambda: client.json("GET", "/v1/models/digits/versions/3")[0] == 200
-                         and client.json("GET", "/v1/models/digits/versions/3")[1]["model_version_status"][0]
-                         ["status"]["error_code"] != "OK")
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join()
-    status = client.json("GET", "/v1/models/digits")[1]["model_version_status"]
-    assert [(s["version"], s["state"]) for s in status] == [("3", "END"), ("2", "AVAILABLE"), ("1", "END")]
-    assert "failed to load" in status[0]["status"]["error_message"]
-    assert len(results) > 20 and set(results) == {200}, f"{len(results)} requests: {sorted(set(results))}"
-    assert client.predict("/v1/models/digits:predict", row)[0] == 200
-    log = running.stop()
+        try:
+            # version 2: staged aside, then renamed in, as a deploy should do
+            staging = tmp_path / "staging"
+            staging.mkdir()
+            shutil.copy(repo / "digits" / "1" / "model_float32.tflite", staging / "model.tflite")
+            os.rename(staging, base / "2")
+            assert _wait_for(lambda: client.json("GET", "/v1/models/digits")[1]["model_version_status"][0]
+                             == {"version": "2", "state": "AVAILABLE",
+                                 "status": {"error_code": "OK", "error_message": ""}})
+            assert client.json("GET", "/v1/models/digits/versions/1")[1]["model_version_status"][0]["state"] == "END"
+            # version 3 is corrupt: it fails to load, version 2 keeps serving
+            (base / "3").mkdir()
+            (base / "3" / "model.tflite").write_bytes(b"\x00" * 100)
+            assert _wait_for(lambda: client.json("GET", "/v1/models/digits/versions/3")[0] == 200
+                             and client.json("GET", "/v1/models/digits/versions/3")[1]["model_version_status"][0]
+                             ["status"]["error_code"] != "OK")
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join()
+        status = client.json("GET", "/v1/models/digits")[1]["model_version_status"]
+        assert [(s["version"], s["state"]) for s in status] == [("3", "END"), ("2", "AVAILABLE"), ("1", "END")]
+        assert "failed to load" in status[0]["status"]["error_message"]
+        assert len(results) > 20 and set(results) == {200}, f"{len(results)} requests: {sorted(set(results))}"
+        assert client.predict("/v1/models/digits:predict", row)[0] == 200
+        log = running.stop()
     assert '"event": "load_failed"' in log and '"event": "unloaded"' in log
 
 
 def test_sigterm_lets_the_request_in_flight_finish(repo):
-    running = Server([str(repo / "digits")])
     big_batch = json.dumps({"instances": [[[[0.5]] * 8] * 8] * 3000})  # a few hundred ms of work
     replies = []
-    worker = threading.Thread(target=lambda: replies.append(
-        running.client.request("POST", "/v1/models/digits:predict", big_batch, "application/json")))
-    worker.start()
-    time.sleep(0.1)
-    log = running.stop()
-    worker.join()
+    with Server([str(repo / "digits")]) as running:
+        worker = threading.Thread(target=lambda: replies.append(
+            running.client.request("POST", "/v1/models/digits:predict", big_batch, "application/json")))
+        worker.start()
+        time.sleep(0.1)
+        log = running.stop()
+        worker.join()
     status, _, payload = replies[0]
     assert status == 200 and len(json.loads(payload)["predictions"]) == 3000
     # uvicorn drains in-flight requests, then re-raises SIGTERM: the exit status systemd expects

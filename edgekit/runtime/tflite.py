@@ -93,10 +93,16 @@ def _tensor_info(name: str, detail: dict[str, Any]) -> TensorInfo:
 
 
 def quantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:
-    """real -> stored integer, q = round(real / scale) + zero_point, clipped to the dtype."""
+    """real -> stored integer, q = round(real / scale) + zero_point, clipped to the dtype.
+    float32 arithmetic (exact enough to round to 8 or 16 bits) and in place: this runs on
+    every request of a quantized model, on arrays of an image's size."""
     limits = np.iinfo(info.dtype)
-    q = np.round(np.asarray(values, dtype=np.float64) / info.scale) + info.zero_point
-    return np.clip(q, limits.min, limits.max).astype(info.dtype)
+    q = np.array(values, dtype=np.float32)  # a copy we may overwrite
+    np.multiply(q, np.float32(1.0 / info.scale), out=q)
+    np.rint(q, out=q)
+    np.add(q, np.float32(info.zero_point), out=q)
+    np.clip(q, limits.min, limits.max, out=q)
+    return q.astype(info.dtype)
 
 
 def dequantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:

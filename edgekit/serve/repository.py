@@ -31,7 +31,6 @@ from edgekit.runtime import TFLiteModel
 from edgekit.serve.codec import ServingTensor
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-PREFERRED_VARIANTS = ("int8", "dynamic", "float16", "float32", "int16x8")
 TF_DTYPES = {"float32": "DT_FLOAT", "float16": "DT_HALF", "float64": "DT_DOUBLE", "int8": "DT_INT8",
              "uint8": "DT_UINT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64",
              "bool": "DT_BOOL", "object": "DT_STRING", "bytes": "DT_STRING"}
@@ -137,11 +136,9 @@ def model_file(version_dir: Path, variant: str | None) -> Path:
                 raise BadInput(f"variant {variant!r} in {version_dir} is {artifact.status}: {artifact.error}",
                                "serve another variant (--variant)")
         else:
-            usable = {a.variant: a for a in manifest.artifacts if a.file and a.status == "ok"}
-            choice = next((v for v in PREFERRED_VARIANTS if v in usable), None)
-            if choice is None:
+            artifact = manifest.preferred_artifact()
+            if artifact is None:
                 raise BadInput(f"{version_dir} has no artifact that passed its checks", "convert the model again")
-            artifact = usable[choice]
         if artifact.requires_flex:
             raise BadInput(f"{artifact.name} in {version_dir} needs flex ops, which no Python LiteRT runtime has",
                            "convert without --allow-flex, or serve another variant")

@@ -1,0 +1,147 @@
+"""edgekit package: platform layouts, picks, incremental copies and refusals."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from conftest import DIGITS
+
+from edgekit import bench, convert, package
+from edgekit.cli import cli
+from edgekit.errors import BadInput
+from edgekit.manifest import Manifest
+from edgekit.packaging import Budgets, Refused
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory):
+    path = tmp_path_factory.mktemp("labels") / "digits.txt"
+    path.write_text("\n".join(str(d) for d in range(10)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_json(digits_out, tmp_path_factory):
+    report = bench(digits_out, eval_data=DIGITS / "eval.npz", runs=20, warmup=2, threads=(1,), batch=8, memory=False)
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    path.write_text(report.to_json())
+    return path
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("platform", ["android", "ios"])
+def test_layout_and_model_info(digits_out, labels, tmp_path, platform):
+    result = package(digits_out, platform, tmp_path / "assets", labels=labels, name="digits")
+    folder = tmp_path / "assets" / "digits"
+    assert result.folder == folder and result.changed and result.artifact == "tflite_int8"
+    assert sorted(p.name for p in folder.iterdir()) == ["labels.txt", "model.tflite", "model_info.json"]
+    int8 = Manifest.read(digits_out).artifact("int8")
+    assert sha256(folder / "model.tflite") == int8.sha256
+    info = json.loads((folder / "model_info.json").read_text())
+    assert info["model"] == "model.tflite" and info["labels"] == "labels.txt" and info["variant"] == "int8"
+    assert info["sha256"] == int8.sha256 and info["edgekit_version"]
+    (pixels,) = info["inputs"]
+    assert pixels["name"] == "pixels" and pixels["dtype"] == "int8" and pixels["shape"] == [None, 8, 8, 1]
+    assert pixels["quantization"]["scale"] > 0 and "zero_point" in pixels["quantization"]
+    assert info["outputs"][0]["name"] == "probs"
+    assert (folder / "labels.txt").read_text().splitlines() == [str(d) for d in range(10)]
+    assert [p.name for p in (tmp_path / "assets").iterdir()] == ["digits"]  # no staging left behind
+
+
+def test_a_second_run_rewrites_nothing(digits_out, labels, tmp_path):
+    package(digits_out, "android", tmp_path, labels=labels, name="digits")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "digits").iterdir()}
+    again = package(digits_out, "android", tmp_path, labels=labels, name="digits")
+    assert again.changed is False
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "digits").iterdir()} == stamps
+
+
+def test_a_changed_file_replaces_the_folder_but_keeps_unchanged_files_timestamps(digits_out, labels, tmp_path):
+    package(digits_out, "android", tmp_path, labels=labels, name="digits")
+    model_stamp = (tmp_path / "digits" / "model.tflite").stat().st_mtime_ns
+    other_labels = tmp_path / "labels.txt"
+    other_labels.write_text("\n".join(f"digit {d}" for d in range(10)))
+    result = package(digits_out, "android", tmp_path, labels=other_labels, name="digits")
+    assert result.changed is True
+    assert (tmp_path / "digits" / "labels.txt").read_text().startswith("digit 0")
+    assert (tmp_path / "digits" / "model.tflite").stat().st_mtime_ns == model_stamp
+
+
+def test_picks(digits_out, bench_json, tmp_path):
+    manifest = Manifest.read(digits_out)
+    smallest = package(digits_out, "android", tmp_path / "a", pick="smallest")
+    assert smallest.artifact == min((a for a in manifest.artifacts), key=lambda a: a.bytes).name
+    report = {row["name"]: row for row in json.loads(bench_json.read_text())["artifacts"]}
+    fastest = package(digits_out, "android", tmp_path / "b", pick="fastest", bench_json=bench_json)
+    assert fastest.artifact == min(report, key=lambda n: report[n]["latency_ms"]["1"]["p50_ms"])
+    accurate = package(digits_out, "ios", tmp_path / "c", pick="most-accurate", bench_json=bench_json)
+    assert accurate.artifact == min(report, key=lambda n: (report[n]["accuracy_drop_points"],
+                                                           manifest.artifact(n).bytes))
+    # a budget narrows the field: under 40 KB, float32 and float16 are out
+    bounded = package(digits_out, "android", tmp_path / "d", pick="most-accurate", bench_json=bench_json,
+                      budgets=Budgets(max_size_mb=40 / 1024))
+    assert bounded.artifact in ("tflite_dynamic", "tflite_int8", "tflite_int16x8")
+
+
+def test_budget_broken_is_refused_with_the_figures(digits_out, bench_json, tmp_path):
+    with pytest.raises(Refused, match=r"size 0\.095 MB > 0\.05 MB"):
+        package(digits_out, "android", tmp_path, variant="float32", budgets=Budgets(max_size_mb=0.05))
+    with pytest.raises(Refused, match="p50 latency"):
+        package(digits_out, "android", tmp_path, variant="int8", bench_json=bench_json,
+                budgets=Budgets(max_latency_ms=1e-9))
+    with pytest.raises(Refused, match="no artifact meets the budgets"):
+        package(digits_out, "android", tmp_path, pick="smallest", budgets=Budgets(max_size_mb=0.001))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_and_flex_artifacts_are_refused(digits_out, lstm_saved_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(digits_out, broken)
+    data = json.loads((broken / "manifest.json").read_text())
+    int8 = next(a for a in data["artifacts"] if a["variant"] == "int8")
+    int8["status"], int8["error"] = "failed", "relative L2 error 0.3 exceeds the int8 tolerance 0.15"
+    (broken / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(Refused, match="failed its checks: relative L2 error 0.3"):
+        package(broken, "android", tmp_path / "app", variant="int8")
+    flex = tmp_path / "flex"
+    convert(lstm_saved_model, flex, variants=("float32",), allow_flex=True)
+    with pytest.raises(Refused, match="tensorflow-lite-select-tf-ops"):
+        package(flex, "android", tmp_path / "app", variant="float32")
+    assert package(flex, "android", tmp_path / "app", variant="float32", allow_flex=True).changed
+
+
+def test_web_without_a_tfjs_artifact_is_refused(digits_out, tmp_path):
+    result = CliRunner().invoke(cli, ["package", str(digits_out), "--platform", "web", "--dest", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "needs a TF.js artifact" in result.output and "hint:" in result.output
+
+
+def test_bad_input(digits_out, bench_json, tmp_path):
+    with pytest.raises(BadInput, match="needs bench figures"):
+        package(digits_out, "android", tmp_path, pick="fastest")
+    with pytest.raises(BadInput, match="no artifact named 'int4'"):
+        package(digits_out, "android", tmp_path, variant="int4")
+    with pytest.raises(BadInput, match="both choose"):
+        package(digits_out, "android", tmp_path, variant="int8", pick="smallest")
+    three = tmp_path / "three.txt"
+    three.write_text("a\nb\nc\n")
+    with pytest.raises(BadInput, match="3 labels, output 'probs' has 10 classes"):
+        package(digits_out, "android", tmp_path, labels=three)
+    result = CliRunner().invoke(cli, ["package", str(tmp_path / "nowhere"), "--platform", "ios", "--dest", str(tmp_path)])
+    assert result.exit_code == 2 and "no manifest.json" in result.output
+
+
+def test_cli_reports_what_it_laid_out(digits_out, labels, tmp_path):
+    args = ["package", str(digits_out), "--platform", "android", "--dest", str(tmp_path), "--labels", str(labels),
+            "--name", "digits"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "android: tflite_int8 ->" in first.output and "model_info.json" in first.output
+    second = CliRunner().invoke(cli, args + ["--json"])
+    assert second.exit_code == 0 and json.loads(second.output)["changed"] is False
