@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import __version__, data, savedmodel
-from edgekit.atomic import replace_dir, staging_dir
+from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
 from edgekit.errors import BadInput, EdgekitError, FlexOpsRequired
 from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest, SignatureSpec, TensorSpec
 from edgekit.metrics import compare_output
@@ -103,7 +103,7 @@ def convert(
             "format": "images" if Path(calibration).is_dir() else Path(calibration).suffix[1:],
             "samples_available": available,
             "samples": len(next(iter(calibration_rows.values()))),
-            "sha256": _sha256_path(Path(calibration)),
+            "sha256": sha256_file(Path(calibration)) if Path(calibration).is_file() else sha256_tree(Path(calibration)),
         }
     if calibration_rows is not None:
         check_inputs = data.spread_rows(calibration_rows, check_samples)
@@ -147,16 +147,6 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
         raise BadInput(f"{out_dir} exists and is a file", "pass a folder path for -o")
     if out_dir.exists() and not force:
         raise BadInput(f"{out_dir} already exists", "pass --force to replace it, or choose another -o")
-
-
-def _sha256_path(path: Path) -> str:
-    if path.is_file():
-        return savedmodel.sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(savedmodel.sha256_file(file).encode())
-    return digest.hexdigest()
 
 
 def _skipped(variant: Variant, signature: str) -> Artifact:
@@ -308,7 +298,7 @@ class _Job:
         inputs = [_tensor_spec(i) for i in model.inputs(self.signature)]
         outputs = [_tensor_spec(o) for o in model.outputs(self.signature)]
         try:
-            actual = _run_batches(model, self.signature, self.check_inputs, self.batch)
+            actual = data.run_in_batches(lambda feed: model.run(feed, self.signature), self.check_inputs, self.batch)
             per_output = {out: compare_output(actual[out], self.reference[out]) for out in sorted(self.reference)}
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
             check = Check(status="failed", samples=samples, tolerance_rel_l2=tolerance,
@@ -330,13 +320,3 @@ class _Job:
         artifact = Artifact(status="ok" if passed else "failed", inputs=inputs, outputs=outputs, check=check,
                             error=reason, **fields)
         return artifact, time.perf_counter() - started
-
-
-def _run_batches(model: TFLiteModel, signature: str, inputs: dict[str, np.ndarray], batch: int):
-    count = len(next(iter(inputs.values())))
-    chunks: dict[str, list[np.ndarray]] = {}
-    for start in range(0, count, batch):
-        feed = {k: v[start : start + batch] for k, v in inputs.items()}
-        for name, value in model.run(feed, signature).items():
-            chunks.setdefault(name, []).append(np.array(value))
-    return {name: np.concatenate(parts) for name, parts in chunks.items()}

@@ -7,6 +7,7 @@ converter. Images need Pillow (the `convert` extra); everything else is numpy.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,15 @@ def batch_size(signature: SignatureSpec) -> int:
     """Rows per call: the signature's fixed batch size if it has one, else DEFAULT_BATCH."""
     fixed = {spec.shape[0] for spec in signature.inputs if spec.shape and spec.shape[0] is not None}
     return fixed.pop() if len(fixed) == 1 else DEFAULT_BATCH
+
+
+def run_in_batches(
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], inputs: dict[str, np.ndarray], batch: int
+) -> dict[str, np.ndarray]:
+    """Call `run` on `batch` rows at a time and join its outputs: any engine, any row count."""
+    count = len(next(iter(inputs.values())))
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, count, batch):
+        for name, value in run({k: v[start : start + batch] for k, v in inputs.items()}).items():
+            parts.setdefault(name, []).append(np.array(value))  # a copy: runtimes reuse buffers
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -16,17 +16,15 @@ the folder is built aside and swapped in by renames: never half-copied.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import __version__
-from edgekit.atomic import replace_dir, staging_dir
+from edgekit.files import replace_dir, sha256_file, staging_dir
 from edgekit.errors import BadInput, EdgekitError
 from edgekit.manifest import Artifact, Manifest
-from edgekit.savedmodel import sha256_file
 
 PLATFORMS = ("android", "ios", "web")
 PICKS = ("smallest", "fastest", "most-accurate")

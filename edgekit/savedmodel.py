@@ -4,13 +4,14 @@ Build world: imports TensorFlow, lazily, inside the functions that need it.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit.data import run_in_batches
 from edgekit.errors import BadInput, NotFound
+from edgekit.files import sha256_file, sha256_tree
 from edgekit.manifest import SignatureSpec, TensorSpec
 
 def check_path(path: str | Path) -> Path:
@@ -31,26 +32,12 @@ def check_path(path: str | Path) -> Path:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_identity(path: Path) -> dict[str, str]:
     """Where the model came from and hashes that change whenever it does."""
-    variables = hashlib.sha256()
-    variables_dir = path / "variables"
-    if variables_dir.is_dir():
-        for file in sorted(p for p in variables_dir.rglob("*") if p.is_file()):
-            variables.update(file.relative_to(variables_dir).as_posix().encode() + b"\0")
-            variables.update(sha256_file(file).encode())
     return {
         "path": str(path.resolve()),
         "saved_model_pb_sha256": sha256_file(path / "saved_model.pb"),
-        "variables_sha256": variables.hexdigest(),
+        "variables_sha256": sha256_tree(path / "variables"),  # of nothing when there are no variables
     }
 
 
@@ -110,10 +97,8 @@ def run_reference(
     import tensorflow as tf
 
     function = loaded.signatures[signature]
-    count = len(next(iter(inputs.values())))
-    chunks: dict[str, list[np.ndarray]] = {}
-    for start in range(0, count, batch):
-        feed = {k: tf.constant(v[start : start + batch]) for k, v in inputs.items()}
-        for name, value in function(**feed).items():
-            chunks.setdefault(name, []).append(value.numpy())
-    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in function(**{n: tf.constant(a) for n, a in feed.items()}).items()}
+
+    return run_in_batches(run, inputs, batch)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.data import run_in_batches
 from edgekit.errors import BadInput
 
 
@@ -34,13 +35,7 @@ class Runner(ABC):
         """The command that loads and runs this model in a fresh process (benchmark.memory)."""
 
     def run_batches(self, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-        count = len(next(iter(inputs.values())))
-        parts: dict[str, list[np.ndarray]] = {}
-        for start in range(0, count, batch):
-            feed = {k: v[start : start + batch] for k, v in inputs.items()}
-            for name, value in self.run(feed).items():
-                parts.setdefault(name, []).append(np.array(value))
-        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+        return run_in_batches(self.run, inputs, batch)
 
 
 class LiteRTRunner(Runner):

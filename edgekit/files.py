@@ -1,9 +1,12 @@
-"""Build a folder aside, then rename it into place: a failure never leaves it half-written.
+"""Files as edgekit writes and identifies them.
 
-convert (OUT_DIR) and package (the app's model folder) both write this way.
+Folders are built aside and renamed into place, so a failure never leaves one half-written
+(convert's OUT_DIR, package's model folder). Files are identified by sha256 (the manifest,
+model_info.json, incremental packaging).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -30,3 +33,20 @@ def replace_dir(staging: Path, target: Path) -> None:
     os.rename(staging, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(folder: Path) -> str:
+    """One digest for a folder: every file's relative path and content, in sorted order."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
