@@ -83,22 +83,24 @@ class _ProgressPrinter:
 
 
 def _summary_table(manifest, seconds: dict[str, float]) -> str:
-    float32 = next((a for a in manifest.artifacts if a.variant == "float32" and a.bytes), None)
+    float32 = next((a for a in manifest.artifacts if a.format == "tflite" and a.variant == "float32" and a.bytes), None)
     header = ["variant", "status", "size", "vs float32", "rel L2", "max abs", "top-1 agree", "time"]
     rows = []
     for artifact in manifest.artifacts:
         check = artifact.check
         ratio = f"{artifact.bytes / float32.bytes:.2f}x" if float32 and artifact.bytes else "-"
         agree = check.top1_agreement if check else None
+        label = artifact.variant if artifact.format == "tflite" else artifact.name
         rows.append([
-            artifact.variant + (" (flex)" if artifact.requires_flex else ""),
+            label + (" (flex)" if artifact.requires_flex else ""),
             artifact.status,
             _human_bytes(artifact.bytes),
             ratio,
             _fmt(check.worst_rel_l2 if check else None, ".2e"),
             _fmt(check.worst_max_abs if check else None, ".2e"),
             "-" if agree is None else f"{agree * 100:.1f}%",
-            f"{seconds[artifact.variant]:.1f} s" if artifact.variant in seconds else "-",
+            f"{seconds[step]:.1f} s" if (step := "onnx" if artifact.format == "onnx" else artifact.variant) in seconds
+            else "-",
         ])
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
@@ -131,12 +133,14 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
               show_default=True, help="Pixel scale for an image-folder calibration set.")
 @click.option("--allow-flex", is_flag=True,
               help="Keep ops TFLite lacks as SELECT_TF_OPS (needs the flex delegate at run time).")
+@click.option("--onnx", is_flag=True, help="Also write onnx/model.onnx (tf2onnx; needs edgekit[onnx]).")
+@click.option("--onnx-opset", type=int, help="ONNX opset [default: the newest tf2onnx supports].")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest to stdout instead of the table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own logs.")
 @_handle_errors
 def convert(saved_model, out_dir, signature, variants, calibration, calibration_samples,
-            check_samples, int8_io, image_range, allow_flex, force, as_json, debug):
+            check_samples, int8_io, image_range, allow_flex, onnx, onnx_opset, force, as_json, debug):
     """Convert SAVED_MODEL to TFLite variants, check each against it, write a manifest.
 
     Exit status: 0 every variant converted and passed its check, 1 some failed,
@@ -154,8 +158,8 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     manifest = run_convert(
         saved_model, out_dir, signature=signature, variants=chosen, calibration=calibration,
         calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
-        allow_flex=allow_flex, image_range=image_range, force=force, progress=printer,
-        quiet=not debug,
+        allow_flex=allow_flex, image_range=image_range, onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset,
+        force=force, progress=printer, quiet=not debug,
     )
     if as_json:
         click.echo(manifest.to_json(), nl=False)
@@ -163,6 +167,8 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
         click.echo(_summary_table(manifest, printer.seconds))
         click.echo(f"wrote {out_dir}/manifest.json")
     for artifact in manifest.artifacts:
+        if artifact.status == "failed" and artifact.format == "onnx":
+            click.echo(f"note: {artifact.error}", err=True)
         if artifact.status == "skipped":
             click.echo(f"note: {artifact.variant} skipped: {artifact.error}", err=True)
         if artifact.status == "unverified":

@@ -1,4 +1,4 @@
-"""`edgekit convert`: SavedModel -> checked TFLite artifacts + manifest.json, atomically.
+"""`edgekit convert`: SavedModel -> checked TFLite (and ONNX) artifacts + manifest.json, atomically.
 
 Order matters for the user: everything that can be validated without TensorFlow
 (paths, options, OUT_DIR) fails first and fast; then the SavedModel and the samples are
@@ -20,12 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import __version__, data, savedmodel
-from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
 from edgekit.errors import BadInput, EdgekitError, FlexOpsRequired
+from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
 from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest, SignatureSpec, TensorSpec
 from edgekit.metrics import compare_output
 from edgekit.native_logs import captured_native_output
+from edgekit.runtime.onnx import OnnxModel
 from edgekit.runtime.tflite import TensorInfo, TFLiteModel
+from edgekit.targets import onnx as onnx_target
+from edgekit.targets.onnx import OnnxOptions, require_onnx
 from edgekit.targets.tflite import VARIANTS, TFLiteOptions, Variant, convert_variant
 
 DEFAULT_CALIBRATION_SAMPLES = 200
@@ -34,9 +37,9 @@ DEFAULT_CHECK_SAMPLES = 32
 
 @dataclass(frozen=True)
 class Step:
-    """A progress event: `stage` is "start" before a variant, "done" after it."""
+    """A progress event: `stage` is "start" before a target, "done" after it."""
 
-    variant: str
+    variant: str  # a TFLite variant, or "onnx"
     stage: str
     index: int
     total: int
@@ -59,6 +62,8 @@ def convert(
     int8_io: str = "int8",
     allow_flex: bool = False,
     image_range: str = "0:255",
+    onnx: bool = False,
+    onnx_opset: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
     quiet: bool = True,
@@ -67,9 +72,13 @@ def convert(
 
     `variants=None` means all five; full-integer ones are then skipped (with the reason in
     the manifest) when no calibration data is given. Naming them explicitly without data
-    is an error instead. Raises BadInput (nothing written) for unusable input.
+    is an error instead. `onnx=True` also writes onnx/model.onnx (tf2onnx, `onnx_opset`
+    or the newest it supports). Raises BadInput (nothing written) for unusable input.
     """
     explicit_variants = variants is not None
+    onnx_options = OnnxOptions(onnx_opset) if onnx else None
+    if onnx:
+        require_onnx()
     options = TFLiteOptions(
         variants=tuple(variants) if variants else tuple(Variant), int8_io=int8_io, allow_flex=allow_flex
     )
@@ -119,14 +128,14 @@ def convert(
 
     staging = staging_dir(out_dir)
     try:
-        job = _Job(source_dir, staging, signature, options, calibration_rows, check_inputs, reference,
-                   batch, quiet)
+        job = _Job(source_dir, staging, signature, spec, options, calibration_rows, check_inputs, reference,
+                   batch, quiet, onnx_options)
         artifacts, runtime = job.run(progress)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             versions={"edgekit": __version__, "tensorflow": tf.__version__, "runtime": runtime,
-                      "numpy": np.__version__},
+                      "numpy": np.__version__, **(onnx_target.versions() if onnx else {})},
             source=savedmodel.source_identity(source_dir),
             signature=signature,
             signatures=all_signatures,
@@ -176,6 +185,12 @@ def _representative(rows: dict[str, np.ndarray]):
     return samples
 
 
+def _onnx_spec(name: str, signature_specs: dict[str, TensorSpec]) -> TensorSpec:
+    """tf2onnx keeps the signature's tensor names, dtypes and shapes."""
+    spec = signature_specs.get(name)
+    return TensorSpec(name=name, dtype=spec.dtype if spec else "float32", shape=spec.shape if spec else None)
+
+
 def _tensor_spec(info: TensorInfo) -> TensorSpec:
     return TensorSpec(
         name=info.name,
@@ -193,13 +208,14 @@ _CONVERSION_ORDER = [Variant.INT16X8, Variant.INT8, Variant.DYNAMIC, Variant.FLO
 
 @dataclass
 class _Pending:
-    """A written artifact whose LiteRT check is still to run."""
+    """A written artifact whose check (in LiteRT or onnxruntime) is still to run."""
 
-    variant: Variant
+    label: str  # "int8", "onnx": for messages
     fields: dict
-    model: TFLiteModel
-    requires_flex: bool
-    convert_seconds: float
+    model: TFLiteModel | OnnxModel
+    tolerance: float
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
 
 
 class _Job:
@@ -210,51 +226,77 @@ class _Job:
     be holding stdout/stderr aside for the converter (native_logs) when a check ends.
     """
 
-    def __init__(self, source_dir, staging, signature, options, calibration_rows, check_inputs,
-                 reference, batch, quiet):
+    def __init__(self, source_dir, staging, signature, signature_spec, options, calibration_rows, check_inputs,
+                 reference, batch, quiet, onnx_options=None):
         self.source_dir, self.staging, self.signature = source_dir, staging, signature
+        self.signature_spec, self.onnx_options = signature_spec, onnx_options
         self.options, self.calibration_rows = options, calibration_rows
         self.check_inputs, self.reference, self.batch, self.quiet = check_inputs, reference, batch, quiet
         self.flex_needed = False
         self.runtime = "unknown"
 
     def run(self, progress: Progress | None) -> tuple[list[Artifact], str]:
-        order = sorted(self.options.variants, key=_CONVERSION_ORDER.index)
-        done: dict[Variant, Artifact] = {}
-        index = {variant: i for i, variant in enumerate(order, 1)}
+        """Artifacts in the order asked for (TFLite variants, then ONNX), and the LiteRT version."""
+        order: list[str] = [v.value for v in sorted(self.options.variants, key=_CONVERSION_ORDER.index)]
+        if self.onnx_options:
+            order.append("onnx")
+        done: dict[str, Artifact] = {}
+        index = {step: i for i, step in enumerate(order, 1)}
         total = len(order)
 
-        def report(variant: Variant, artifact: Artifact, seconds: float) -> None:
-            done[variant] = artifact
+        def report(step: str, artifact: Artifact, seconds: float) -> None:
+            done[step] = artifact
             if progress:
-                progress(Step(variant.value, "done", index[variant], total, artifact, seconds))
+                progress(Step(step, "done", index[step], total, artifact, seconds))
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-check") as checker:
-            checks: dict[Variant, tuple[Future, float]] = {}
+            checks: dict[str, tuple[Future, float]] = {}
 
             def report_finished(wait: bool) -> None:
-                for variant, (future, convert_seconds) in list(checks.items()):
+                for step, (future, convert_seconds) in list(checks.items()):
                     if wait or future.done():
                         artifact, check_seconds = future.result()
-                        del checks[variant]
-                        report(variant, artifact, convert_seconds + check_seconds)
+                        del checks[step]
+                        report(step, artifact, convert_seconds + check_seconds)
 
-            for variant in order:
+            for step in order:
                 if progress:
-                    progress(Step(variant.value, "start", index[variant], total))
+                    progress(Step(step, "start", index[step], total))
                 started = time.perf_counter()
-                if VARIANTS[variant].needs_calibration and self.calibration_rows is None:
-                    report(variant, _skipped(variant, self.signature), 0.0)
-                    continue
-                built = self._convert(variant)
+                if step == "onnx":
+                    built = self._convert_onnx()
+                elif VARIANTS[Variant(step)].needs_calibration and self.calibration_rows is None:
+                    built = _skipped(Variant(step), self.signature)
+                else:
+                    built = self._convert(Variant(step))
                 seconds = time.perf_counter() - started
                 if isinstance(built, Artifact):
-                    report(variant, built, seconds)
+                    report(step, built, seconds)
                 else:
-                    checks[variant] = (checker.submit(self._check, built), seconds)
+                    checks[step] = (checker.submit(self._check, built), seconds)
                 report_finished(wait=False)
             report_finished(wait=True)
-        return [done[variant] for variant in self.options.variants], self.runtime
+        wanted = [v.value for v in self.options.variants] + (["onnx"] if self.onnx_options else [])
+        return [done[step] for step in wanted], self.runtime
+
+    def _convert_onnx(self) -> Artifact | _Pending:
+        """tf2onnx (a subprocess), onnx.checker, then an onnxruntime session for the check."""
+        fields = dict(name="onnx", format="onnx", variant="float32", signature=self.signature,
+                      quantization={"weights": "float32", "activations": "float32"})
+        output = self.staging / onnx_target.FILE
+        try:
+            opset = onnx_target.convert_onnx(self.source_dir, self.signature, self.onnx_options, output)
+            model = OnnxModel(output, num_threads=os.cpu_count())
+        except EdgekitError as exc:
+            output.unlink(missing_ok=True)  # only what the manifest lists lands in OUT_DIR
+            return Artifact(status="failed", error=str(exc), **fields)
+        content = output.read_bytes()
+        fields.update(file=onnx_target.FILE, bytes=len(content), sha256=hashlib.sha256(content).hexdigest(),
+                      opset=opset)
+        specs = {spec.name: spec for spec in [*self.signature_spec.inputs, *self.signature_spec.outputs]}
+        inputs = [_onnx_spec(n, specs) for n in model.input_names]
+        outputs = [_onnx_spec(n, specs) for n in model.output_names]
+        return _Pending("onnx", fields, model, onnx_target.TOLERANCE_REL_L2, inputs, outputs)
 
     def _convert(self, variant: Variant) -> Artifact | _Pending:
         """Convert, write and load one variant; an Artifact when there is nothing to check."""
@@ -262,7 +304,6 @@ class _Job:
         quantization = _quantization(variant, self.calibration_rows)
         tolerance = VARIANTS[variant].tolerance_rel_l2
         calibration = _representative(self.calibration_rows) if self.calibration_rows is not None else None
-        started = time.perf_counter()
         try:
             result = convert_variant(str(self.source_dir), self.signature, variant, self.options, calibration,
                                      self.quiet, self.flex_needed)
@@ -287,16 +328,15 @@ class _Job:
         except EdgekitError as exc:
             return Artifact(status="failed", error=f"LiteRT cannot load it: {exc.message}", **fields)
         self.runtime = model.runtime
-        return _Pending(variant, fields, model, result.requires_flex, time.perf_counter() - started)
+        return _Pending(variant.value, fields, model, tolerance, [_tensor_spec(i) for i in model.inputs(self.signature)],
+                        [_tensor_spec(o) for o in model.outputs(self.signature)])
 
     def _check(self, pending: _Pending) -> tuple[Artifact, float]:
         """Run the artifact on the check inputs and compare with the SavedModel (worker thread)."""
         started = time.perf_counter()
-        variant, model, fields = pending.variant, pending.model, pending.fields
-        tolerance = VARIANTS[variant].tolerance_rel_l2
+        model, fields, tolerance = pending.model, pending.fields, pending.tolerance
         samples = len(next(iter(self.check_inputs.values())))
-        inputs = [_tensor_spec(i) for i in model.inputs(self.signature)]
-        outputs = [_tensor_spec(o) for o in model.outputs(self.signature)]
+        inputs, outputs = pending.inputs, pending.outputs
         try:
             actual = data.run_in_batches(lambda feed: model.run(feed, self.signature), self.check_inputs, self.batch)
             per_output = {out: compare_output(actual[out], self.reference[out]) for out in sorted(self.reference)}
@@ -312,7 +352,7 @@ class _Job:
         if broken:
             reason = f"output {', '.join(broken)} holds NaN or infinite values where the SavedModel's does not"
         elif not passed:
-            reason = f"relative L2 error {worst:.4g} exceeds the {variant.value} tolerance {tolerance:g}"
+            reason = f"relative L2 error {worst:.4g} exceeds the {pending.label} tolerance {tolerance:g}"
         else:
             reason = None
         check = Check(status="passed" if passed else "failed", samples=samples, tolerance_rel_l2=tolerance,

@@ -94,7 +94,7 @@ class Check:
 @dataclass(frozen=True)
 class Artifact:
     name: str  # unique in the manifest, e.g. "tflite_int8"
-    format: str  # "tflite"
+    format: str  # "tflite" | "onnx"
     variant: str  # "float32" | "dynamic" | "float16" | "int8" | "int16x8"
     # "ok" | "failed" | "skipped" (needs calibration data, none given) |
     # "unverified" (built, but no runtime here can run it: flex ops)
@@ -109,6 +109,7 @@ class Artifact:
     requires_flex: bool = False
     check: Check | None = None
     error: str | None = None
+    opset: int | None = None  # ONNX artifacts only
 
     @property
     def ok(self) -> bool:
@@ -128,15 +129,19 @@ class Manifest:
     artifacts: list[Artifact]
 
     def artifact(self, name: str) -> Artifact:
+        """By name ("tflite_int8", "onnx"), or by TFLite variant ("int8")."""
         for artifact in self.artifacts:
-            if name in (artifact.name, artifact.variant):
+            if name == artifact.name:
+                return artifact
+        for artifact in self.artifacts:
+            if artifact.format == "tflite" and name == artifact.variant:
                 return artifact
         known = ", ".join(a.name for a in self.artifacts)
         raise BadInput(f"no artifact named {name!r} in the manifest", f"pick one of: {known}")
 
     def preferred_artifact(self) -> Artifact | None:
-        """The first of PREFERRED_VARIANTS that was written and passed its check."""
-        usable = {a.variant: a for a in self.artifacts if a.file and a.status == "ok"}
+        """The first TFLite artifact of PREFERRED_VARIANTS that was written and passed its check."""
+        usable = {a.variant: a for a in self.artifacts if a.format == "tflite" and a.file and a.status == "ok"}
         return next((usable[v] for v in PREFERRED_VARIANTS if v in usable), None)
 
     @property

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import __version__, data, metrics
-from edgekit.benchmark.runners import LiteRTRunner, Runner, TensorFlowRunner
+from edgekit.benchmark.runners import RUNNERS, Runner, TensorFlowRunner
 from edgekit.benchmark.timing import Latency, measure_latency, measure_throughput
 from edgekit.errors import BadInput, EdgekitError, NotFound
 from edgekit.manifest import Manifest, SignatureSpec
@@ -149,11 +149,17 @@ def bench(
                             reason="requires flex ops, which no Python LiteRT runtime can run"))
             say(f"{prefix}: skipped (requires flex ops)")
             continue
+        runner_class = RUNNERS.get(entry.format)
+        if runner_class is None:
+            rows.append(Row(entry.name, entry.format, "CPU", entry.variant, entry.bytes, "skipped",
+                            reason=f"no runner for {entry.format} artifacts yet"))
+            say(f"{prefix}: skipped (no {entry.format} runner)")
+            continue
         try:
             with captured_native_output(quiet):  # LiteRT's delegate notes
-                runners = {str(t): LiteRTRunner(out_dir / entry.file, entry.signature, t) for t in threads}
+                runners = {str(t): runner_class(out_dir / entry.file, entry.signature, t) for t in threads}
         except EdgekitError as exc:
-            rows.append(Row(entry.name, "litert", "CPU", entry.variant, entry.bytes, "skipped", reason=exc.message))
+            rows.append(Row(entry.name, entry.format, "CPU", entry.variant, entry.bytes, "skipped", reason=exc.message))
             say(f"{prefix}: skipped ({exc.message})")
             continue
         widest = runners[str(max(threads))]

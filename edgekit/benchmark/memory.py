@@ -1,6 +1,7 @@
 """Peak resident memory of a fresh process that loads a model and runs it once.
 
     python -m edgekit.benchmark.memory tflite MODEL.tflite [--signature S] [--threads N]
+    python -m edgekit.benchmark.memory onnx MODEL.onnx [--threads N]
     python -m edgekit.benchmark.memory savedmodel DIR [--signature S]
 
 Prints one JSON line: peak_rss_mb (VmHWM, the high-water mark of this process's own
@@ -33,7 +34,7 @@ def _zeros(specs) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["tflite", "savedmodel"])
+    parser.add_argument("kind", choices=["tflite", "onnx", "savedmodel"])
     parser.add_argument("path")
     parser.add_argument("--signature", default="serving_default")
     parser.add_argument("--threads", type=int, default=None)
@@ -47,6 +48,16 @@ def main(argv: list[str] | None = None) -> None:
         model = TFLiteModel(args.path, num_threads=args.threads)
         inputs = model.inputs(args.signature)
         model.run(_zeros([(i.name, i.dtype, i.shape) for i in inputs]), args.signature, real=False)
+    elif args.kind == "onnx":
+        import onnxruntime  # noqa: F401  (the library, before the baseline reading)
+
+        from edgekit.runtime.onnx import _ONNX_DTYPES, OnnxModel
+
+        baseline = _status_mb("VmRSS")
+        model = OnnxModel(args.path, num_threads=args.threads)
+        inputs = model.session.get_inputs()
+        shapes = [[d if isinstance(d, int) else None for d in i.shape] for i in inputs]
+        model.run(_zeros([(i.name, _ONNX_DTYPES.get(i.type, np.float32), s) for i, s in zip(inputs, shapes)]))
     else:
         import os
 

@@ -61,6 +61,31 @@ class LiteRTRunner(Runner):
                 "--signature", self.signature, "--threads", str(self.threads)]
 
 
+class OnnxRuntimeRunner(Runner):
+    """An .onnx in onnxruntime on the CPU (intra-op threads = `threads`)."""
+
+    engine = "onnxruntime"
+
+    def __init__(self, path: Path, signature: str, threads: int):
+        from edgekit.runtime.onnx import OnnxModel
+
+        self.path, self.signature, self.threads = path, signature, threads
+        self.model = OnnxModel(path, num_threads=threads)
+
+    def run(self, inputs):
+        return self.model.run(inputs)
+
+    def prepare(self, inputs):
+        return self.model.prepare(inputs)
+
+    def memory_argv(self):
+        return [sys.executable, "-m", "edgekit.benchmark.memory", "onnx", str(self.path),
+                "--threads", str(self.threads)]
+
+
+RUNNERS = {"tflite": LiteRTRunner, "onnx": OnnxRuntimeRunner}  # artifact format -> runner
+
+
 def tensorflow_device() -> str:
     """'GPU:0 (<name>)' when TensorFlow sees a GPU, else 'CPU': the reference runs there."""
     import tensorflow as tf
