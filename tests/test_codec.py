@@ -86,6 +86,12 @@ def test_float_into_integer_input_is_refused():
         decode_json({"instances": [[1.5, 2, 3]]}, ids)
 
 
+def test_parse_json_reads_nan_and_infinity_as_tf_serving_writes_them():
+    document = parse_json(b'{"instances": [NaN, Infinity, -Infinity, 1.5]}')
+    values = document["instances"]
+    assert np.isnan(values[0]) and values[1] == np.inf and values[2] == -np.inf and values[3] == 1.5
+
+
 def test_parse_json_refuses_non_objects_and_garbage():
     with pytest.raises(BadInput, match="not valid JSON"):
         parse_json(b"{nope")

@@ -65,11 +65,21 @@ class Request:
 
 # --- decoding -------------------------------------------------------------------------
 
+try:
+    from orjson import loads as _fast_loads  # raises JSONDecodeError, a ValueError
+except ImportError:  # pragma: no cover - orjson comes with edgekit[runtime]
+    _fast_loads = json.loads
+
 def parse_json(body: bytes) -> dict[str, Any]:
+    """orjson when installed (3x faster on an image's worth of numbers); the standard
+    parser otherwise, and for what orjson refuses (the bare words NaN and Infinity)."""
     try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"the body is not valid JSON: {exc}", 'send {"instances": [...]} or {"inputs": ...}') from None
+        document = _fast_loads(body)
+    except ValueError:
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadInput(f"the body is not valid JSON: {exc}", 'send {"instances": [...]} or {"inputs": ...}') from None
     if not isinstance(document, dict):
         raise BadInput("the JSON body must be an object", 'send {"instances": [...]} or {"inputs": ...}')
     return document
