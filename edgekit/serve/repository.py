@@ -6,8 +6,10 @@ int8 where present), or a single .tflite. A poller thread rescans every few seco
 A new version is loaded and warmed up before it takes traffic, then swapped in by
 replacing one dict reference, so a request sees either the old set or the new one,
 never a half-loaded model. A version that fails to load is reported in its status and
-the versions serving before keep serving. A version dropped from the served set is freed
-when the last request holding it finishes (it is only referenced, never torn down).
+passed over: under the latest policy the next older version that loads serves instead
+(past TF Serving, which then serves nothing), so a Pi rebooting after a bad deploy stays
+up. A version dropped from the served set is freed when the last request holding it
+finishes (it is only referenced, never torn down).
 
 Device world: numpy and the LiteRT runtime only.
 """
@@ -289,46 +291,54 @@ class ModelRepository:
 
     def _poll_model(self, config: ModelConfig) -> None:
         on_disk = _versions_on_disk(config.base_path)
-        aspired = config.policy.aspired(on_disk)
         served = self._served[config.name]
-        status = self._status[config.name]
-        for version in aspired:
-            if version in served:
-                continue
-            folder = config.base_path / str(version)
-            fingerprint = _fingerprint(folder)
-            if self._failed.get((config.name, version)) == fingerprint:
-                continue  # failed before and unchanged since: do not retry every poll
-            status[version] = VersionStatus("LOADING")
-            started = time.perf_counter()
-            try:
-                loaded = LoadedVersion(config.name, version, model_file(folder, config.variant),
-                                       self.threads, self.interpreters)
-                loaded.warm_up()
-            except (EdgekitError, RuntimeError, ValueError, OSError) as exc:
-                message = exc.message if isinstance(exc, EdgekitError) else str(exc)
-                status[version] = VersionStatus("END", "UNKNOWN", f"failed to load: {message}")
-                self._failed[(config.name, version)] = fingerprint
-                self._on_event("load_failed", model=config.name, version=version, error=message)
-                continue
-            self._failed.pop((config.name, version), None)
-            served = {**served, version: loaded}
-            status[version] = VersionStatus("AVAILABLE")
-            self._on_event("loaded", model=config.name, version=version, path=str(loaded.path),
-                           seconds=round(time.perf_counter() - started, 3))
-        keep = {v: served[v] for v in aspired if v in served}
-        wanted = len(aspired) if config.policy.kind == "latest" else 0
-        # Availability first: while an aspired version is missing (loading failed), the
-        # versions serving before keep serving, newest first.
-        for version in sorted(served, reverse=True):
-            if len(keep) >= wanted:
-                break
-            if version not in keep and version in on_disk:
-                keep[version] = served[version]
+        if config.policy.kind == "latest":
+            # Newest first until N versions are in: a version that fails to load is passed
+            # over for the next older one, so a bad deploy (or a reboot after one) leaves
+            # the last good version serving.
+            keep: dict[int, LoadedVersion] = {}
+            for version in sorted(on_disk, reverse=True):
+                if len(keep) >= config.policy.num_versions:
+                    break
+                loaded = served.get(version) or self._load(config, version)
+                if loaded is not None:
+                    keep[version] = loaded
+        else:
+            keep = {}
+            for version in config.policy.aspired(on_disk):
+                loaded = served.get(version) or self._load(config, version)
+                if loaded is not None:
+                    keep[version] = loaded
         self._served[config.name] = keep  # the atomic swap: one reference assignment
         for version in set(served) - set(keep):
-            status[version] = VersionStatus("END")
+            self._status[config.name][version] = VersionStatus("END")
             self._on_event("unloaded", model=config.name, version=version)
+
+    def _load(self, config: ModelConfig, version: int) -> LoadedVersion | None:
+        """Load and warm up one version; None when it fails (reported in its status, and
+        not retried until its files change)."""
+        folder = config.base_path / str(version)
+        fingerprint = _fingerprint(folder)
+        if self._failed.get((config.name, version)) == fingerprint:
+            return None
+        status = self._status[config.name]
+        status[version] = VersionStatus("LOADING")
+        started = time.perf_counter()
+        try:
+            loaded = LoadedVersion(config.name, version, model_file(folder, config.variant),
+                                   self.threads, self.interpreters)
+            loaded.warm_up()
+        except (EdgekitError, RuntimeError, ValueError, OSError) as exc:
+            message = exc.message if isinstance(exc, EdgekitError) else str(exc)
+            status[version] = VersionStatus("END", "UNKNOWN", f"failed to load: {message}")
+            self._failed[(config.name, version)] = fingerprint
+            self._on_event("load_failed", model=config.name, version=version, error=message)
+            return None
+        self._failed.pop((config.name, version), None)
+        status[version] = VersionStatus("AVAILABLE")
+        self._on_event("loaded", model=config.name, version=version, path=str(loaded.path),
+                       seconds=round(time.perf_counter() - started, 3))
+        return loaded
 
     # --- lookups -----------------------------------------------------------------------
     def _config(self, name: str) -> ModelConfig:
