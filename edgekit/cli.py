@@ -247,6 +247,7 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--model-config", type=click.Path(path_type=Path), help="JSON config of several models (see README).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes it to the network.")
 @click.option("--port", default=8501, show_default=True, help="REST port (TF Serving's default).")
+@click.option("--grpc-port", default=8500, show_default=True, help="gRPC port (TF Serving's default); 0 turns it off.")
 @click.option("--threads", default=1, show_default=True, help="CPU threads per interpreter.")
 @click.option("--interpreters", type=int, help="Interpreters per loaded version [default: cores / threads].")
 @click.option("--poll-seconds", default=2.0, show_default=True, help="How often the model folders are rescanned.")
@@ -258,8 +259,8 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks of start-up errors.")
 @_handle_errors
-def serve(model_base_path, model_name, model_config, host, port, threads, interpreters, poll_seconds, max_body_mb,
-          api_key_file, variant, version_policy, log_level, debug):
+def serve(model_base_path, model_name, model_config, host, port, grpc_port, threads, interpreters, poll_seconds,
+          max_body_mb, api_key_file, variant, version_policy, log_level, debug):
     """Serve TFLite models over TensorFlow Serving's REST API (LiteRT and numpy only).
 
     MODEL_BASE_PATH holds one folder per version (1/, 2/, ...), each with a
@@ -271,8 +272,8 @@ def serve(model_base_path, model_name, model_config, host, port, threads, interp
     if threads < 1 or (interpreters is not None and interpreters < 1) or poll_seconds <= 0 or max_body_mb <= 0:
         raise BadInput("--threads, --interpreters, --poll-seconds and --max-body-mb must be positive", "e.g. --threads 1")
     configs = model_configs(model_base_path, model_name, model_config, variant, VersionPolicy(version_policy))
-    run(configs, host=host, port=port, threads=threads, interpreters=interpreters, poll_seconds=poll_seconds,
-        max_body_mb=max_body_mb, api_key=read_api_key(api_key_file), log_level=log_level)
+    run(configs, host=host, port=port, grpc_port=grpc_port, threads=threads, interpreters=interpreters,
+        poll_seconds=poll_seconds, max_body_mb=max_body_mb, api_key=read_api_key(api_key_file), log_level=log_level)
 
 
 @cli.command("package")

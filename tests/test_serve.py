@@ -61,11 +61,12 @@ class Client:
 
 class Server:
     def __init__(self, args: list[str], key: str | None = None):
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         # The log goes to a file: a pipe nobody reads fills up and blocks the server's writes.
         self.log = tempfile.NamedTemporaryFile("w+", prefix="edgekit-serve-", suffix=".log")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgekit.cli", "serve", *args, "--port", str(self.port), "--poll-seconds", "0.2"],
+            [sys.executable, "-m", "edgekit.cli", "serve", *args, "--port", str(self.port),
+             "--grpc-port", str(self.grpc_port), "--poll-seconds", "0.2"],
             stdout=self.log, stderr=subprocess.STDOUT, text=True,
         )
         self.client = Client(self.port, key)
@@ -321,16 +322,23 @@ def test_sigterm_lets_the_request_in_flight_finish(repo):
 
 
 def test_serving_imports_no_tensorflow(repo):
-    """A server in a fresh process answers a predict; TensorFlow never enters sys.modules."""
+    """A server in a fresh process answers a REST and a gRPC predict; TensorFlow never
+    enters sys.modules."""
     port = free_port()
     script = textwrap.dedent(f"""
         import http.client, json, sys, threading, time
-        import uvicorn
+        import grpc, numpy as np, uvicorn
         from edgekit.serve.app import create_app
+        from edgekit.serve.grpc import create_server, to_tensor
+        from edgekit.serve.metrics import ServerMetrics
+        from edgekit.serve.protos import serving_pb2, serving_pb2_grpc
         from edgekit.serve.repository import ModelConfig, ModelRepository
         from pathlib import Path
         repository = ModelRepository([ModelConfig("digits", Path({str(repo / 'digits')!r}))], poll_seconds=0.2)
-        server = uvicorn.Server(uvicorn.Config(create_app(repository), host="127.0.0.1", port={port}, log_level="error"))
+        grpc_server, grpc_port = create_server(repository, host="127.0.0.1", port=0, api_key=None,
+                                               max_message_bytes=1 << 20, metrics=ServerMetrics())
+        app = create_app(repository, grpc_server=grpc_server)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port={port}, log_level="error"))
         threading.Thread(target=server.run, daemon=True).start()
         for _ in range(300):
             time.sleep(0.05)
@@ -339,6 +347,11 @@ def test_serving_imports_no_tensorflow(repo):
         connection = http.client.HTTPConnection("127.0.0.1", {port})
         connection.request("POST", "/v1/models/digits:predict", json.dumps({{"instances": [[[[0.0]] * 8] * 8]}}))
         assert connection.getresponse().status == 200
+        request = serving_pb2.PredictRequest()
+        request.model_spec.name = "digits"
+        request.inputs["pixels"].CopyFrom(to_tensor(np.zeros((1, 8, 8, 1), np.float32)))
+        stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{{grpc_port}}"))
+        assert stub.Predict(request, timeout=10).outputs["probs"].tensor_shape.dim[1].size == 10
         server.should_exit = True
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
         print("LOADED", loaded)

@@ -40,7 +40,9 @@ def _error(exc: EdgekitError) -> Response:
 
 
 def create_app(repository: ModelRepository, *, api_key: str | None = None, max_body_bytes: int = 32 << 20,
-               metrics: ServerMetrics | None = None) -> Starlette:
+               metrics: ServerMetrics | None = None, grpc_server=None) -> Starlette:
+    """The REST app. It owns the repository's poller and, when given, the gRPC server
+    (serve/grpc.py): both start and stop with it."""
     metrics = metrics or ServerMetrics()
 
     def authorize(request: Request) -> None:
@@ -137,9 +139,13 @@ def create_app(repository: ModelRepository, *, api_key: str | None = None, max_b
     @contextlib.asynccontextmanager
     async def lifespan(app):
         repository.start()  # the poller loads the models; /readyz says when they are in
+        if grpc_server is not None:
+            grpc_server.start()
         try:
             yield
         finally:  # uvicorn has stopped accepting and drained the requests in flight
+            if grpc_server is not None:
+                await anyio.to_thread.run_sync(lambda: grpc_server.stop(grace=10).wait())
             repository.stop()
             log.info(json.dumps({"event": "shutdown"}))
 
