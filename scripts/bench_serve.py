@@ -4,9 +4,10 @@
 
 For the sample digits CNN and MobileNetV2(weights=None) (both int8, as serve picks by
 default): starts `edgekit serve` (2 interpreters x 1 thread, request logs off), records
-the time from start to ready and the server's resident memory, then drives it from a
-second process (`--client` mode of this script: N threads, one keep-alive HTTP/1.1
-connection each) with JSON and with binary (.npy) bodies, batch 1. The bare loop is the
+the time from start to ready and the server's resident memory (and, from a second start
+with --grpc-port 0, its memory with REST alone), then drives it from a second process
+(`--client` mode of this script: N threads, one keep-alive HTTP/1.1 connection or gRPC
+channel each) with JSON bodies, binary (.npy) bodies and gRPC PredictRequests, batch 1. The bare loop is the
 best of one interpreter with all cores and one interpreter per core in threads, calling
 invoke() on inputs set once: what the server could reach with no HTTP at all.
 All of it shares this machine's 2 cores, load generator included.
@@ -35,13 +36,14 @@ DIGITS = ROOT / "sample_models" / "digits_cnn"
 
 
 def client_main(port: int, model: str, body_path: str, content_type: str, clients: int, seconds: float) -> None:
-    """Load generator: `clients` threads, each with one persistent connection."""
+    """Load generator: `clients` threads, each with one persistent HTTP connection, or
+    (content_type "grpc") one gRPC channel sending a PredictRequest of the .npy body."""
     body = Path(body_path).read_bytes()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     deadline = time.perf_counter() + seconds
 
-    def worker(slot: int) -> None:
+    def http_worker(slot: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         headers = {"Content-Type": content_type}
         while time.perf_counter() < deadline:
@@ -53,6 +55,30 @@ def client_main(port: int, model: str, body_path: str, content_type: str, client
                 errors[slot] += 1
             latencies[slot].append(time.perf_counter() - start)
         connection.close()
+
+    def grpc_worker(slot: int) -> None:
+        import grpc
+
+        from edgekit.serve.grpc import to_tensor
+        from edgekit.serve.protos import serving_pb2, serving_pb2_grpc
+
+        request = serving_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.inputs[input_name].CopyFrom(to_tensor(np.load(io.BytesIO(body))))
+        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}", options=options))
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            try:
+                stub.Predict(request, timeout=60)
+            except grpc.RpcError:
+                errors[slot] += 1
+            latencies[slot].append(time.perf_counter() - start)
+
+    worker = http_worker
+    if content_type == "grpc":
+        worker = grpc_worker
+        input_name = json.loads(os.environ["EDGEKIT_BENCH_INPUT"])
 
     started = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
@@ -114,10 +140,12 @@ def memory_mb(pid: int) -> dict:
 
 def measure_model(name: str, base: Path, row: np.ndarray, clients: list[int], seconds: float, work: Path,
                   encodings: list[str]) -> dict:
-    port = free_port()
+    rest_only = rest_only_memory(name, base)
+    port, grpc_port = free_port(), free_port()
     started = time.perf_counter()
     server = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(base), "--model-name", name,
-                               "--port", str(port), "--interpreters", str(os.cpu_count() or 1), "--threads", "1",
+                               "--port", str(port), "--grpc-port", str(grpc_port),
+                               "--interpreters", str(os.cpu_count() or 1), "--threads", "1",
                                "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.perf_counter() + 120
     while True:
@@ -142,13 +170,16 @@ def measure_model(name: str, base: Path, row: np.ndarray, clients: list[int], se
     npy_body.write_bytes(buffer.getvalue())
     cells = {}
     try:
+        input_name = json.dumps(input_name_of(base))
         for encoding, body, content_type in (("json", json_body, "application/json"),
-                                             ("binary", npy_body, "application/x-npy")):
+                                             ("binary", npy_body, "application/x-npy"), ("grpc", npy_body, "grpc")):
             if encoding not in encodings:
                 continue
+            target = grpc_port if encoding == "grpc" else port
             for count in clients:
-                out = subprocess.run([sys.executable, __file__, "--client", str(port), name, str(body), content_type,
-                                      str(count), str(seconds)], capture_output=True, text=True, check=True)
+                out = subprocess.run([sys.executable, __file__, "--client", str(target), name, str(body), content_type,
+                                      str(count), str(seconds)], capture_output=True, text=True, check=True,
+                                     env=dict(os.environ, EDGEKIT_BENCH_INPUT=input_name))
                 cells[f"{encoding}_{count}"] = json.loads(out.stdout)
                 print(f"  {name} {encoding:6} {count:2} clients: {cells[f'{encoding}_{count}']}", flush=True)
         memory_after = memory_mb(server.pid)
@@ -156,8 +187,36 @@ def measure_model(name: str, base: Path, row: np.ndarray, clients: list[int], se
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
     return {"start_to_ready_s": round(ready_seconds, 3), "memory_when_ready": memory_ready,
+            "memory_when_ready_rest_only": rest_only,
             "memory_after_load": memory_after, "request_bytes": {"json": json_body.stat().st_size,
                                                                  "binary": npy_body.stat().st_size}, "served": cells}
+
+
+def input_name_of(base: Path) -> str:
+    from edgekit.runtime import TFLiteModel
+
+    return TFLiteModel(next((base / "1").glob("*.tflite"))).inputs()[0].name
+
+
+def rest_only_memory(name: str, base: Path) -> dict:
+    """The server's memory when ready with gRPC off (--grpc-port 0), for comparison."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(base), "--model-name", name,
+                               "--port", str(port), "--grpc-port", "0", "--interpreters", str(os.cpu_count() or 1),
+                               "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                connection.request("GET", "/readyz")
+                if connection.getresponse().status == 200:
+                    return memory_mb(server.pid)
+            except OSError:
+                pass
+            time.sleep(0.05)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def prepare_models(work: Path, names: list[str]) -> dict[str, tuple[Path, np.ndarray]]:
@@ -197,7 +256,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--models", default="digits,mobilenet_v2")
-    parser.add_argument("--encodings", default="json,binary")
+    parser.add_argument("--encodings", default="json,binary,grpc")
     parser.add_argument("--json", type=Path, default=Path("results/serve.json"))
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
