@@ -196,7 +196,7 @@ def _thread_counts(text: str | None) -> tuple[int, ...] | None:
 @click.option("--output", "output_name", help="Output the labels score (when the signature has several).")
 @click.option("--runs", default=100, show_default=True, help="Timed runs per latency figure.")
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs after the cold one.")
-@click.option("--threads", "threads_text", help="LiteRT thread counts, e.g. 1,2,4 [default: 1 and all cores].")
+@click.option("--threads", "threads_text", help="Thread counts for each artifact (LiteRT threads, onnxruntime intra-op), e.g. 1,2,4 [default: 1 and all cores].")
 @click.option("--batch", default=32, show_default=True, help="Batch size of the throughput figure.")
 @click.option("--artifact", help="Measure only this artifact (name or variant); budgets apply to it.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
