@@ -176,3 +176,21 @@ def test_hot_reload_under_grpc_load_loses_no_request(repo, tmp_path, digits_rows
                 worker.join()
         assert versions == {2: 30, 1: 50}
     assert len(codes) > 20 and set(codes) == {"OK"}, json.dumps(sorted(set(codes)))
+
+
+def test_edgekit_protos_live_beside_tensorflows_in_one_process():
+    """Both register tensorflow.TensorProto & co.; edgekit's use a private pool, so a process
+    with TensorFlow loaded (this one) can still use edgekit's stubs, and the bytes agree."""
+    from edgekit.serve.grpc import to_numpy, to_tensor
+    from edgekit.serve.protos import serving_pb2
+
+    ours = serving_pb2.PredictRequest()
+    ours.model_spec.name = "digits"
+    ours.model_spec.version.value = 3
+    ours.inputs["pixels"].CopyFrom(to_tensor(np.arange(6, dtype=np.float32).reshape(2, 3)))
+    theirs = predict_pb2.PredictRequest.FromString(ours.SerializeToString())
+    assert (theirs.model_spec.name, theirs.model_spec.version.value) == ("digits", 3)
+    assert tf.make_ndarray(theirs.inputs["pixels"]).tolist() == [[0, 1, 2], [3, 4, 5]]
+    back = serving_pb2.PredictRequest.FromString(
+        predict_request("digits", {"pixels": np.ones((1, 2), np.int64)}).SerializeToString())
+    assert to_numpy(back.inputs["pixels"]).dtype == np.int64
