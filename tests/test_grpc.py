@@ -194,3 +194,38 @@ def test_edgekit_protos_live_beside_tensorflows_in_one_process():
     back = serving_pb2.PredictRequest.FromString(
         predict_request("digits", {"pixels": np.ones((1, 2), np.int64)}).SerializeToString())
     assert to_numpy(back.inputs["pixels"]).dtype == np.int64
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(4, dtype=np.float64), np.array([[1, -2]], np.int8),
+    np.array([3, 4], np.uint8), np.array([5, 6], np.int32), np.array([2**40], np.int64), np.array([True, False]),
+    np.array([1.5, -2.25], np.float16),
+])
+def test_tensors_from_tensorflow_decode_in_both_encodings(array):
+    """tf.make_tensor_proto's tensor_content, and the typed value fields, give the same array."""
+    from edgekit.serve.grpc import to_numpy, to_tensor
+    from edgekit.serve.protos import tensorflow_pb2 as ours
+
+    content = ours.TensorProto.FromString(tf.make_tensor_proto(array).SerializeToString())
+    typed = ours.TensorProto.FromString(tf.make_tensor_proto(array.tolist(), dtype=tf.as_dtype(array.dtype),
+                                                             shape=array.shape).SerializeToString())
+    for tensor in (content, typed):
+        decoded = to_numpy(tensor)
+        assert decoded.dtype == array.dtype and np.array_equal(decoded, array)
+    assert np.array_equal(tf.make_ndarray(tensor_pb2.TensorProto.FromString(to_tensor(array).SerializeToString())),
+                          array)
+
+
+def test_a_single_value_is_broadcast_and_a_wrong_count_is_refused():
+    from edgekit.errors import BadInput
+    from edgekit.serve.grpc import to_numpy
+    from edgekit.serve.protos import tensorflow_pb2 as ours
+
+    shape = ours.TensorShapeProto(dim=[ours.TensorShapeProto.Dim(size=2), ours.TensorShapeProto.Dim(size=2)])
+    assert to_numpy(ours.TensorProto(dtype=ours.DT_FLOAT, tensor_shape=shape, float_val=[7])).tolist() == [[7, 7]] * 2
+    with pytest.raises(BadInput, match="holds 3 values but its shape"):
+        to_numpy(ours.TensorProto(dtype=ours.DT_FLOAT, tensor_shape=shape, float_val=[1, 2, 3]))
+    with pytest.raises(BadInput, match="holds 0 values"):
+        to_numpy(ours.TensorProto(dtype=ours.DT_STRING, tensor_shape=shape))
+    assert to_numpy(ours.TensorProto(dtype=ours.DT_STRING, tensor_shape=shape, string_val=[b"a"])).tolist() == [
+        [b"a", b"a"], [b"a", b"a"]]

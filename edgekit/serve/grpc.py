@@ -51,30 +51,34 @@ _STATE = {name: serving_pb2.ModelVersionStatus.State.Value(name)
 # --- TensorProto <-> numpy ----------------------------------------------------------------
 
 def to_numpy(tensor: tensorflow_pb2.TensorProto) -> np.ndarray:
-    if tensor.dtype == tensorflow_pb2.DT_STRING:
-        values = np.array(list(tensor.string_val), dtype=object)
-        shape = [d.size for d in tensor.tensor_shape.dim]
-        return values.reshape(shape) if values.size == int(np.prod(shape)) else np.full(shape, values[0], object)
-    if tensor.dtype not in NUMPY_OF:
-        raise BadInput(f"tensor dtype {tensorflow_pb2.DataType.Name(tensor.dtype)} is not served",
-                       "send DT_FLOAT, DT_INT32, DT_INT64, ... tensors")
-    dtype = np.dtype(NUMPY_OF[tensor.dtype])
     shape = [d.size for d in tensor.tensor_shape.dim]
     if any(size < 0 for size in shape):
         raise BadInput("a request tensor has an unknown dimension", "send concrete shapes")
     count = int(np.prod(shape))
-    if tensor.tensor_content:
-        values = np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<"))
-    elif tensor.dtype == tensorflow_pb2.DT_HALF:
-        values = np.array(tensor.half_val, dtype=np.uint16).view(np.float16)
+    if tensor.dtype == tensorflow_pb2.DT_STRING:
+        values = np.array(list(tensor.string_val), dtype=object)
+        dtype = np.dtype(object)
+    elif tensor.dtype not in NUMPY_OF:
+        raise BadInput(f"tensor dtype {tensorflow_pb2.DataType.Name(tensor.dtype)} is not served",
+                       "send DT_FLOAT, DT_INT32, DT_INT64, ... tensors")
     else:
-        values = np.array(getattr(tensor, _VALUE_FIELD[tensor.dtype]), dtype=dtype)
+        values, dtype = _values(tensor), np.dtype(NUMPY_OF[tensor.dtype])
     if values.size == count:
         return values.reshape(shape)
     if values.size == 1:  # TensorFlow broadcasts a single value over the shape
         return np.full(shape, values[0], dtype=dtype)
     raise BadInput(f"the tensor holds {values.size} values but its shape {shape} needs {count}",
                    "send one value per element (or a single value to fill the shape)")
+
+
+def _values(tensor: tensorflow_pb2.TensorProto) -> np.ndarray:
+    """A numeric tensor's values, flat, from tensor_content or its typed field."""
+    dtype = np.dtype(NUMPY_OF[tensor.dtype])
+    if tensor.tensor_content:
+        return np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<"))
+    if tensor.dtype == tensorflow_pb2.DT_HALF:
+        return np.array(tensor.half_val, dtype=np.uint16).view(np.float16)
+    return np.array(getattr(tensor, _VALUE_FIELD[tensor.dtype]), dtype=dtype)
 
 
 def to_tensor(array: np.ndarray) -> tensorflow_pb2.TensorProto:
