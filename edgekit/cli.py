@@ -306,7 +306,8 @@ def package_command(out_dir, platform, dest, variant, pick, bench_json, labels, 
     from edgekit.packaging import Budgets, package, result_dict
 
     result = package(out_dir, platform, dest, variant=variant, pick=pick, bench_json=bench_json, labels=labels,
-                     name=name, budgets=Budgets(max_size_mb, max_accuracy_drop, max_latency_ms), allow_flex=allow_flex)
+                     name=name, budgets=Budgets(max_size_mb=max_size_mb, max_accuracy_drop=max_accuracy_drop,
+                                                  max_latency_ms=max_latency_ms), allow_flex=allow_flex)
     if as_json:
         click.echo(json.dumps(result_dict(result), indent=2))
         return

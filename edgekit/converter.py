@@ -22,7 +22,7 @@ import numpy as np
 from edgekit import __version__, data, savedmodel
 from edgekit.errors import BadInput, EdgekitError, FlexOpsRequired
 from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
-from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest, SignatureSpec, TensorSpec
+from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest, TensorSpec
 from edgekit.metrics import compare_output
 from edgekit.native_logs import captured_native_output
 from edgekit.runtime.onnx import OnnxModel

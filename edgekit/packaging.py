@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import __version__
+from edgekit.benchmark.budgets import Budgets, best_p50, budget_reasons, top1_agreement
 from edgekit.files import replace_dir, sha256_file, staging_dir
 from edgekit.errors import BadInput, EdgekitError
 from edgekit.manifest import Artifact, Manifest
@@ -45,13 +46,6 @@ class PackageResult:
     changed: bool  # False: the destination already held these exact files
 
 
-@dataclass(frozen=True)
-class Budgets:
-    max_size_mb: float | None = None
-    max_accuracy_drop: float | None = None
-    max_latency_ms: float | None = None
-
-
 def package(out_dir: str | Path, platform: str, dest: str | Path, *, variant: str | None = None,
             pick: str | None = None, bench_json: str | Path | None = None, labels: str | Path | None = None,
             name: str | None = None, budgets: Budgets = Budgets(), allow_flex: bool = False) -> PackageResult:
@@ -70,8 +64,9 @@ def package(out_dir: str | Path, platform: str, dest: str | Path, *, variant: st
     if pick in ("fastest", "most-accurate") and bench is None:
         raise BadInput(f"--pick {pick} needs bench figures", "run `edgekit bench OUT_DIR --json bench.json` and pass "
                        "--bench-json bench.json")
-    if (budgets.max_accuracy_drop is not None or budgets.max_latency_ms is not None) and bench is None:
-        raise BadInput("accuracy and latency budgets need bench figures", "pass --bench-json from `edgekit bench`")
+    if budgets.need_figures and bench is None:
+        raise BadInput("accuracy, agreement and latency budgets need bench figures",
+                       "pass --bench-json from `edgekit bench`")
     label_lines = _read_labels(labels) if labels else None
 
     if platform == "web":
@@ -129,27 +124,8 @@ def _measured(bench: dict | None, artifact: Artifact) -> dict | None:
     return row if row and row.get("status") == "measured" else None
 
 
-def _p50(row: dict) -> float:
-    return min(lat["p50_ms"] for lat in row["latency_ms"].values())
-
-
 def _broken_budgets(artifact: Artifact, bench: dict | None, budgets: Budgets) -> list[str]:
-    broken = []
-    if budgets.max_size_mb is not None and artifact.bytes / 1048576 > budgets.max_size_mb:
-        broken.append(f"size {artifact.bytes / 1048576:.3f} MB > {budgets.max_size_mb:g} MB")
-    row = _measured(bench, artifact)
-    if (budgets.max_accuracy_drop is not None or budgets.max_latency_ms is not None) and row is None:
-        broken.append("the bench report has no figures for it")
-        return broken
-    if budgets.max_accuracy_drop is not None:
-        drop = row.get("accuracy_drop_points")
-        if drop is None:
-            broken.append("the bench report has no accuracy figure (bench with labelled --data)")
-        elif drop > budgets.max_accuracy_drop:
-            broken.append(f"accuracy drop {drop:.2f} pt > {budgets.max_accuracy_drop:g} pt")
-    if budgets.max_latency_ms is not None and _p50(row) > budgets.max_latency_ms:
-        broken.append(f"p50 latency {_p50(row):.3f} ms > {budgets.max_latency_ms:g} ms")
-    return broken
+    return budget_reasons(budgets, artifact.bytes, _measured(bench, artifact))
 
 
 def _choose(manifest: Manifest, candidates: list[Artifact], variant: str | None, pick: str | None,
@@ -176,15 +152,15 @@ def _choose(manifest: Manifest, candidates: list[Artifact], variant: str | None,
     if pick == "smallest":
         return min(fitting, key=lambda a: (a.bytes, a.name))
     if pick == "fastest":
-        return min(fitting, key=lambda a: (_p50(_measured(bench, a)), a.bytes))
+        return min(fitting, key=lambda a: (best_p50(_measured(bench, a)), a.bytes))
 
     def loss(a: Artifact) -> float:
         row = _measured(bench, a)
         if row.get("accuracy_drop_points") is not None:
             return row["accuracy_drop_points"]
-        agreements = [o["top1_agreement"] for o in row["agreement"].values() if o.get("top1_agreement") is not None]
-        if agreements:
-            return -min(agreements)
+        agreement = top1_agreement(row)
+        if agreement is not None:
+            return -agreement
         return max(o["rel_l2_error"] if o.get("rel_l2_error") is not None else float("inf")
                    for o in row["agreement"].values())
 

@@ -1,10 +1,17 @@
-"""Budgets that fail a CI build: each broken one becomes a line saying by how much."""
+"""Budgets that fail a CI build: each broken one becomes a line saying by how much.
+
+One checker for bench and package: it reads a report row in its JSON shape (a row of
+`edgekit bench --json`), so package applies the same rules to a saved report.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from edgekit.benchmark.measure import BenchReport, Row
 from edgekit.errors import BadInput
+
+if TYPE_CHECKING:  # package checks budgets without loading bench's pipeline
+    from edgekit.benchmark.measure import BenchReport
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,57 @@ class Budgets:
     def any(self) -> bool:
         return any(value is not None for value in vars(self).values())
 
+    @property
+    def need_figures(self) -> bool:
+        """Budgets only a bench run can answer (all but size)."""
+        return any(v is not None for v in (self.max_accuracy_drop, self.min_agreement, self.max_latency_ms))
+
+
+def best_p50(row: dict) -> float:
+    """p50 at batch 1 at the row's best thread count."""
+    return min(latency["p50_ms"] for latency in row["latency_ms"].values())
+
+
+def top1_agreement(row: dict) -> float | None:
+    values = [a["top1_agreement"] for a in row["agreement"].values() if a.get("top1_agreement") is not None]
+    return min(values) if values else None
+
+
+def budget_reasons(budgets: Budgets, size_bytes: int | None, row: dict | None) -> list[str]:
+    """Why an artifact breaks the budgets (empty when it fits). `row` is its measured
+    report row in JSON shape, or None when there are no bench figures for it."""
+    reasons = []
+    if budgets.max_size_mb is not None and size_bytes is not None and size_bytes / 1048576 > budgets.max_size_mb:
+        size_mb = size_bytes / 1048576
+        reasons.append(f"size {size_mb:.3f} MB > {budgets.max_size_mb:g} MB "
+                       f"(over by {size_mb - budgets.max_size_mb:.3f} MB)")
+    if not budgets.need_figures:
+        return reasons
+    if row is None:
+        return reasons + ["the bench report has no figures for it"]
+    if budgets.max_accuracy_drop is not None:
+        drop, mae_up = row.get("accuracy_drop_points"), row.get("mae_increase_percent")
+        if drop is None and mae_up is None:
+            reasons.append("no accuracy figure: --max-accuracy-drop needs bench with labelled --data")
+        elif drop is not None and drop > budgets.max_accuracy_drop:
+            reasons.append(f"accuracy drop {drop:.2f} pt > {budgets.max_accuracy_drop:g} pt "
+                           f"(over by {drop - budgets.max_accuracy_drop:.2f} pt)")
+        elif mae_up is not None and mae_up > budgets.max_accuracy_drop:
+            reasons.append(f"MAE up {mae_up:.2f}% > {budgets.max_accuracy_drop:g}% "
+                           f"(over by {mae_up - budgets.max_accuracy_drop:.2f}%)")
+    if budgets.min_agreement is not None:
+        agree = top1_agreement(row)
+        if agree is None:
+            reasons.append("--min-agreement needs a classifier-shaped output [batch, classes]")
+        elif agree * 100 < budgets.min_agreement:
+            reasons.append(f"top-1 agreement {agree * 100:.2f}% < {budgets.min_agreement:g}% "
+                           f"(short by {budgets.min_agreement - agree * 100:.2f} pt)")
+    if budgets.max_latency_ms is not None and best_p50(row) > budgets.max_latency_ms:
+        p50 = best_p50(row)
+        reasons.append(f"p50 latency {p50:.3f} ms > {budgets.max_latency_ms:g} ms "
+                       f"(over by {p50 - budgets.max_latency_ms:.3f} ms)")
+    return reasons
+
 
 def broken_budgets(report: BenchReport, budgets: Budgets) -> list[str]:
     """One line per artifact and broken budget; empty when everything measured fits."""
@@ -32,34 +90,5 @@ def broken_budgets(report: BenchReport, budgets: Budgets) -> list[str]:
             if budgets.any:
                 lines.append(f"{row.name}: not measured ({row.reason}), so its budgets cannot be met")
             continue
-        lines.extend(_row_broken(row, budgets, report.data))
-    return lines
-
-
-def _row_broken(row: Row, budgets: Budgets, data: dict) -> list[str]:
-    lines = []
-    if budgets.max_accuracy_drop is not None:
-        if not data.get("labels"):
-            lines.append(f"{row.name}: --max-accuracy-drop needs labelled --data (the labels key was not found)")
-        elif row.accuracy_drop_points is not None and row.accuracy_drop_points > budgets.max_accuracy_drop:
-            lines.append(f"{row.name}: accuracy drop {row.accuracy_drop_points:.2f} pt > {budgets.max_accuracy_drop:g} pt "
-                         f"(over by {row.accuracy_drop_points - budgets.max_accuracy_drop:.2f} pt)")
-        elif row.mae_increase_percent is not None and row.mae_increase_percent > budgets.max_accuracy_drop:
-            lines.append(f"{row.name}: MAE up {row.mae_increase_percent:.2f}% > {budgets.max_accuracy_drop:g}% "
-                         f"(over by {row.mae_increase_percent - budgets.max_accuracy_drop:.2f}%)")
-    if budgets.min_agreement is not None:
-        agree = row.top1_agreement
-        if agree is None:
-            lines.append(f"{row.name}: --min-agreement needs a classifier-shaped output [batch, classes]")
-        elif agree * 100 < budgets.min_agreement:
-            lines.append(f"{row.name}: top-1 agreement {agree * 100:.2f}% < {budgets.min_agreement:g}% "
-                         f"(short by {budgets.min_agreement - agree * 100:.2f} pt)")
-    if budgets.max_latency_ms is not None and row.best_p50_ms > budgets.max_latency_ms:
-        lines.append(f"{row.name}: p50 latency {row.best_p50_ms:.3f} ms > {budgets.max_latency_ms:g} ms "
-                     f"(over by {row.best_p50_ms - budgets.max_latency_ms:.3f} ms)")
-    if budgets.max_size_mb is not None and row.bytes is not None:
-        size_mb = row.bytes / 1048576
-        if size_mb > budgets.max_size_mb:
-            lines.append(f"{row.name}: size {size_mb:.3f} MB > {budgets.max_size_mb:g} MB "
-                         f"(over by {size_mb - budgets.max_size_mb:.3f} MB)")
+        lines.extend(f"{row.name}: {reason}" for reason in budget_reasons(budgets, row.bytes, asdict(row)))
     return lines

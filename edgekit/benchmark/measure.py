@@ -139,28 +139,27 @@ def bench(
     rows = []
     for number, entry in enumerate(chosen, 1):
         prefix = f"[{number}/{len(chosen)}] {entry.name}"
+
+        def skip(reason: str) -> None:
+            """Name the artifact in the report and go on: never crash on one bench cannot run."""
+            rows.append(Row(entry.name, entry.format, "CPU", entry.variant, entry.bytes, "skipped", reason=reason))
+            say(f"{prefix}: skipped ({reason})")
+
+        runner_class = RUNNERS.get(entry.format)
         if entry.file is None or not (out_dir / entry.file).is_file():
-            rows.append(Row(entry.name, "litert", "CPU", entry.variant, entry.bytes, "skipped",
-                            reason=f"no file: convert marked it {entry.status}"))
-            say(f"{prefix}: skipped (no file)")
+            skip(f"no file: convert marked it {entry.status}")
             continue
         if entry.requires_flex:
-            rows.append(Row(entry.name, "litert", "CPU", entry.variant, entry.bytes, "skipped",
-                            reason="requires flex ops, which no Python LiteRT runtime can run"))
-            say(f"{prefix}: skipped (requires flex ops)")
+            skip("requires flex ops, which no Python LiteRT runtime can run")
             continue
-        runner_class = RUNNERS.get(entry.format)
         if runner_class is None:
-            rows.append(Row(entry.name, entry.format, "CPU", entry.variant, entry.bytes, "skipped",
-                            reason=f"no runner for {entry.format} artifacts yet"))
-            say(f"{prefix}: skipped (no {entry.format} runner)")
+            skip(f"no runner for {entry.format} artifacts yet")
             continue
         try:
             with captured_native_output(quiet):  # LiteRT's delegate notes
                 runners = {str(t): runner_class(out_dir / entry.file, entry.signature, t) for t in threads}
         except EdgekitError as exc:
-            rows.append(Row(entry.name, entry.format, "CPU", entry.variant, entry.bytes, "skipped", reason=exc.message))
-            say(f"{prefix}: skipped ({exc.message})")
+            skip(exc.message)
             continue
         widest = runners[str(max(threads))]
         row = _row(entry.name, widest, entry.variant, entry.bytes)
