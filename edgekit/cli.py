@@ -60,7 +60,7 @@ class _ProgressPrinter:
         self.converting = ""  # the live line, redrawn after a check's result is printed
 
     def __call__(self, step) -> None:
-        prefix = f"[{step.index}/{step.total}] {step.variant:<8}"
+        prefix = f"[{step.index}/{step.total}] {step.variant:<12}"
         if step.stage == "start":
             self.converting = f"{prefix} converting..."
             click.echo(self.converting, err=True, nl=not self.live)
@@ -91,6 +91,7 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
         ratio = f"{artifact.bytes / float32.bytes:.2f}x" if float32 and artifact.bytes else "-"
         agree = check.top1_agreement if check else None
         label = artifact.variant if artifact.format == "tflite" else artifact.name
+        step = artifact.variant if artifact.format == "tflite" else artifact.name
         rows.append([
             label + (" (flex)" if artifact.requires_flex else ""),
             artifact.status,
@@ -99,8 +100,7 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
             _fmt(check.worst_rel_l2 if check else None, ".2e"),
             _fmt(check.worst_max_abs if check else None, ".2e"),
             "-" if agree is None else f"{agree * 100:.1f}%",
-            f"{seconds[step]:.1f} s" if (step := "onnx" if artifact.format == "onnx" else artifact.variant) in seconds
-            else "-",
+            f"{seconds[step]:.1f} s" if step in seconds else "-",
         ])
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
@@ -133,6 +133,9 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
               show_default=True, help="Pixel scale for an image-folder calibration set.")
 @click.option("--allow-flex", is_flag=True,
               help="Keep ops TFLite lacks as SELECT_TF_OPS (needs the flex delegate at run time).")
+@click.option("--tfjs", "tfjs", default="float32,uint8", show_default=True,
+              help="TF.js graph models to write: float32,float16,uint8 weights, or none.")
+@click.option("--tfjs-shard-mb", default=4.0, show_default=True, help="Size of each TF.js weight shard (MiB).")
 @click.option("--onnx", is_flag=True, help="Also write onnx/model.onnx (tf2onnx; needs edgekit[onnx]).")
 @click.option("--onnx-opset", type=int, help="ONNX opset [default: the newest tf2onnx supports].")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
@@ -140,8 +143,10 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own logs.")
 @_handle_errors
 def convert(saved_model, out_dir, signature, variants, calibration, calibration_samples,
-            check_samples, int8_io, image_range, allow_flex, onnx, onnx_opset, force, as_json, debug):
-    """Convert SAVED_MODEL to TFLite variants, check each against it, write a manifest.
+            check_samples, int8_io, image_range, allow_flex, tfjs, tfjs_shard_mb, onnx, onnx_opset, force, as_json,
+            debug):
+    """Convert SAVED_MODEL to TFLite variants and TF.js graph models, check each against
+    it (LiteRT; TF.js in Node.js), write a manifest.
 
     Exit status: 0 every variant converted and passed its check, 1 some failed,
     2 bad input (nothing written).
@@ -152,13 +157,16 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.converter import convert as run_convert
     from edgekit.targets.tflite import parse_variants
+    from edgekit.targets.tfjs import parse_variants as parse_tfjs_variants
 
     chosen = parse_variants(variants) if variants else None
+    tfjs_variants = parse_tfjs_variants(tfjs)
     printer = _ProgressPrinter()
     manifest = run_convert(
         saved_model, out_dir, signature=signature, variants=chosen, calibration=calibration,
         calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
-        allow_flex=allow_flex, image_range=image_range, onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset,
+        allow_flex=allow_flex, image_range=image_range, tfjs=tfjs_variants, tfjs_shard_mb=tfjs_shard_mb,
+        onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset,
         force=force, progress=printer, quiet=not debug,
     )
     if as_json:
@@ -167,12 +175,12 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
         click.echo(_summary_table(manifest, printer.seconds))
         click.echo(f"wrote {out_dir}/manifest.json")
     for artifact in manifest.artifacts:
-        if artifact.status == "failed" and artifact.format == "onnx":
+        if artifact.status == "failed" and artifact.format in ("onnx", "tfjs"):
             click.echo(f"note: {artifact.error}", err=True)
         if artifact.status == "skipped":
             click.echo(f"note: {artifact.variant} skipped: {artifact.error}", err=True)
         if artifact.status == "unverified":
-            click.echo(f"note: {artifact.variant} was not checked: {artifact.check.reason}", err=True)
+            click.echo(f"warning: {artifact.name} was not checked: {artifact.check.reason}", err=True)
     sys.exit(0 if manifest.all_ok else 1)
 
 

@@ -1,4 +1,4 @@
-"""`edgekit convert`: SavedModel -> checked TFLite (and ONNX) artifacts + manifest.json, atomically.
+"""`edgekit convert`: SavedModel -> checked TFLite, TF.js (and ONNX) artifacts + manifest.json, atomically.
 
 Order matters for the user: everything that can be validated without TensorFlow
 (paths, options, OUT_DIR) fails first and fast; then the SavedModel and the samples are
@@ -25,9 +25,11 @@ from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
 from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest, TensorSpec
 from edgekit.metrics import compare_output
 from edgekit.native_logs import captured_native_output
+from edgekit.runtime import tfjs as tfjs_runtime
 from edgekit.runtime.onnx import OnnxModel
 from edgekit.runtime.tflite import TensorInfo, TFLiteModel
 from edgekit.targets import onnx as onnx_target
+from edgekit.targets import tfjs as tfjs_target
 from edgekit.targets.onnx import OnnxOptions, require_onnx
 from edgekit.targets.tflite import VARIANTS, TFLiteOptions, Variant, convert_variant
 
@@ -39,7 +41,7 @@ DEFAULT_CHECK_SAMPLES = 32
 class Step:
     """A progress event: `stage` is "start" before a target, "done" after it."""
 
-    variant: str  # a TFLite variant, or "onnx"
+    variant: str  # a TFLite variant, "tfjs_<variant>" or "onnx"
     stage: str
     index: int
     total: int
@@ -62,6 +64,8 @@ def convert(
     int8_io: str = "int8",
     allow_flex: bool = False,
     image_range: str = "0:255",
+    tfjs: tuple[str, ...] | str = tfjs_target.DEFAULT_VARIANTS,
+    tfjs_shard_mb: float = tfjs_target.DEFAULT_SHARD_MB,
     onnx: bool = False,
     onnx_opset: int | None = None,
     force: bool = False,
@@ -72,10 +76,17 @@ def convert(
 
     `variants=None` means all five; full-integer ones are then skipped (with the reason in
     the manifest) when no calibration data is given. Naming them explicitly without data
-    is an error instead. `onnx=True` also writes onnx/model.onnx (tf2onnx, `onnx_opset`
-    or the newest it supports). Raises BadInput (nothing written) for unusable input.
+    is an error instead. `tfjs` names the TF.js graph-model variants (float32, float16,
+    uint8; "none" or () for none), written to tfjs_<variant>/ in shards of `tfjs_shard_mb`
+    and checked in Node.js when it is installed. `onnx=True` also writes onnx/model.onnx
+    (tf2onnx, `onnx_opset` or the newest it supports). Raises BadInput (nothing written)
+    for unusable input.
     """
     explicit_variants = variants is not None
+    tfjs_variants = tfjs_target.parse_variants(tfjs) if isinstance(tfjs, str) else tuple(tfjs)
+    tfjs_target.parse_variants(",".join(tfjs_variants) or "none")  # the same check for API callers
+    if not tfjs_shard_mb > 0:
+        raise BadInput(f"--tfjs-shard-mb must be more than 0, not {tfjs_shard_mb}", "e.g. --tfjs-shard-mb 4")
     onnx_options = OnnxOptions(onnx_opset) if onnx else None
     if onnx:
         require_onnx()
@@ -129,13 +140,14 @@ def convert(
     staging = staging_dir(out_dir)
     try:
         job = _Job(source_dir, staging, signature, spec, options, calibration_rows, check_inputs, reference,
-                   batch, quiet, onnx_options)
+                   batch, quiet, onnx_options, tfjs_variants, tfjs_shard_mb)
         artifacts, runtime = job.run(progress)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             versions={"edgekit": __version__, "tensorflow": tf.__version__, "runtime": runtime,
-                      "numpy": np.__version__, **(onnx_target.versions() if onnx else {})},
+                      "numpy": np.__version__, **(onnx_target.versions() if onnx else {}),
+                      **({"tfjs": tfjs_runtime.tfjs_version() or "not installed"} if tfjs_variants else {})},
             source=savedmodel.source_identity(source_dir),
             signature=signature,
             signatures=all_signatures,
@@ -210,9 +222,9 @@ _CONVERSION_ORDER = [Variant.INT16X8, Variant.INT8, Variant.DYNAMIC, Variant.FLO
 class _Pending:
     """A written artifact whose check (in LiteRT or onnxruntime) is still to run."""
 
-    label: str  # "int8", "onnx": for messages
+    label: str  # "int8", "onnx", "tfjs_uint8": for messages
     fields: dict
-    model: TFLiteModel | OnnxModel
+    model: TFLiteModel | OnnxModel | tfjs_runtime.TfjsModel
     tolerance: float
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -227,17 +239,20 @@ class _Job:
     """
 
     def __init__(self, source_dir, staging, signature, signature_spec, options, calibration_rows, check_inputs,
-                 reference, batch, quiet, onnx_options=None):
+                 reference, batch, quiet, onnx_options=None, tfjs_variants=(), tfjs_shard_mb=4.0):
         self.source_dir, self.staging, self.signature = source_dir, staging, signature
         self.signature_spec, self.onnx_options = signature_spec, onnx_options
+        self.tfjs_variants, self.tfjs_shard_mb = tfjs_variants, tfjs_shard_mb
+        self._tfjs_written: dict | EdgekitError | None = None  # the TF.js writer's summary, or why it failed
         self.options, self.calibration_rows = options, calibration_rows
         self.check_inputs, self.reference, self.batch, self.quiet = check_inputs, reference, batch, quiet
         self.flex_needed = False
         self.runtime = "unknown"
 
     def run(self, progress: Progress | None) -> tuple[list[Artifact], str]:
-        """Artifacts in the order asked for (TFLite variants, then ONNX), and the LiteRT version."""
+        """Artifacts in the order asked for (TFLite variants, TF.js, then ONNX), and the LiteRT version."""
         order: list[str] = [v.value for v in sorted(self.options.variants, key=_CONVERSION_ORDER.index)]
+        order += [f"tfjs_{v}" for v in self.tfjs_variants]
         if self.onnx_options:
             order.append("onnx")
         done: dict[str, Artifact] = {}
@@ -265,6 +280,8 @@ class _Job:
                 started = time.perf_counter()
                 if step == "onnx":
                     built = self._convert_onnx()
+                elif step.startswith("tfjs_"):
+                    built = self._convert_tfjs(step.removeprefix("tfjs_"))
                 elif VARIANTS[Variant(step)].needs_calibration and self.calibration_rows is None:
                     built = _skipped(Variant(step), self.signature)
                 else:
@@ -276,7 +293,8 @@ class _Job:
                     checks[step] = (checker.submit(self._check, built), seconds)
                 report_finished(wait=False)
             report_finished(wait=True)
-        wanted = [v.value for v in self.options.variants] + (["onnx"] if self.onnx_options else [])
+        wanted = ([v.value for v in self.options.variants] + [f"tfjs_{v}" for v in self.tfjs_variants]
+                  + (["onnx"] if self.onnx_options else []))
         return [done[step] for step in wanted], self.runtime
 
     def _convert_onnx(self) -> Artifact | _Pending:
@@ -297,6 +315,48 @@ class _Job:
         inputs = [_onnx_spec(n, specs) for n in model.input_names]
         outputs = [_onnx_spec(n, specs) for n in model.output_names]
         return _Pending("onnx", fields, model, onnx_target.TOLERANCE_REL_L2, inputs, outputs)
+
+    def _convert_tfjs(self, variant: str) -> Artifact | _Pending:
+        """All TF.js variants are written by one subprocess, at the first TF.js step; each
+        step then loads its variant in Node.js for the check (or says why it cannot)."""
+        name, folder = f"tfjs_{variant}", f"tfjs_{variant}"
+        fields = dict(name=name, format="tfjs", variant=variant, signature=self.signature,
+                      quantization={"weights": variant, "activations": "float32"})
+        if self._tfjs_written is None:
+            try:
+                self._tfjs_written = tfjs_target.convert_tfjs(
+                    self.source_dir, self.signature, self.tfjs_variants, self.tfjs_shard_mb, self.staging,
+                    tfjs_runtime.node_modules())
+            except EdgekitError as exc:
+                self._tfjs_written = exc
+        if isinstance(self._tfjs_written, EdgekitError):
+            return Artifact(status="failed", error=str(self._tfjs_written), **fields)
+        files = [{"path": f"{folder}/{p.name}", "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                 for p in sorted((self.staging / folder).iterdir())]
+        fields.update(file=f"{folder}/model.json", bytes=sum(f["bytes"] for f in files),
+                      sha256=sha256_tree(self.staging / folder), files=files)
+        summary = self._tfjs_written
+        specs = {spec.name: spec for spec in [*self.signature_spec.inputs, *self.signature_spec.outputs]}
+
+        def spec(endpoint: dict) -> TensorSpec:
+            known = specs.get(endpoint["key"])
+            return TensorSpec(name=endpoint["key"], dtype=known.dtype if known else endpoint["dtype"],
+                              shape=known.shape if known else endpoint["shape"],
+                              node=endpoint["tensor"].split(":")[0])
+
+        inputs, outputs = [spec(e) for e in summary["inputs"]], [spec(e) for e in summary["outputs"]]
+        tolerance = tfjs_target.TOLERANCE_REL_L2[variant]
+        reason = tfjs_runtime.unavailable_reason()
+        if reason is not None:
+            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance,
+                          reason=f"{reason}, so TF.js could not run it; {tfjs_runtime.SETUP_HINT}")
+            return Artifact(status="unverified", inputs=inputs, outputs=outputs, check=check, **fields)
+        try:
+            model = tfjs_runtime.TfjsModel(self.staging / folder, backend="wasm")
+        except EdgekitError as exc:
+            return Artifact(status="failed", inputs=inputs, outputs=outputs,
+                            error=f"TF.js cannot load it: {exc.message}", **fields)
+        return _Pending(name, fields, model, tolerance, inputs, outputs)
 
     def _convert(self, variant: Variant) -> Artifact | _Pending:
         """Convert, write and load one variant; an Artifact when there is nothing to check."""
@@ -337,15 +397,19 @@ class _Job:
         model, fields, tolerance = pending.model, pending.fields, pending.tolerance
         samples = len(next(iter(self.check_inputs.values())))
         inputs, outputs = pending.inputs, pending.outputs
+        engine = {"tflite": "LiteRT", "onnx": "onnxruntime", "tfjs": "TF.js"}[fields["format"]]
         try:
             actual = data.run_in_batches(lambda feed: model.run(feed, self.signature), self.check_inputs, self.batch)
             per_output = {out: compare_output(actual[out], self.reference[out]) for out in sorted(self.reference)}
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
             check = Check(status="failed", samples=samples, tolerance_rel_l2=tolerance,
-                          reason=f"LiteRT could not run it: {exc}")
+                          reason=f"{engine} could not run it: {exc}")
             artifact = Artifact(status="failed", inputs=inputs, outputs=outputs, check=check,
                                 error=check.reason, **fields)
             return artifact, time.perf_counter() - started
+        finally:
+            if isinstance(model, tfjs_runtime.TfjsModel):
+                model.close()  # one Node process per check, not one per artifact kept open
         broken = sorted(name for name, o in per_output.items() if o.rel_l2_error is None)
         worst = max((o.rel_l2_error for o in per_output.values() if o.rel_l2_error is not None), default=0.0)
         passed = not broken and worst <= tolerance

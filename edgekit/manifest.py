@@ -19,7 +19,10 @@ Schema (version 1), as written:
      "artifacts": [Artifact, ...]}
 
 TensorSpec: {"name", "dtype" (numpy name), "shape" (list, null = any size)}; an artifact's
-tensors add "quantization": {"scale", "zero_point"} (lists when per-channel) or null.
+tensors add "quantization": {"scale", "zero_point"} (lists when per-channel) or null, and
+a TF.js artifact's add "node", the graph node behind the signature key in "name".
+Artifact: see the dataclass below; "verified" is true only when the artifact ran in its
+runtime (LiteRT, onnxruntime, TF.js in Node) and passed its check.
 """
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ class TensorSpec:
     # Only on an artifact's tensors: how to map real values to the stored integers,
     # real = scale * (q - zero_point). None for float tensors.
     quantization: dict[str, Any] | None = None
+    # TF.js artifacts only: the graph node behind the signature key `name` (which is what
+    # `model.execute({name: x}, [output name])` takes).
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,15 +100,17 @@ class Check:
 @dataclass(frozen=True)
 class Artifact:
     name: str  # unique in the manifest, e.g. "tflite_int8"
-    format: str  # "tflite" | "onnx"
-    variant: str  # "float32" | "dynamic" | "float16" | "int8" | "int16x8"
+    format: str  # "tflite" | "onnx" | "tfjs"
+    # tflite: "float32" | "dynamic" | "float16" | "int8" | "int16x8"; onnx: "float32";
+    # tfjs: "float32" | "float16" | "uint8" (how its weights are stored)
+    variant: str
     # "ok" | "failed" | "skipped" (needs calibration data, none given) |
-    # "unverified" (built, but no runtime here can run it: flex ops)
+    # "unverified" (built, but no runtime here can run it: flex ops, or no Node.js for TF.js)
     status: str
     signature: str
-    file: str | None = None  # relative to OUT_DIR
-    bytes: int | None = None
-    sha256: str | None = None
+    file: str | None = None  # relative to OUT_DIR; for tfjs its model.json
+    bytes: int | None = None  # for tfjs: all its files together
+    sha256: str | None = None  # for tfjs: files.sha256_tree of its folder
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     quantization: dict[str, Any] = field(default_factory=dict)
@@ -110,6 +118,13 @@ class Artifact:
     check: Check | None = None
     error: str | None = None
     opset: int | None = None  # ONNX artifacts only
+    # tfjs only: every file of the folder, [{"path" (relative to OUT_DIR), "bytes", "sha256"}]
+    files: list[dict[str, Any]] | None = None
+    # Derived, for readers of the JSON: the artifact ran in a real runtime and passed its check.
+    verified: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verified", self.check is not None and self.check.status == "passed")
 
     @property
     def ok(self) -> bool:

@@ -77,7 +77,7 @@ def diabetes_out(tmp_path_factory) -> Path:
                          input_signature=[tf.TensorSpec([None, 10], tf.float32, name="features")])
     archive.write_out(str(root / "saved_model"), verbose=False)
     np.savez(root / "eval.npz", features=features[:100], y=target[:100])
-    manifest = convert(root / "saved_model", root / "out", variants=("float32", "float16"))
+    manifest = convert(root / "saved_model", root / "out", variants=("float32", "float16"), tfjs=())
     assert manifest.all_ok, [a.error for a in manifest.artifacts]
     return root
 

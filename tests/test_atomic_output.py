@@ -20,7 +20,7 @@ def _stop_at_second_variant(step):
 def test_failure_mid_run_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(Interrupted):
-        convert(DIGITS / "saved_model", out, variants=("float32", "float16"), progress=_stop_at_second_variant)
+        convert(DIGITS / "saved_model", out, variants=("float32", "float16"), tfjs=(), progress=_stop_at_second_variant)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -29,7 +29,7 @@ def test_failure_mid_run_with_force_keeps_the_old_out_dir(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("previous build")
     with pytest.raises(Interrupted):
-        convert(DIGITS / "saved_model", out, variants=("float32", "float16"), force=True,
+        convert(DIGITS / "saved_model", out, variants=("float32", "float16"), tfjs=(), force=True,
                 progress=_stop_at_second_variant)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert (out / "keep.txt").read_text() == "previous build"
@@ -40,7 +40,7 @@ def test_existing_out_dir_is_refused_without_force_and_replaced_with_it(tmp_path
     out.mkdir()
     (out / "stale.txt").write_text("old")
     with pytest.raises(BadInput, match="already exists"):
-        convert(DIGITS / "saved_model", out, variants=("float32",))
-    convert(DIGITS / "saved_model", out, variants=("float32",), force=True)
+        convert(DIGITS / "saved_model", out, variants=("float32",), tfjs=())
+    convert(DIGITS / "saved_model", out, variants=("float32",), tfjs=(), force=True)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model_float32.tflite"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

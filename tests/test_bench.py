@@ -134,7 +134,7 @@ def test_regression_task_reports_mae_and_rmse(diabetes_out):
 def test_flex_artifacts_are_named_and_skipped(lstm_saved_model, tmp_path):
     rows = np.random.default_rng(0).random((8, 5, 3), dtype=np.float32)
     np.save(tmp_path / "seq.npy", rows)
-    convert(lstm_saved_model, tmp_path / "out", variants=("float32",), allow_flex=True)
+    convert(lstm_saved_model, tmp_path / "out", variants=("float32",), tfjs=(), allow_flex=True)
     report = bench(tmp_path / "out", eval_data=tmp_path / "seq.npy", memory=False, **QUICK)
     (row,) = report.artifacts
     assert row.status == "skipped" and "flex" in row.reason

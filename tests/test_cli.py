@@ -49,7 +49,7 @@ def test_json_prints_the_manifest_on_stdout(tmp_path):
     )
     manifest = json.loads(result.stdout)
     assert manifest == json.loads((out / "manifest.json").read_text())
-    assert "[1/1] float32" in result.stderr  # progress stays on stderr
+    assert "[1/3] float32" in result.stderr and "[3/3] tfjs_uint8" in result.stderr  # progress stays on stderr
 
 
 def test_a_failed_variant_exits_1_and_still_writes_the_others(lstm_saved_model, tmp_path):

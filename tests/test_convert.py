@@ -10,6 +10,7 @@ from conftest import DIGITS, IRIS
 
 from edgekit import convert
 from edgekit.errors import FlexOpsRequired
+from edgekit.files import sha256_tree
 from edgekit.manifest import Manifest
 from edgekit.runtime import TFLiteModel
 from edgekit.targets.tflite import VARIANTS, Variant
@@ -17,8 +18,9 @@ from edgekit.targets.tflite import VARIANTS, Variant
 
 def test_digits_every_variant_converts_and_passes_its_check(digits_out):
     manifest = Manifest.read(digits_out)
-    assert [a.variant for a in manifest.artifacts] == [v.value for v in Variant]
-    for artifact in manifest.artifacts:
+    tflite = [a for a in manifest.artifacts if a.format == "tflite"]
+    assert [a.variant for a in tflite] == [v.value for v in Variant]
+    for artifact in tflite:
         assert artifact.status == "ok", artifact.error
         assert artifact.check.status == "passed"
         assert artifact.check.worst_rel_l2 <= VARIANTS[Variant(artifact.variant)].tolerance_rel_l2
@@ -29,6 +31,16 @@ def test_digits_every_variant_converts_and_passes_its_check(digits_out):
 def test_manifest_hashes_and_sizes_match_the_files(digits_out):
     manifest = Manifest.read(digits_out)
     for artifact in manifest.artifacts:
+        if artifact.format == "tfjs":  # a folder: every file listed with its own hash
+            folder = (digits_out / artifact.file).parent
+            assert sorted(f["path"] for f in artifact.files) == sorted(
+                p.relative_to(digits_out).as_posix() for p in folder.iterdir())
+            for file in artifact.files:
+                content = (digits_out / file["path"]).read_bytes()
+                assert file["bytes"] == len(content) and file["sha256"] == hashlib.sha256(content).hexdigest()
+            assert artifact.bytes == sum(f["bytes"] for f in artifact.files)
+            assert artifact.sha256 == sha256_tree(folder)
+            continue
         content = (digits_out / artifact.file).read_bytes()
         assert artifact.bytes == len(content)
         assert artifact.sha256 == hashlib.sha256(content).hexdigest()
@@ -75,7 +87,7 @@ def test_int8_accuracy_within_one_point_of_float32(digits_out, digits_rows):
 
 
 def test_int8_io_float_keeps_float_tensors(tmp_path):
-    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8",),
+    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8",), tfjs=(),
                        calibration=DIGITS / "calibration.npz", int8_io="float")
     int8 = manifest.artifact("int8")
     assert int8.status == "ok"
@@ -92,7 +104,7 @@ def test_two_inputs_and_dict_outputs_in_every_variant(tmp_path):
 
 
 def test_other_signature_is_converted_when_named(tmp_path):
-    manifest = convert(IRIS / "saved_model", tmp_path / "out", signature="embed", variants=("float32",))
+    manifest = convert(IRIS / "saved_model", tmp_path / "out", signature="embed", variants=("float32",), tfjs=())
     artifact = manifest.artifact("float32")
     assert manifest.signature == "embed" and artifact.signature == "embed"
     assert [t.name for t in artifact.outputs] == ["embedding"]
@@ -100,7 +112,7 @@ def test_other_signature_is_converted_when_named(tmp_path):
 
 
 def test_without_calibration_full_integer_variants_are_skipped_with_a_hint(tmp_path):
-    manifest = convert(DIGITS / "saved_model", tmp_path / "out")
+    manifest = convert(DIGITS / "saved_model", tmp_path / "out", tfjs=())
     assert manifest.artifact("int8").status == "skipped"
     assert "--calibration" in manifest.artifact("int16x8").error
     assert manifest.check_inputs["source"] == "synthetic"
@@ -109,7 +121,7 @@ def test_without_calibration_full_integer_variants_are_skipped_with_a_hint(tmp_p
 
 def test_npy_calibration(tmp_path, digits_rows):
     np.save(tmp_path / "calib.npy", digits_rows["pixels"][:50])
-    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8",),
+    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8",), tfjs=(),
                        calibration=tmp_path / "calib.npy")
     assert manifest.calibration["format"] == "npy"
     assert manifest.artifact("int8").status == "ok"
@@ -125,7 +137,7 @@ def test_image_folder_calibration(tmp_path, digits_rows):
         # written at 16x16 so the loader has to resize to the model's 8x8
         pixels = Image.fromarray((image[..., 0] * 255).astype(np.uint8)).resize((16, 16))
         pixels.save(folder / f"{i:03d}.png")
-    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8", "int16x8"),
+    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8", "int16x8"), tfjs=(),
                        calibration=folder, image_range="0:1", calibration_samples=1000)
     assert manifest.calibration["format"] == "images"
     assert manifest.calibration["samples"] == 40
@@ -133,7 +145,7 @@ def test_image_folder_calibration(tmp_path, digits_rows):
 
 
 def test_calibration_samples_count_is_honoured(tmp_path):
-    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8",),
+    manifest = convert(DIGITS / "saved_model", tmp_path / "out", variants=("int8",), tfjs=(),
                        calibration=DIGITS / "calibration.npz", calibration_samples=10, check_samples=5)
     assert manifest.calibration["samples"] == 10
     assert manifest.artifact("int8").quantization["calibration_samples"] == 10
@@ -141,7 +153,7 @@ def test_calibration_samples_count_is_honoured(tmp_path):
 
 
 def test_unsupported_ops_fail_with_their_names_and_the_way_out(lstm_saved_model, tmp_path):
-    manifest = convert(lstm_saved_model, tmp_path / "out", variants=("float32",))
+    manifest = convert(lstm_saved_model, tmp_path / "out", variants=("float32",), tfjs=())
     artifact = manifest.artifact("float32")
     assert artifact.status == "failed"
     assert "TensorListReserve" in artifact.error and "--allow-flex" in artifact.error
@@ -149,7 +161,7 @@ def test_unsupported_ops_fail_with_their_names_and_the_way_out(lstm_saved_model,
 
 
 def test_allow_flex_marks_the_artifact_and_the_runtime_refuses_it_clearly(lstm_saved_model, tmp_path):
-    manifest = convert(lstm_saved_model, tmp_path / "out", variants=("float32", "float16"), allow_flex=True)
+    manifest = convert(lstm_saved_model, tmp_path / "out", variants=("float32", "float16"), tfjs=(), allow_flex=True)
     for artifact in manifest.artifacts:
         assert artifact.requires_flex is True
         assert artifact.status == "unverified"
@@ -160,7 +172,7 @@ def test_allow_flex_marks_the_artifact_and_the_runtime_refuses_it_clearly(lstm_s
 
 
 def test_variables_tflite_did_not_freeze_are_refused_with_the_fix(unfrozen_variables_saved_model, tmp_path):
-    manifest = convert(unfrozen_variables_saved_model, tmp_path / "out", variants=("float32",))
+    manifest = convert(unfrozen_variables_saved_model, tmp_path / "out", variants=("float32",), tfjs=())
     artifact = manifest.artifact("float32")
     assert artifact.status == "failed" and artifact.file is None
     assert "READ_VARIABLE" in artifact.error and "keras_model.export" in artifact.error

@@ -1,4 +1,5 @@
-"""The device world (edgekit.runtime) loads and runs .tflite without importing TensorFlow.
+"""The device world (edgekit.runtime) loads and runs .tflite (and drives TF.js in Node)
+without importing TensorFlow.
 
 Checked in a fresh interpreter, since this test session has TensorFlow loaded already.
 """
@@ -14,16 +15,21 @@ import pytest
 from edgekit.runtime.tflite import TensorInfo, dequantize, quantize
 
 
-def test_running_a_tflite_imports_no_tensorflow(digits_out):
+def test_running_a_tflite_or_tfjs_artifact_imports_no_tensorflow(digits_out):
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
         import edgekit, edgekit.cli, edgekit.manifest, edgekit.metrics, edgekit.errors
         from edgekit.runtime import TFLiteModel
+        from edgekit.runtime.tfjs import TfjsModel
         manifest = edgekit.manifest.Manifest.read({str(digits_out)!r})
         for artifact in manifest.artifacts:
-            model = TFLiteModel({str(digits_out)!r} + "/" + artifact.file)
-            out = model.run({{"pixels": np.zeros((2, 8, 8, 1), np.float32)}})
+            path = {str(digits_out)!r} + "/" + artifact.file
+            if artifact.format == "tfjs":
+                with TfjsModel(path.rsplit("/", 1)[0]) as model:
+                    out = model.run({{"pixels": np.zeros((2, 8, 8, 1), np.float32)}})
+            else:
+                out = TFLiteModel(path).run({{"pixels": np.zeros((2, 8, 8, 1), np.float32)}})
             assert out["probs"].shape == (2, 10) and out["probs"].dtype == np.float32
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
         print("LOADED", loaded)

@@ -16,7 +16,7 @@ from edgekit.targets.onnx import newest_opset, unsupported_ops
 @pytest.fixture(scope="module")
 def digits_onnx(tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "digits"
-    convert(DIGITS / "saved_model", out, variants=("float32",), calibration=DIGITS / "calibration.npz", onnx=True)
+    convert(DIGITS / "saved_model", out, variants=("float32",), calibration=DIGITS / "calibration.npz", tfjs=(), onnx=True)
     return out
 
 
@@ -37,7 +37,7 @@ def test_digits_converts_checks_and_is_recorded(digits_onnx, digits_rows):
 
 
 def test_two_inputs_dict_outputs_and_an_older_opset(tmp_path):
-    manifest = convert(IRIS / "saved_model", tmp_path / "out", variants=("float32",), onnx=True, onnx_opset=13)
+    manifest = convert(IRIS / "saved_model", tmp_path / "out", variants=("float32",), tfjs=(), onnx=True, onnx_opset=13)
     artifact = manifest.artifact("onnx")
     assert artifact.status == "ok", artifact.error
     assert artifact.opset == 13
@@ -54,7 +54,7 @@ def test_ops_tf2onnx_lacks_are_named_and_tflite_still_converts(tmp_path):
 
     module = Lgamma()
     tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures={"serving_default": module.serve})
-    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32",), onnx=True)
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32",), tfjs=(), onnx=True)
     onnx_artifact = manifest.artifact("onnx")
     assert onnx_artifact.status == "failed" and onnx_artifact.file is None
     assert "Lgamma" in onnx_artifact.error

@@ -112,7 +112,7 @@ def test_failed_and_flex_artifacts_are_refused(digits_out, lstm_saved_model, tmp
     with pytest.raises(Refused, match="failed its checks: relative L2 error 0.3"):
         package(broken, "android", tmp_path / "app", variant="int8")
     flex = tmp_path / "flex"
-    convert(lstm_saved_model, flex, variants=("float32",), allow_flex=True)
+    convert(lstm_saved_model, flex, variants=("float32",), tfjs=(), allow_flex=True)
     with pytest.raises(Refused, match="tensorflow-lite-select-tf-ops"):
         package(flex, "android", tmp_path / "app", variant="float32")
     assert package(flex, "android", tmp_path / "app", variant="float32", allow_flex=True).changed

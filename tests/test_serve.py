@@ -105,7 +105,7 @@ def repo(tmp_path_factory, digits_out) -> Path:
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(digits_out, root / "digits" / "1")
     convert(IRIS / "saved_model", root / "iris" / "1", calibration=IRIS / "calibration.npz",
-            variants=("float32", "int8"))
+            variants=("float32", "int8"), tfjs=())
     (root / "models.json").write_text(json.dumps({"model_config_list": [
         {"name": "digits", "base_path": "digits"},
         {"name": "iris", "base_path": "iris", "version_labels": {"stable": 1}, "variant": "float32"},
