@@ -205,6 +205,8 @@ def _thread_counts(text: str | None) -> tuple[int, ...] | None:
 @click.option("--runs", default=100, show_default=True, help="Timed runs per latency figure.")
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs after the cold one.")
 @click.option("--threads", "threads_text", help="Thread counts for each artifact (LiteRT threads, onnxruntime intra-op), e.g. 1,2,4 [default: 1 and all cores].")
+@click.option("--tfjs-backends", default="wasm,cpu", show_default=True,
+              help="TF.js backends to run TF.js artifacts on, in Node.js.")
 @click.option("--batch", default=32, show_default=True, help="Batch size of the throughput figure.")
 @click.option("--artifact", help="Measure only this artifact (name or variant); budgets apply to it.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
@@ -216,8 +218,8 @@ def _thread_counts(text: str | None) -> tuple[int, ...] | None:
 @click.option("--max-size-mb", type=float, help="Budget: file size, MiB.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_handle_errors
-def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threads_text, batch, artifact,
-          json_path, html_path, no_memory, max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb, debug):
+def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threads_text, tfjs_backends, batch,
+          artifact, json_path, html_path, no_memory, max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb, debug):
     """Measure OUT_DIR's artifacts against the original SavedModel.
 
     Exit status: 0 measured and within every budget given, 1 a budget broken (one line
@@ -233,7 +235,8 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
     budgets = Budgets(max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb)
     report = run_bench(
         out_dir, eval_data=eval_data, labels_key=labels_key, task=task, output=output_name, runs=runs,
-        warmup=warmup, threads=_thread_counts(threads_text), batch=batch, artifact=artifact,
+        warmup=warmup, threads=_thread_counts(threads_text),
+        tfjs_backends=tuple(b.strip() for b in tfjs_backends.split(",") if b.strip()), batch=batch, artifact=artifact,
         memory=not no_memory, progress=lambda message: click.echo(message, err=True), quiet=not debug,
     )
     click.echo(render_table(report))

@@ -39,6 +39,9 @@ MANIFEST_NAME = "manifest.json"
 # The artifact a device gets when nobody names one: the smallest that keeps accuracy
 # on most models first. serve and package both choose by it.
 PREFERRED_VARIANTS = ("int8", "dynamic", "float16", "float32", "int16x8")
+# The same for a web build: TF.js computes in float32 whatever the weights, so the
+# smallest download that passed its check comes first.
+PREFERRED_TFJS_VARIANTS = ("uint8", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -154,10 +157,12 @@ class Manifest:
         known = ", ".join(a.name for a in self.artifacts)
         raise BadInput(f"no artifact named {name!r} in the manifest", f"pick one of: {known}")
 
-    def preferred_artifact(self) -> Artifact | None:
-        """The first TFLite artifact of PREFERRED_VARIANTS that was written and passed its check."""
-        usable = {a.variant: a for a in self.artifacts if a.format == "tflite" and a.file and a.status == "ok"}
-        return next((usable[v] for v in PREFERRED_VARIANTS if v in usable), None)
+    def preferred_artifact(self, format: str = "tflite") -> Artifact | None:
+        """The first artifact of PREFERRED_VARIANTS (or PREFERRED_TFJS_VARIANTS for
+        format "tfjs") that was written and passed its check."""
+        usable = {a.variant: a for a in self.artifacts if a.format == format and a.file and a.status == "ok"}
+        order = PREFERRED_TFJS_VARIANTS if format == "tfjs" else PREFERRED_VARIANTS
+        return next((usable[v] for v in order if v in usable), None)
 
     @property
     def all_ok(self) -> bool:

@@ -73,10 +73,10 @@ def package(out_dir: str | Path, platform: str, dest: str | Path, *, variant: st
         candidates = [a for a in manifest.artifacts if a.format == "tfjs"]
         if not candidates:
             raise Refused("a web build needs a TF.js artifact, and this OUT_DIR has none",
-                          "this edgekit converts to TFLite only so far; convert a TF.js graph model first")
+                          "convert again with --tfjs float32,uint8 (the default; Node.js checks them)")
     else:
         candidates = [a for a in manifest.artifacts if a.format == "tflite"]
-    artifact = _choose(manifest, candidates, variant, pick, bench, budgets)
+    artifact = _choose(manifest, candidates, variant, pick, bench, budgets, "tfjs" if platform == "web" else "tflite")
     _refuse_unrunnable(artifact, platform, allow_flex)
     broken = _broken_budgets(artifact, bench, budgets)
     if broken:
@@ -129,7 +129,7 @@ def _broken_budgets(artifact: Artifact, bench: dict | None, budgets: Budgets) ->
 
 
 def _choose(manifest: Manifest, candidates: list[Artifact], variant: str | None, pick: str | None,
-            bench: dict | None, budgets: Budgets) -> Artifact:
+            bench: dict | None, budgets: Budgets, format: str) -> Artifact:
     if variant:
         chosen = manifest.artifact(variant)
         if chosen not in candidates:
@@ -138,8 +138,8 @@ def _choose(manifest: Manifest, candidates: list[Artifact], variant: str | None,
                            + " artifact")
         return chosen
     if pick is None:
-        preferred = manifest.preferred_artifact()
-        if preferred is None or preferred not in candidates:
+        preferred = manifest.preferred_artifact(format)
+        if preferred is None:
             raise Refused("no artifact passed its checks", "convert again, or name one with --variant")
         return preferred
     fitting = [a for a in candidates if a.file and a.status == "ok" and not a.requires_flex
@@ -179,11 +179,19 @@ def _refuse_unrunnable(artifact: Artifact, platform: str, allow_flex: bool) -> N
 
 
 def _tensor_info(tensor) -> dict:
-    return {"name": tensor.name, "dtype": tensor.dtype, "shape": tensor.shape, "quantization": tensor.quantization}
+    info = {"name": tensor.name, "dtype": tensor.dtype, "shape": tensor.shape, "quantization": tensor.quantization}
+    if tensor.node is not None:
+        info["node"] = tensor.node
+    return info
+
+
+_TFLITE_NOTE = "real = scale * (q - zero_point); quantize inputs as q = round(real / scale) + zero_point"
+_TFJS_NOTE = ("TF.js takes and returns float32 tensors whatever the weights are stored as: "
+              "tf.loadGraphModel('model.json'), then model.execute({<input name>: x}, [<output names>])")
 
 
 def model_info(manifest: Manifest, artifact: Artifact, model_file: str, labels_file: str | None) -> dict:
-    return {
+    info = {
         "schema_version": 1,
         "edgekit_version": __version__,
         "model": model_file,
@@ -195,12 +203,16 @@ def model_info(manifest: Manifest, artifact: Artifact, model_file: str, labels_f
         "inputs": [_tensor_info(t) for t in artifact.inputs],
         "outputs": [_tensor_info(t) for t in artifact.outputs],
         "labels": labels_file,
-        "quantization_note": "real = scale * (q - zero_point); quantize inputs as q = round(real / scale) + zero_point",
+        "quantization_note": _TFJS_NOTE if artifact.format == "tfjs" else _TFLITE_NOTE,
         "check": None if artifact.check is None else {
             "status": artifact.check.status, "samples": artifact.check.samples,
             "worst_rel_l2": artifact.check.worst_rel_l2, "top1_agreement": artifact.check.top1_agreement},
         "source_saved_model_sha256": manifest.source["saved_model_pb_sha256"],
     }
+    if artifact.files:  # a TF.js folder: each file, relative to model_info.json
+        info["files"] = [{"path": Path(f["path"]).name, "bytes": f["bytes"], "sha256": f["sha256"]}
+                         for f in artifact.files]
+    return info
 
 
 def _lay_out(out_dir: Path, manifest: Manifest, artifact: Artifact, platform: str, dest: Path, name: str,
@@ -214,10 +226,14 @@ def _lay_out(out_dir: Path, manifest: Manifest, artifact: Artifact, platform: st
             if sha256_file(source) != artifact.sha256:
                 raise BadInput(f"{source} does not match the sha256 in the manifest", "convert again")
             _place(source, staging / model_name, target / model_name)
-        else:  # tfjs: the folder of model.json and shards
+        else:  # tfjs: the folder of model.json and shards, each file as the manifest lists it
             model_name = "model.json"
-            for file in sorted((out_dir / artifact.file).parent.iterdir()):
-                _place(file, staging / file.name, target / file.name)
+            for file in artifact.files:
+                source = out_dir / file["path"]
+                if not source.is_file() or sha256_file(source) != file["sha256"]:
+                    raise BadInput(f"{source} is missing or does not match the sha256 in the manifest",
+                                   "convert again")
+                _place(source, staging / source.name, target / source.name)
         labels_name = None
         if label_lines is not None:
             labels_name = "labels.txt"

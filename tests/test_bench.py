@@ -33,9 +33,9 @@ def test_reference_accuracy_is_what_the_sample_model_script_reported(digits_repo
 
 
 def test_every_artifact_is_measured_and_int8_stays_within_one_point(digits_report):
-    rows = {row.variant: row for row in digits_report.artifacts}
+    assert all(row.status == "measured" for row in digits_report.artifacts)
+    rows = {row.variant: row for row in digits_report.artifacts if row.name.startswith("tflite_")}
     assert sorted(rows) == ["dynamic", "float16", "float32", "int16x8", "int8"]
-    assert all(row.status == "measured" for row in rows.values())
     assert abs(rows["int8"].accuracy_drop_points) <= 1.0
     assert rows["float32"].agreement["probs"]["top1_agreement"] == 1.0
     assert rows["float32"].agreement["probs"]["sqnr_db"] > 80
@@ -44,13 +44,26 @@ def test_every_artifact_is_measured_and_int8_stays_within_one_point(digits_repor
 
 def test_latency_throughput_and_memory_figures_are_sane(digits_report):
     for row in [digits_report.reference] + digits_report.artifacts:
-        (latency,) = row.latency_ms.values()
-        assert 0 < latency.min_ms <= latency.p50_ms <= latency.p90_ms <= latency.p99_ms <= latency.max_ms
-        assert latency.runs == 20 and latency.warmup == 2 and latency.cold_ms > 0
+        expected = ["wasm", "cpu"] if row.name.startswith("tfjs_") else ["auto"] if row is digits_report.reference else ["1"]
+        assert list(row.latency_ms) == expected
+        for latency in row.latency_ms.values():
+            assert 0 < latency.min_ms <= latency.p50_ms <= latency.p90_ms <= latency.p99_ms <= latency.max_ms
+            assert latency.runs == 20 and latency.warmup == 2 and latency.cold_ms > 0
         assert all(rate > 0 for rate in row.throughput_rows_per_s.values())
         assert row.memory["peak_rss_mb"] >= row.memory["baseline_rss_mb"] > 0
-    # a LiteRT process holds no TensorFlow: far smaller than the reference's
+    # a LiteRT process holds no TensorFlow: far smaller than the reference's; Node with TF.js in between
     assert digits_report.row("int8").memory["peak_rss_mb"] < 150 < digits_report.reference.memory["peak_rss_mb"]
+    assert digits_report.row("tfjs_uint8").memory["peak_rss_mb"] < 300
+
+
+def test_tfjs_rows_run_in_node_on_each_backend_and_match(digits_report):
+    for name in ("tfjs_float32", "tfjs_uint8"):
+        row = digits_report.row(name)
+        assert row.engine == "tfjs 4.22.0" and row.device == "CPU (wasm)"
+        assert abs(row.accuracy_drop_points) <= 1.0
+        assert row.agreement["probs"]["top1_agreement"] >= 0.99
+    assert digits_report.row("tfjs_float32").agreement["probs"]["rel_l2_error"] < 1e-5
+    assert digits_report.settings["tfjs_backends"] == ["wasm", "cpu"]
 
 
 def test_json_report_round_trips_and_keeps_its_schema(digits_report):
@@ -76,7 +89,7 @@ def test_table_puts_the_reference_first_then_one_row_per_artifact_and_thread(dig
 
 def test_html_holds_the_table_and_both_plots_with_the_pareto_front(digits_report):
     page = render_html(digits_report)
-    assert page.count("<tr>") == 1 + 6  # header + reference + five artifacts
+    assert page.count("<tr>") == 1 + 1 + 5 + 2 * 2  # header, reference, five TFLite, two TF.js on two backends
     for plot in ("plot-quality-latency", "plot-size-latency"):
         svg = re.search(rf'<svg id="{plot}".*?</svg>', page, re.S).group(0)
         names = set(re.findall(r'class="point[^"]*" data-name="([^"]+)"', svg))

@@ -75,9 +75,11 @@ def test_a_changed_file_replaces_the_folder_but_keeps_unchanged_files_timestamps
 
 def test_picks(digits_out, bench_json, tmp_path):
     manifest = Manifest.read(digits_out)
+    tflite = [a for a in manifest.artifacts if a.format == "tflite"]
     smallest = package(digits_out, "android", tmp_path / "a", pick="smallest")
-    assert smallest.artifact == min((a for a in manifest.artifacts), key=lambda a: a.bytes).name
-    report = {row["name"]: row for row in json.loads(bench_json.read_text())["artifacts"]}
+    assert smallest.artifact == min(tflite, key=lambda a: a.bytes).name
+    report = {row["name"]: row for row in json.loads(bench_json.read_text())["artifacts"]
+              if row["name"].startswith("tflite_")}  # an app build takes the TFLite ones
     fastest = package(digits_out, "android", tmp_path / "b", pick="fastest", bench_json=bench_json)
     # lowest p50; equal p50s (common at microsecond scale) go to the smaller file
     assert fastest.artifact == min(report, key=lambda n: (report[n]["latency_ms"]["1"]["p50_ms"],
@@ -118,10 +120,67 @@ def test_failed_and_flex_artifacts_are_refused(digits_out, lstm_saved_model, tmp
     assert package(flex, "android", tmp_path / "app", variant="float32", allow_flex=True).changed
 
 
+def test_web_layout_is_the_tfjs_folder_that_loads_in_tfjs(digits_out, labels, tmp_path, digits_rows):
+    from edgekit.runtime.tfjs import TfjsModel, unavailable_reason
+
+    result = CliRunner().invoke(cli, ["package", str(digits_out), "--platform", "web", "--dest",
+                                      str(tmp_path / "public" / "models"), "--labels", str(labels), "--name", "digits"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "public" / "models" / "digits"
+    uint8 = Manifest.read(digits_out).artifact("tfjs_uint8")  # the smallest TF.js artifact that passed
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["labels.txt", "model_info.json"] + [f["path"].split("/")[-1] for f in uint8.files])
+    info = json.loads((folder / "model_info.json").read_text())
+    assert info["format"] == "tfjs" and info["variant"] == "uint8" and info["model"] == "model.json"
+    assert info["sha256"] == uint8.sha256
+    assert {f["path"]: f["sha256"] for f in info["files"]} == {p.name: sha256(p) for p in folder.iterdir()
+                                                                if p.name not in ("labels.txt", "model_info.json")}
+    (pixels,) = info["inputs"]
+    assert pixels == {"name": "pixels", "node": "pixels", "dtype": "float32", "shape": [None, 8, 8, 1],
+                      "quantization": None}
+    assert "tf.loadGraphModel" in info["quantization_note"]
+    if unavailable_reason() is None:  # the packaged folder, as a web server would serve it
+        with TfjsModel(folder) as model:
+            probs = model.run({"pixels": digits_rows["pixels"][:32]})["probs"]
+        assert (probs.argmax(1) == digits_rows["y"][:32]).mean() >= 0.9
+    again = package(digits_out, "web", tmp_path / "public" / "models", labels=labels, name="digits")
+    assert again.changed is False
+
+
+def test_web_picks_and_variant(digits_out, bench_json, tmp_path):
+    report = {row["name"]: row for row in json.loads(bench_json.read_text())["artifacts"]}
+    assert package(digits_out, "web", tmp_path / "a", pick="smallest").artifact == "tfjs_uint8"
+    fastest = package(digits_out, "web", tmp_path / "b", pick="fastest", bench_json=bench_json).artifact
+    tfjs = [n for n in report if n.startswith("tfjs_")]
+    assert fastest == min(tfjs, key=lambda n: (min(lat["p50_ms"] for lat in report[n]["latency_ms"].values()),
+                                               report[n]["bytes"]))
+    assert package(digits_out, "web", tmp_path / "c", variant="tfjs_float32").artifact == "tfjs_float32"
+    with pytest.raises(BadInput, match="tflite_int8 is a tflite artifact"):
+        package(digits_out, "web", tmp_path / "d", variant="int8")
+    with pytest.raises(BadInput, match="tfjs_uint8 is a tfjs artifact"):
+        package(digits_out, "android", tmp_path / "e", variant="tfjs_uint8")
+
+
 def test_web_without_a_tfjs_artifact_is_refused(digits_out, tmp_path):
-    result = CliRunner().invoke(cli, ["package", str(digits_out), "--platform", "web", "--dest", str(tmp_path)])
+    bare = tmp_path / "tflite_only"
+    shutil.copytree(digits_out, bare)
+    data = json.loads((bare / "manifest.json").read_text())
+    data["artifacts"] = [a for a in data["artifacts"] if a["format"] != "tfjs"]
+    (bare / "manifest.json").write_text(json.dumps(data))
+    result = CliRunner().invoke(cli, ["package", str(bare), "--platform", "web", "--dest", str(tmp_path / "web")])
     assert result.exit_code == 1
-    assert "needs a TF.js artifact" in result.output and "hint:" in result.output
+    assert "needs a TF.js artifact" in result.output and "--tfjs" in result.output
+    assert not (tmp_path / "web").exists() or not list((tmp_path / "web").iterdir())
+
+
+def test_a_tfjs_shard_that_changed_after_convert_is_refused(digits_out, tmp_path):
+    copy = tmp_path / "out"
+    shutil.copytree(digits_out, copy)
+    shard = next((copy / "tfjs_uint8").glob("*.bin"))
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(BadInput, match="does not match the sha256"):
+        package(copy, "web", tmp_path / "web", variant="tfjs_uint8")
+    assert not (tmp_path / "web" / "out").exists()
 
 
 def test_bad_input(digits_out, bench_json, tmp_path):

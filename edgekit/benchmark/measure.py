@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -15,7 +14,7 @@ import numpy as np
 
 from edgekit import __version__, data, metrics
 from edgekit.benchmark.runners import RUNNERS, Runner, TensorFlowRunner
-from edgekit.benchmark.timing import Latency, measure_latency, measure_throughput
+from edgekit.benchmark.timing import Latency
 from edgekit.errors import BadInput, EdgekitError, NotFound
 from edgekit.manifest import Manifest, SignatureSpec
 from edgekit.native_logs import captured_native_output
@@ -102,19 +101,27 @@ def bench(
     runs: int = 100,
     warmup: int = 10,
     threads: tuple[int, ...] | None = None,
+    tfjs_backends: tuple[str, ...] = ("wasm", "cpu"),
     batch: int = 32,
     artifact: str | None = None,
     memory: bool = True,
     progress: Progress | None = None,
     quiet: bool = True,
 ) -> BenchReport:
-    """Measure the artifacts in OUT_DIR (or only `artifact`) against the SavedModel."""
+    """Measure the artifacts in OUT_DIR (or only `artifact`) against the SavedModel.
+
+    TFLite and ONNX artifacts are timed at each of `threads`; TF.js artifacts on each of
+    `tfjs_backends` in Node.js (one thread: TF.js's wasm backend runs threads only in a
+    browser with cross-origin isolation)."""
     say = progress or (lambda message: None)
     manifest = Manifest.read(out_dir)
     out_dir = Path(out_dir)
     threads = tuple(threads or sorted({1, os.cpu_count() or 1}))
     if runs < 1 or warmup < 0 or batch < 1 or any(t < 1 for t in threads):
         raise BadInput("--runs, --batch and --threads must be at least 1, --warmup at least 0", "e.g. --runs 100")
+    unknown = [b for b in tfjs_backends if b not in ("cpu", "wasm")]
+    if unknown or not tfjs_backends:
+        raise BadInput(f"unknown TF.js backend {', '.join(unknown) or '(none)'}", "use --tfjs-backends wasm,cpu")
     if task is not None and task not in TASKS:
         raise BadInput(f"unknown task {task!r}", "use classification or regression")
     chosen = [manifest.artifact(artifact)] if artifact else list(manifest.artifacts)
@@ -134,7 +141,7 @@ def bench(
     say(f"reference on {reference_runner.device}: timing")
     _time(reference, {"auto": reference_runner}, inputs, warmup, runs, batch, spec)  # TF picks its threads
     if memory:
-        reference.memory = _memory(reference_runner)
+        reference.memory = reference_runner.memory()
 
     rows = []
     for number, entry in enumerate(chosen, 1):
@@ -155,21 +162,30 @@ def bench(
         if runner_class is None:
             skip(f"no runner for {entry.format} artifacts yet")
             continue
+        settings = tfjs_backends if entry.format == "tfjs" else threads  # what each timing row varies
+        runners: dict[str, Runner] = {}
         try:
             with captured_native_output(quiet):  # LiteRT's delegate notes
-                runners = {str(t): runner_class(out_dir / entry.file, entry.signature, t) for t in threads}
+                for setting in settings:
+                    runners[str(setting)] = runner_class(out_dir / entry.file, entry.signature, setting)
         except EdgekitError as exc:
+            for runner in runners.values():
+                runner.close()
             skip(exc.message)
             continue
-        widest = runners[str(max(threads))]
-        row = _row(entry.name, widest, entry.variant, entry.bytes)
-        say(f"{prefix}: accuracy on {data_record['rows']} rows")
-        outputs = widest.run_batches(inputs, row_batch)
-        _score(row, outputs, reference_outputs, labels, task, output, reference)
-        say(f"{prefix}: latency at threads {', '.join(runners)}")
-        _time(row, runners, inputs, warmup, runs, batch, spec)
-        if memory:
-            row.memory = _memory(widest)
+        try:
+            first = runners[str(settings[0] if entry.format == "tfjs" else max(threads))]
+            row = _row(entry.name, first, entry.variant, entry.bytes)
+            say(f"{prefix}: accuracy on {data_record['rows']} rows")
+            outputs = first.run_batches(inputs, row_batch)
+            _score(row, outputs, reference_outputs, labels, task, output, reference)
+            say(f"{prefix}: latency at {'backends' if entry.format == 'tfjs' else 'threads'} {', '.join(runners)}")
+            _time(row, runners, inputs, warmup, runs, batch, spec)
+            if memory:
+                row.memory = first.memory()
+        finally:
+            for runner in runners.values():
+                runner.close()
         rows.append(row)
 
     return BenchReport(
@@ -180,7 +196,8 @@ def bench(
                  "python": platform.python_version(), "reference_device": reference_runner.device},
         manifest=str((out_dir / "manifest.json").resolve()),
         data=data_record,
-        settings={"runs": runs, "warmup": warmup, "threads": list(threads), "batch": batch,
+        settings={"runs": runs, "warmup": warmup, "threads": list(threads), "tfjs_backends": list(tfjs_backends),
+                  "batch": batch,
                   "latency_batch": 1, "memory": memory},
         reference=reference,
         artifacts=rows,
@@ -279,14 +296,6 @@ def _time(row: Row, runners: dict[str, Runner], inputs, warmup: int, runs: int, 
     first = {k: np.resize(v, (fixed_rows or 1, *v.shape[1:])) for k, v in inputs.items()}
     rows = fixed_rows or batch
     batch_inputs = {k: np.resize(v, (rows, *v.shape[1:])) for k, v in inputs.items()}
-    for threads, runner in runners.items():
-        row.latency_ms[threads] = measure_latency(runner.prepare(first), warmup, runs)
-        row.throughput_rows_per_s[threads] = measure_throughput(runner.prepare(batch_inputs), rows)
-
-
-def _memory(runner: Runner) -> dict[str, float] | None:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run(runner.memory_argv(), capture_output=True, text=True, env=env, timeout=600)
-    if done.returncode != 0:
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    for setting, runner in runners.items():
+        row.latency_ms[setting] = runner.latency(first, warmup, runs)
+        row.throughput_rows_per_s[setting] = runner.throughput(batch_inputs, rows)

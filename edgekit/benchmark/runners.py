@@ -1,11 +1,15 @@
 """Engines that run a model on named inputs: one small interface, one class per engine.
 
 A runner loads once, runs batches of real values (`run`) for accuracy, and hands back a
-zero-argument invoke on fixed inputs (`prepare`) for timing. Adding an engine (TF.js in
-Node, onnxruntime, a remote `edgekit serve`) means adding one class here.
+zero-argument invoke on fixed inputs (`prepare`) that `latency` and `throughput` time.
+An engine that must time itself (TF.js: the calls cross a pipe into Node) overrides
+those two. Adding an engine (a remote `edgekit serve`, say) means adding one class here.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.benchmark.timing import Latency, measure_latency, measure_throughput, summarize
 from edgekit.data import run_in_batches
 from edgekit.errors import BadInput
 
@@ -36,6 +41,23 @@ class Runner(ABC):
 
     def run_batches(self, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
         return run_in_batches(self.run, inputs, batch)
+
+    def latency(self, inputs: dict[str, np.ndarray], warmup: int, runs: int) -> Latency:
+        return measure_latency(self.prepare(inputs), warmup, runs)
+
+    def throughput(self, inputs: dict[str, np.ndarray], rows: int) -> float:
+        return measure_throughput(self.prepare(inputs), rows)
+
+    def memory(self) -> dict[str, float] | None:
+        """Peak RSS of a fresh process that loads the model and runs it once (None: it failed)."""
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        done = subprocess.run(self.memory_argv(), capture_output=True, text=True, env=env, timeout=600)
+        if done.returncode != 0:
+            return None
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def close(self) -> None:
+        """Let go of what the runner holds beyond this process (TF.js: its Node process)."""
 
 
 class LiteRTRunner(Runner):
@@ -83,7 +105,50 @@ class OnnxRuntimeRunner(Runner):
                 "--threads", str(self.threads)]
 
 
-RUNNERS = {"tflite": LiteRTRunner, "onnx": OnnxRuntimeRunner}  # artifact format -> runner
+class TfjsRunner(Runner):
+    """A TF.js graph model in stock TF.js under Node.js on one backend (cpu or wasm),
+    timed inside Node so the pipe to it is not counted. `path` is its model.json."""
+
+    def __init__(self, path: Path, signature: str, backend: str):
+        from edgekit.runtime.tfjs import TfjsModel
+
+        self.folder, self.backend = Path(path).parent, backend
+        self.model = TfjsModel(self.folder, backend)
+        self.engine = self.model.runtime.split(" (")[0]  # "tfjs 4.22.0"
+        self.device = f"CPU ({backend})"
+        self.threads = self.model.threads
+
+    def run(self, inputs):
+        return self.model.run(inputs)
+
+    def prepare(self, inputs):
+        return lambda: self.model.run(inputs)
+
+    def latency(self, inputs, warmup, runs):
+        cold, samples = self.model.time(inputs, warmup, runs)
+        return summarize(cold, samples, warmup)
+
+    def throughput(self, inputs, rows):
+        calls, seconds = self.model.throughput(inputs, min_seconds=0.3, min_calls=3)
+        return rows * calls / seconds
+
+    def memory_argv(self):
+        raise NotImplementedError("TF.js memory is read by Node itself: see memory()")
+
+    def memory(self):
+        """VmHWM of a fresh Node process that loaded the model and ran it once on zeros."""
+        from edgekit.runtime.tfjs import TfjsModel
+
+        with TfjsModel(self.folder, self.backend) as fresh:
+            fresh.run({i["name"]: np.zeros([1 if d is None or d < 0 else d for d in (i["shape"] or [1])],
+                                           i["dtype"] or "float32") for i in fresh.inputs})
+            return fresh.memory()
+
+    def close(self):
+        self.model.close()
+
+
+RUNNERS = {"tflite": LiteRTRunner, "onnx": OnnxRuntimeRunner, "tfjs": TfjsRunner}  # artifact format -> runner
 
 
 def tensorflow_device() -> str:

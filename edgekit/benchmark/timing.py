@@ -35,12 +35,17 @@ def measure_latency(invoke: Callable[[], object], warmup: int, runs: int) -> Lat
         start = clock()
         invoke()
         samples[i] = clock() - start
-    samples /= 1e6
+    return summarize(cold, samples / 1e6, warmup)
+
+
+def summarize(cold_ms: float, samples_ms, warmup: int) -> Latency:
+    """The figures of timed runs (ms), wherever they were timed (here, or in Node for TF.js)."""
+    samples = np.asarray(samples_ms, dtype=np.float64)
     p50, p90, p99 = np.percentile(samples, [50, 90, 99])
     return Latency(
-        cold_ms=cold, mean_ms=float(samples.mean()), p50_ms=float(p50), p90_ms=float(p90),
+        cold_ms=float(cold_ms), mean_ms=float(samples.mean()), p50_ms=float(p50), p90_ms=float(p90),
         p99_ms=float(p99), min_ms=float(samples.min()), max_ms=float(samples.max()),
-        std_ms=float(samples.std()), runs=runs, warmup=warmup,
+        std_ms=float(samples.std()), runs=len(samples), warmup=warmup,
     )
 
 

@@ -155,7 +155,8 @@ class TfjsModel:
 
     def memory(self) -> dict[str, float]:
         header, _ = self._call({"cmd": "memory"})
-        return {"peak_rss_mb": round(header["peak_rss_mb"], 1), "rss_mb": round(header["rss_mb"], 1)}
+        """Peak RSS of the Node process (VmHWM), and its RSS before any model was loaded."""
+        return {"peak_rss_mb": round(header["peak_rss_mb"], 1), "baseline_rss_mb": round(header["baseline_rss_mb"], 1)}
 
     def close(self) -> None:
         if self._process.poll() is None:

@@ -7,7 +7,7 @@
 //   {cmd: "run", tensors: [{name, dtype, shape, bytes}]} -> the signature's outputs
 //   {cmd: "time", tensors, warmup, runs}                -> cold_ms and per-run ms, timed here
 //   {cmd: "throughput", tensors, min_seconds, min_calls} -> calls and seconds
-//   {cmd: "memory"}                                      -> VmHWM / VmRSS of this process
+//   {cmd: "memory"}                                      -> VmHWM, and VmRSS before any model
 // Anything TF.js prints goes to stderr: stdout carries frames only.
 'use strict';
 const fs = require('fs');
@@ -20,6 +20,7 @@ const wasm = require('@tensorflow/tfjs-backend-wasm');
 const converter = require('@tensorflow/tfjs-converter');
 
 const ARRAYS = {float32: Float32Array, int32: Int32Array, bool: Uint8Array};
+const baselineMb = statusMb('VmRSS');  // Node and TF.js loaded, no model yet
 let model = null;
 let asyncOnly = false;
 
@@ -143,7 +144,7 @@ async function handle(header, payload) {
       return [{calls, seconds}, []];
     }
     case 'memory':
-      return [{peak_rss_mb: statusMb('VmHWM'), rss_mb: statusMb('VmRSS')}, []];
+      return [{peak_rss_mb: statusMb('VmHWM'), baseline_rss_mb: baselineMb}, []];
     default:
       throw new Error(`unknown command ${header.cmd}`);
   }

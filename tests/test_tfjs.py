@@ -1,0 +1,181 @@
+"""The TF.js target: edgekit's graph models load and match in stock TF.js under Node.js."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import DIGITS, IRIS
+
+from edgekit import convert
+from edgekit.cli import cli
+from edgekit.manifest import Manifest
+from edgekit.runtime import TFLiteModel
+from edgekit.runtime.tfjs import TfjsModel, unavailable_reason
+from edgekit.targets.tfjs import TOLERANCE_REL_L2, VARIANTS
+
+pytestmark = pytest.mark.skipif(unavailable_reason() is not None,
+                                reason=f"TF.js cannot run here: {unavailable_reason()} (run `npm ci`)")
+
+
+@pytest.fixture(scope="module")
+def samples_tfjs(tmp_path_factory) -> dict[str, Path]:
+    """Both sample models in every TF.js variant (and TFLite float32 to compare with)."""
+    root = tmp_path_factory.mktemp("tfjs")
+    return {name: convert(model / "saved_model", root / name, variants=("float32",), tfjs=VARIANTS) and root / name
+            for name, model in (("digits", DIGITS), ("iris", IRIS))}
+
+
+@pytest.mark.parametrize("sample", ["digits", "iris"])
+def test_every_variant_loads_and_matches_in_node(samples_tfjs, sample):
+    manifest = Manifest.read(samples_tfjs[sample])
+    tfjs = [a for a in manifest.artifacts if a.format == "tfjs"]
+    assert [a.variant for a in tfjs] == list(VARIANTS)
+    spec = manifest.signatures["serving_default"]
+    for artifact in tfjs:
+        assert artifact.status == "ok" and artifact.verified, artifact.error
+        assert artifact.check.samples == 32
+        assert artifact.check.worst_rel_l2 <= TOLERANCE_REL_L2[artifact.variant]
+        assert sorted(artifact.check.outputs) == sorted(o.name for o in spec.outputs)
+        assert [t.name for t in artifact.inputs] == sorted(i.name for i in spec.inputs)
+        assert all(t.node for t in artifact.inputs + artifact.outputs)
+    assert manifest.versions["tfjs"] == "4.22.0"
+
+
+def test_cpu_and_wasm_backends_agree_with_litert(samples_tfjs, digits_rows):
+    out = samples_tfjs["digits"]
+    rows = {"pixels": digits_rows["pixels"][:64]}
+    expected = TFLiteModel(out / "model_float32.tflite").run(rows)["probs"]
+    for backend in ("cpu", "wasm"):
+        with TfjsModel(out / "tfjs_float32", backend) as model:
+            probs = model.run(rows)["probs"]
+            assert model.runtime.startswith("tfjs 4.22.0 (" + backend)
+        assert probs.shape == (64, 10) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+    with TfjsModel(out / "tfjs_uint8", "wasm") as model:
+        accuracy = np.mean(model.run(rows)["probs"].argmax(1) == digits_rows["y"][:64])
+    assert accuracy >= 0.95
+
+
+def test_uint8_weights_are_a_quarter_of_float32_and_float16_a_half(samples_tfjs):
+    manifest = Manifest.read(samples_tfjs["digits"])
+
+    def shard_bytes(variant: str) -> int:
+        return sum(f["bytes"] for f in manifest.artifact(f"tfjs_{variant}").files if f["path"].endswith(".bin"))
+
+    assert 0.24 <= shard_bytes("uint8") / shard_bytes("float32") <= 0.27
+    assert 0.49 <= shard_bytes("float16") / shard_bytes("float32") <= 0.51
+
+
+def test_model_json_is_a_graph_model_with_the_signature_and_quantized_weights(samples_tfjs):
+    folder = samples_tfjs["iris"] / "tfjs_uint8"
+    model = json.loads((folder / "model.json").read_text())
+    assert model["format"] == "graph-model" and model["convertedBy"].startswith("edgekit")
+    assert sorted(model["signature"]["inputs"]) == ["petal", "sepal"]
+    assert sorted(model["signature"]["outputs"]) == ["embedding", "probs"]
+    consts = {n["name"] for n in model["modelTopology"]["node"] if n["op"] == "Const"}
+    (group,) = model["weightsManifest"]
+    assert {w["name"] for w in group["weights"]} == consts  # every Const's value lives in the shards
+    for node in model["modelTopology"]["node"]:
+        if node["op"] == "Const":
+            assert set(node["attr"]["value"]["tensor"]) <= {"dtype", "tensorShape"}
+    for weight in group["weights"]:
+        if weight["dtype"] == "float32":
+            assert weight["quantization"]["dtype"] == "uint8"
+            assert weight["quantization"]["scale"] > 0 and weight["quantization"]["original_dtype"] == "float32"
+        else:
+            assert "quantization" not in weight  # int32 shapes and indices stay exact
+
+
+def test_batchnorm_chains_fold_into_fused_depthwise_and_conv_ops(tmp_path):
+    """Keras 3 lowers BatchNormalization to Mul/AddV2: edgekit folds it into the filters."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((12, 12, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, use_bias=False, depth_multiplier=2)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    outputs = keras.layers.Dense(4, activation="relu")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # statistics far from the identity, so a wrong fold shows
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(0, 1, beta.shape),
+                               rng.normal(0, 1, mean.shape), rng.uniform(0.5, 2, var.shape)])
+    model.export(str(tmp_path / "saved_model"), verbose=False)
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32",), tfjs=("float32",))
+    artifact = manifest.artifact("tfjs_float32")
+    assert artifact.status == "ok", artifact.error
+    assert artifact.check.worst_rel_l2 < 1e-5
+    ops = [n["op"] for n in json.loads((tmp_path / "out" / artifact.file).read_text())["modelTopology"]["node"]]
+    assert "FusedDepthwiseConv2dNative" in ops and "_FusedConv2D" in ops and "_FusedMatMul" in ops
+    assert not {"Mul", "Relu6", "DepthwiseConv2dNative", "Conv2D", "BiasAdd"} & set(ops)
+
+
+def test_ops_tfjs_lacks_are_named_and_tflite_still_converts(tmp_path):
+    import tensorflow as tf
+
+    class Lgamma(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.math.lgamma(x + 1.0)}
+
+    module = Lgamma()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures={"serving_default": module.serve})
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32",))
+    for variant in ("float32", "uint8"):
+        artifact = manifest.artifact(f"tfjs_{variant}")
+        assert artifact.status == "failed" and artifact.file is None
+        assert "Lgamma" in artifact.error and "@tensorflow/tfjs-converter 4.22.0" in artifact.error
+    assert not list((tmp_path / "out").glob("tfjs_*"))  # nothing written for the target
+    assert manifest.artifact("float32").status == "ok", manifest.artifact("float32").error
+
+
+def test_small_shards_split_the_weights_and_still_load(tmp_path):
+    result = CliRunner().invoke(cli, ["convert", str(DIGITS / "saved_model"), "-o", str(tmp_path / "out"),
+                                      "--variants", "float32", "--tfjs", "float32", "--tfjs-shard-mb", "0.03"])
+    assert result.exit_code == 0, result.output
+    artifact = Manifest.read(tmp_path / "out").artifact("tfjs_float32")
+    shards = [f for f in artifact.files if f["path"].endswith(".bin")]
+    assert len(shards) == 4  # 95,800 bytes in 31,457-byte shards
+    assert all(f["bytes"] <= int(0.03 * 1024 * 1024) for f in shards)
+    assert artifact.status == "ok"
+
+
+def test_tfjs_none_and_bad_variants(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["convert", str(DIGITS / "saved_model"), "-o", str(tmp_path / "none"),
+                                 "--variants", "float32", "--tfjs", "none"])
+    assert result.exit_code == 0, result.output
+    assert [a.format for a in Manifest.read(tmp_path / "none").artifacts] == ["tflite"]
+    for args, message in ((["--tfjs", "int8"], "unknown TF.js variant int8"),
+                          (["--tfjs-shard-mb", "0"], "--tfjs-shard-mb must be more than 0")):
+        result = runner.invoke(cli, ["convert", str(DIGITS / "saved_model"), "-o", str(tmp_path / "bad"), *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "bad").exists()
+
+
+def test_without_node_the_artifact_is_written_unverified_with_a_warning(tmp_path):
+    bin_dir = tmp_path / "bin"  # a PATH with this Python but no node on it
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = dict(os.environ, PATH=str(bin_dir))
+    result = subprocess.run([sys.executable, "-m", "edgekit.cli", "convert", str(DIGITS / "saved_model"),
+                             "-o", str(tmp_path / "out"), "--variants", "float32", "--tfjs", "uint8"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "warning: tfjs_uint8 was not checked: Node.js is not installed" in result.stderr
+    artifact = Manifest.read(tmp_path / "out").artifact("tfjs_uint8")
+    assert artifact.status == "unverified" and artifact.verified is False
+    assert artifact.check.status == "skipped" and "npm ci" in artifact.check.reason
+    assert (tmp_path / "out" / artifact.file).is_file()
