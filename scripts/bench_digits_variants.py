@@ -35,7 +35,7 @@ def main() -> None:
     with np.load(DIGITS / "eval.npz") as archive:
         pixels, labels = archive["pixels"], archive["y"]
     out = Path(tempfile.mkdtemp(prefix="edgekit-digits-")) / "out"
-    manifest = convert(DIGITS / "saved_model", out, calibration=DIGITS / "calibration.npz")
+    manifest = convert(DIGITS / "saved_model", out, calibration=DIGITS / "calibration.npz", tfjs=())
 
     serving = tf.saved_model.load(str(DIGITS / "saved_model")).signatures["serving_default"]
     reference = float(np.mean(np.argmax(serving(pixels=tf.constant(pixels))["probs"].numpy(), 1) == labels))

@@ -58,7 +58,7 @@ def main() -> None:
     from edgekit import convert
 
     out = Path(tempfile.mkdtemp(prefix="edgekit-harness-")) / "out"
-    convert(DIGITS / "saved_model", out, variants=("int8",), calibration=DIGITS / "calibration.npz")
+    convert(DIGITS / "saved_model", out, variants=("int8",), calibration=DIGITS / "calibration.npz", tfjs=())
     path = out / "model_int8.tflite"
     row = np.load(DIGITS / "eval.npz")["pixels"][:1]
     bare, ours = [], []

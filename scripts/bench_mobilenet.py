@@ -39,7 +39,7 @@ def main() -> None:
     name = next(iter(specs))
     np.savez(work / "calibration.npz", **{name: images[:100]})
     np.savez(work / "eval.npz", **{name: images[100:]})
-    convert(saved_model, work / "out", calibration=work / "calibration.npz", calibration_samples=100,
+    convert(saved_model, work / "out", calibration=work / "calibration.npz", calibration_samples=100, tfjs=(),
             progress=lambda step: step.stage == "done" and print(f"converted {step.variant}: {step.artifact.status}"))
     report = bench(work / "out", eval_data=work / "eval.npz", runs=args.runs, warmup=3, threads=(1, 2), batch=8,
                    progress=print)

@@ -43,7 +43,7 @@ def main() -> None:
     results = {}
     for name, (saved_model, eval_data, runs) in models.items():
         out = work / f"{name}_out"
-        manifest = convert(saved_model, out, variants=("float32",), onnx=True)
+        manifest = convert(saved_model, out, variants=("float32",), tfjs=(), onnx=True)
         report = bench(out, eval_data=eval_data, runs=runs, warmup=3, threads=(1, 2), batch=8, memory=False)
         results[name] = {
             row.name: {"bytes": row.bytes, "engine": row.engine,

@@ -228,7 +228,7 @@ def prepare_models(work: Path, names: list[str]) -> dict[str, tuple[Path, np.nda
 
     models = {}
     if "digits" in names:
-        convert(DIGITS / "saved_model", work / "digits" / "1", variants=("int8",),
+        convert(DIGITS / "saved_model", work / "digits" / "1", variants=("int8",), tfjs=(),
                 calibration=DIGITS / "calibration.npz")
         models["digits"] = (work / "digits", np.load(DIGITS / "eval.npz")["pixels"][:1])
     if "mobilenet_v2" not in names:
@@ -236,7 +236,7 @@ def prepare_models(work: Path, names: list[str]) -> dict[str, tuple[Path, np.nda
     images = smooth_images(101)
     saved_model = export_mobilenet_v2(work / "mobilenet_saved_model", images[:32])
     np.save(work / "calibration.npy", images[:100])
-    convert(saved_model, work / "mobilenet_out", variants=("int8",), int8_io="int8",
+    convert(saved_model, work / "mobilenet_out", variants=("int8",), int8_io="int8", tfjs=(),
             calibration=work / "calibration.npy", calibration_samples=100)
     # A random-weight MobileNetV2's int8 artifact fails convert's check (its near-uniform
     # softmax is below int8's output step), so serve would not pick it from an OUT_DIR.

@@ -113,3 +113,11 @@ def test_names_cannot_escape_the_repository():
     for bad in ("../etc", "a/b", "", ".hidden"):
         with pytest.raises(BadInput):
             check_name(bad)
+
+
+def test_an_out_dir_serves_tflite_and_names_a_tfjs_variant_as_not_servable(digits_out):
+    from edgekit.serve.repository import model_file
+
+    assert model_file(digits_out, None).name == "model_int8.tflite"  # TF.js artifacts beside it change nothing
+    with pytest.raises(BadInput, match="tfjs_uint8 .* is a tfjs artifact; serve runs TFLite"):
+        model_file(digits_out, "tfjs_uint8")

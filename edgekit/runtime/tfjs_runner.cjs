@@ -62,7 +62,7 @@ function feeds(header, payload) {
     const bytes = payload.subarray(offset, offset + t.bytes);
     offset += t.bytes;
     const copy = new Uint8Array(bytes).buffer;  // aligned, owned
-    const values = t.dtype === 'bool' ? Uint8Array.from(new Uint8Array(copy), v => v) : new ARRAYS[t.dtype](copy);
+    const values = new ARRAYS[t.dtype](copy);
     out[t.name] = tf.tensor(values, t.shape, t.dtype);
   }
   return out;

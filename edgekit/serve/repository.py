@@ -141,6 +141,9 @@ def model_file(version_dir: Path, variant: str | None) -> Path:
             artifact = manifest.preferred_artifact()
             if artifact is None:
                 raise BadInput(f"{version_dir} has no artifact that passed its checks", "convert the model again")
+        if artifact.format != "tflite":
+            raise BadInput(f"{artifact.name} in {version_dir} is a {artifact.format} artifact; serve runs TFLite",
+                           "name a TFLite variant with --variant (int8, float32, ...)")
         if artifact.requires_flex:
             raise BadInput(f"{artifact.name} in {version_dir} needs flex ops, which no Python LiteRT runtime has",
                            "convert without --allow-flex, or serve another variant")

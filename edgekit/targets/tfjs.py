@@ -430,7 +430,10 @@ def convert_tfjs(saved_model_dir: Path, signature: str, variants: tuple[str, ...
                 "the TFLite artifacts do not depend on it; for the web, replace those ops in the model")
         return summary
     log = [line for line in done.stderr.strip().splitlines() if line.strip()]
-    errors = [line for line in log if line.startswith(("error:", "F0", "E0")) or "Error" in line]
+    ours = [line.removeprefix("error: ") for line in log if line.startswith("error: ")]
+    if done.returncode == 2 and ours:  # a model the writer refused, with its reason
+        raise ConversionFailed(ours[-1], "the TFLite artifacts do not depend on it")
+    errors = [line for line in log if line.startswith(("F0", "E0")) or "Error" in line]
     detail = (errors or log or ["no output"])[-1].strip()
     how = f"was killed by signal {-done.returncode}" if done.returncode < 0 else f"exited {done.returncode}"
     raise ConversionFailed(f"tfjs: the TF.js writer {how}: {detail}",
