@@ -174,8 +174,10 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     else:
         click.echo(_summary_table(manifest, printer.seconds))
         click.echo(f"wrote {out_dir}/manifest.json")
+    notes = set()  # the TF.js variants share one writer, so they share a failure
     for artifact in manifest.artifacts:
-        if artifact.status == "failed" and artifact.format in ("onnx", "tfjs"):
+        if artifact.status == "failed" and artifact.format in ("onnx", "tfjs") and artifact.error not in notes:
+            notes.add(artifact.error)
             click.echo(f"note: {artifact.error}", err=True)
         if artifact.status == "skipped":
             click.echo(f"note: {artifact.variant} skipped: {artifact.error}", err=True)

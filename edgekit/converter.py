@@ -220,7 +220,7 @@ _CONVERSION_ORDER = [Variant.INT16X8, Variant.INT8, Variant.DYNAMIC, Variant.FLO
 
 @dataclass
 class _Pending:
-    """A written artifact whose check (in LiteRT or onnxruntime) is still to run."""
+    """A written artifact whose check (in LiteRT, onnxruntime or TF.js) is still to run."""
 
     label: str  # "int8", "onnx", "tfjs_uint8": for messages
     fields: dict

@@ -179,3 +179,25 @@ def test_without_node_the_artifact_is_written_unverified_with_a_warning(tmp_path
     assert artifact.status == "unverified" and artifact.verified is False
     assert artifact.check.status == "skipped" and "npm ci" in artifact.check.reason
     assert (tmp_path / "out" / artifact.file).is_file()
+
+
+def test_the_op_snapshot_matches_the_installed_converter():
+    from edgekit.runtime.tfjs import node_modules
+    from edgekit.targets.tfjs import OPS_SNAPSHOT, supported_ops
+
+    installed, source = supported_ops(node_modules())
+    snapshot = json.loads(OPS_SNAPSHOT.read_text())
+    assert source == f"@tensorflow/tfjs-converter {snapshot['version']}"
+    assert set(snapshot["ops"]) == installed  # else: python scripts/update_tfjs_ops.py
+    assert {"_FusedConv2D", "FusedDepthwiseConv2dNative", "_FusedMatMul", "Relu6"} <= installed
+
+
+def test_a_writer_that_dies_becomes_a_clear_error(tmp_path):
+    from edgekit.errors import ConversionFailed
+    from edgekit.targets.tfjs import convert_tfjs
+
+    (tmp_path / "not_a_model").mkdir()
+    with pytest.raises(ConversionFailed, match="tfjs: the TF.js writer exited 1: .*saved_model") as caught:
+        convert_tfjs(tmp_path / "not_a_model", "serving_default", ("float32",), 4.0, tmp_path / "out", None)
+    assert "TFLite artifacts do not depend on it" in caught.value.hint
+    assert not (tmp_path / "out").exists()
