@@ -181,6 +181,8 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
             click.echo(f"note: {artifact.error}", err=True)
         if artifact.status == "skipped":
             click.echo(f"note: {artifact.variant} skipped: {artifact.error}", err=True)
+        if artifact.status == "ok" and artifact.check and artifact.check.reason:
+            click.echo(f"note: {artifact.name}: {artifact.check.reason}", err=True)
         if artifact.status == "unverified":
             click.echo(f"warning: {artifact.name} was not checked: {artifact.check.reason}", err=True)
     sys.exit(0 if manifest.all_ok else 1)

@@ -392,15 +392,33 @@ class _Job:
                         [_tensor_spec(o) for o in model.outputs(self.signature)])
 
     def _check(self, pending: _Pending) -> tuple[Artifact, float]:
-        """Run the artifact on the check inputs and compare with the SavedModel (worker thread)."""
+        """Run the artifact on the check inputs and compare with the SavedModel (worker thread).
+
+        A TF.js artifact is checked on the wasm backend. When wasm cannot run it (its
+        kernels mishandle TensorList ops inside a While loop, for one), the check runs on
+        the cpu backend instead, and its reason says so: the browser app must pick cpu.
+        """
         started = time.perf_counter()
         model, fields, tolerance = pending.model, pending.fields, pending.tolerance
         samples = len(next(iter(self.check_inputs.values())))
         inputs, outputs = pending.inputs, pending.outputs
         engine = {"tflite": "LiteRT", "onnx": "onnxruntime", "tfjs": "TF.js"}[fields["format"]]
-        try:
+        note = None
+
+        def run(model) -> dict:
             actual = data.run_in_batches(lambda feed: model.run(feed, self.signature), self.check_inputs, self.batch)
-            per_output = {out: compare_output(actual[out], self.reference[out]) for out in sorted(self.reference)}
+            return {out: compare_output(actual[out], self.reference[out]) for out in sorted(self.reference)}
+
+        try:
+            try:
+                per_output = run(model)
+            except EdgekitError as exc:
+                if not isinstance(model, tfjs_runtime.TfjsModel) or model.backend != "wasm":
+                    raise
+                model.close()
+                model = tfjs_runtime.TfjsModel(model.folder, backend="cpu")
+                per_output = run(model)
+                note = f"checked on TF.js's cpu backend: the wasm backend cannot run it ({exc.message})"
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
             check = Check(status="failed", samples=samples, tolerance_rel_l2=tolerance,
                           reason=f"{engine} could not run it: {exc}")
@@ -420,7 +438,7 @@ class _Job:
         else:
             reason = None
         check = Check(status="passed" if passed else "failed", samples=samples, tolerance_rel_l2=tolerance,
-                      outputs=per_output, reason=reason)
+                      outputs=per_output, reason="; ".join(r for r in (reason, note) if r) or None)
         artifact = Artifact(status="ok" if passed else "failed", inputs=inputs, outputs=outputs, check=check,
                             error=reason, **fields)
         return artifact, time.perf_counter() - started

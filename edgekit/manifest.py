@@ -81,7 +81,7 @@ class Check:
     samples: int
     tolerance_rel_l2: float
     outputs: dict[str, OutputCheck] = field(default_factory=dict)
-    reason: str | None = None  # why failed or skipped
+    reason: str | None = None  # why failed or skipped; for TF.js, also a backend it fell back to
 
     @property
     def worst_rel_l2(self) -> float | None:

@@ -201,3 +201,24 @@ def test_a_writer_that_dies_becomes_a_clear_error(tmp_path):
         convert_tfjs(tmp_path / "not_a_model", "serving_default", ("float32",), 4.0, tmp_path / "out", None)
     assert "TFLite artifacts do not depend on it" in caught.value.hint
     assert not (tmp_path / "out").exists()
+
+
+def test_an_lstm_tflite_cannot_express_runs_in_tfjs_and_bench_names_the_backend_that_cannot(lstm_saved_model,
+                                                                                          tmp_path):
+    """Control flow stays a While loop over functions: TF.js runs it (tensorflowjs_converter's
+    lowered frames do not). TF.js's wasm backend fails on its TensorList ops, so the check
+    falls back to the cpu backend and says so, and bench measures cpu and names wasm."""
+    from edgekit import bench
+    from edgekit.benchmark.report import render_table
+
+    manifest = convert(lstm_saved_model, tmp_path / "out", variants=("float32",), tfjs=("float32",))
+    assert manifest.artifact("float32").status == "failed"  # TensorListReserve: no TFLite builtin
+    artifact = manifest.artifact("tfjs_float32")
+    assert artifact.status == "ok" and artifact.check.worst_rel_l2 < 1e-5, artifact.error
+    assert "checked on TF.js's cpu backend" in artifact.check.reason
+    model = json.loads((tmp_path / "out" / artifact.file).read_text())
+    assert "While" in {n["op"] for n in model["modelTopology"]["node"]}
+    report = bench(tmp_path / "out", runs=5, warmup=1, batch=4, memory=False)
+    row = report.row("tfjs_float32")
+    assert row.status == "measured" and list(row.latency_ms) == ["cpu"] and row.reason.startswith("wasm: ")
+    assert "tfjs_float32: not measured on wasm: " in render_table(report)

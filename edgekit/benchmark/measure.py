@@ -174,10 +174,24 @@ def bench(
             skip(exc.message)
             continue
         try:
-            first = runners[str(settings[0] if entry.format == "tfjs" else max(threads))]
-            row = _row(entry.name, first, entry.variant, entry.bytes)
+            # scored on the first setting that can run it (TF.js: wasm, else cpu); a setting
+            # that cannot run it is dropped and named in the row's reason
+            preferred = str(settings[0] if entry.format == "tfjs" else max(threads))
+            outputs, dropped = None, []
             say(f"{prefix}: accuracy on {data_record['rows']} rows")
-            outputs = first.run_batches(inputs, row_batch)
+            for setting in sorted(runners, key=lambda key: key != preferred):
+                try:
+                    outputs = runners[setting].run_batches(inputs, row_batch)
+                    first = runners[setting]
+                    break
+                except EdgekitError as exc:
+                    dropped.append(f"{setting}: {exc.message}")
+                    runners.pop(setting).close()
+            if outputs is None:
+                skip("cannot run it: " + "; ".join(dropped))
+                continue
+            row = _row(entry.name, first, entry.variant, entry.bytes)
+            row.reason = "; ".join(dropped) or None
             _score(row, outputs, reference_outputs, labels, task, output, reference)
             say(f"{prefix}: latency at {'backends' if entry.format == 'tfjs' else 'threads'} {', '.join(runners)}")
             _time(row, runners, inputs, warmup, runs, batch, spec)
@@ -297,5 +311,9 @@ def _time(row: Row, runners: dict[str, Runner], inputs, warmup: int, runs: int, 
     rows = fixed_rows or batch
     batch_inputs = {k: np.resize(v, (rows, *v.shape[1:])) for k, v in inputs.items()}
     for setting, runner in runners.items():
-        row.latency_ms[setting] = runner.latency(first, warmup, runs)
-        row.throughput_rows_per_s[setting] = runner.throughput(batch_inputs, rows)
+        try:
+            row.latency_ms[setting] = runner.latency(first, warmup, runs)
+            row.throughput_rows_per_s[setting] = runner.throughput(batch_inputs, rows)
+        except EdgekitError as exc:  # one backend that cannot run it is named, not crashed on
+            row.latency_ms.pop(setting, None)
+            row.reason = "; ".join(filter(None, [row.reason, f"{setting}: {exc.message}"]))

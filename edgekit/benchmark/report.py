@@ -79,6 +79,9 @@ def render_table(report: BenchReport) -> str:
             lines.append("  ".join([r[0].ljust(widths[0]), "-".ljust(widths[1]), r[2].ljust(widths[2]), r[3]]))
         else:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    for row in report.artifacts:
+        if row.status == "measured" and row.reason:  # a thread count or backend that could not run it
+            lines.append(f"{row.name}: not measured on {row.reason}")
     settings, data = report.settings, report.data
     lines.append(
         f"{data['rows']} rows from {data['source']}; latency at batch 1 over {settings['runs']} runs after "

@@ -176,7 +176,7 @@ process.stdin.on('data', chunk => {
     pending = pending.subarray(total);
     queue = queue.then(() => handle(header, payload))
       .then(([reply, buffers]) => send({ok: true, ...reply}, buffers))
-      .catch(error => send({ok: false, error: String(error && error.message || error)}, []));
+      .catch(error => { console.error(error && error.stack); send({ok: false, error: String(error && error.message || error)}, []); });
   }
 });
 process.stdin.on('end', () => queue.then(() => process.exit(0)));

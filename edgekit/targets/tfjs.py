@@ -5,12 +5,13 @@ tensorflow 2.19 over tensorflow-cpu, downgrades numpy and protobuf, and imports 
 tf_keras and tensorflow_decision_forests at module level. The graph-model format is
 small: a GraphDef as proto3 JSON plus a weights manifest over raw little-endian shards.
 
-The steps, each a function below: freeze the signature; grappler (pruning, constant
-folding, arithmetic, dependency); fuse convolutions and matmuls with the per-channel Mul,
-bias add and activation after them (Keras 3 lowers BatchNormalization to Mul/AddV2, which
-neither grappler nor TF.js's converter folds into a depthwise convolution); check every
-op against the ops TF.js runs; move each Const's value into the weights; write one
-folder per variant. Grappler can abort the whole process (a fatal "Type not set"), so
+The steps, each a function below: freeze the signature (control flow kept as While/If
+ops over functions); grappler (pruning, constant folding, arithmetic, dependency); fuse
+convolutions and matmuls with the per-channel Mul, bias add and activation after them
+(Keras 3 lowers BatchNormalization to Mul/AddV2, which neither grappler nor TF.js's
+converter folds into a depthwise convolution); check every op against the ops TF.js
+runs; move each Const's value (the functions' too) into the weights; write one folder
+per variant. Grappler can abort the whole process (a fatal "Type not set"), so
 `convert_tfjs` runs all of it in a subprocess: `python -m edgekit.targets.tfjs`.
 """
 from __future__ import annotations
@@ -92,7 +93,10 @@ def freeze(saved_model_dir: Path, signature: str):
     if signature not in loaded.signatures:
         raise BadInput(f"the SavedModel has no signature {signature!r}", "pass --signature with one it has")
     function = loaded.signatures[signature]
-    frozen = convert_variables_to_constants_v2(function)
+    # Control flow stays as While/If ops over functions: TF.js runs a Keras 3 LSTM that way,
+    # while lowered to Enter/Exit/Merge/Switch frames (tensorflowjs_converter's way) it fails
+    # with "Cannot compute the outputs [Identity] from the provided inputs".
+    frozen = convert_variables_to_constants_v2(function, lower_control_flow=False)
     _, input_specs = function.structured_input_signature
     placeholders = [t for t in frozen.inputs if t.dtype != tf.resource]
     keys = sorted(input_specs)  # flattened structured inputs are in sorted key order
@@ -302,13 +306,20 @@ _WIDENED = {np.dtype(np.float64): np.float32, np.dtype(np.float16): np.float32, 
 
 
 def extract_weights(graph_def) -> list[tuple[str, np.ndarray]]:
-    """Move every Const's value out of the graph (its dtype and shape stay) into the weights."""
+    """Move every Const's value out of the graph and its functions (a While loop's body
+    and condition) into the weights; the node keeps its dtype and shape. TF.js looks
+    weights up by node name in one map, so names must be unique across functions."""
     from tensorflow.python.framework import tensor_util
 
-    weights = []
-    for node in graph_def.node:
+    weights, seen = [], set()
+    nodes = list(graph_def.node) + [node for function in graph_def.library.function for node in function.node_def]
+    for node in nodes:
         if node.op != "Const":
             continue
+        if node.name in seen:
+            raise ConversionFailed(f"tfjs: two constants are named {node.name} (in the graph or its functions), "
+                                   "and TF.js keeps weights by name", "the TFLite artifacts do not depend on it")
+        seen.add(node.name)
         tensor = node.attr["value"].tensor
         value = tensor_util.MakeNdarray(tensor)
         if value.dtype.kind in "SUO":
@@ -347,7 +358,9 @@ def quantize(value: np.ndarray, variant: str) -> tuple[bytes, dict | None]:
 def _tensor_info(endpoint: Endpoint) -> dict:
     from tensorflow.python.framework import dtypes
 
-    info = {"name": endpoint.tensor, "dtype": dtypes.as_dtype(endpoint.dtype).as_datatype_enum}
+    from tensorflow.core.framework import types_pb2
+
+    info = {"name": endpoint.tensor, "dtype": types_pb2.DataType.Name(dtypes.as_dtype(endpoint.dtype).as_datatype_enum)}
     if endpoint.shape is None:
         info["tensorShape"] = {"unknownRank": True}
     else:
