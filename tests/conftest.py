@@ -42,6 +42,22 @@ def lstm_saved_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lgamma_saved_model(tmp_path_factory) -> Path:
+    """lgamma(x + 1): TFLite converts it, but neither tf2onnx nor TF.js has the op."""
+    import tensorflow as tf
+
+    class Lgamma(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.math.lgamma(x + 1.0)}
+
+    module = Lgamma()
+    path = tmp_path_factory.mktemp("lgamma") / "saved_model"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+@pytest.fixture(scope="session")
 def digits_rows() -> dict[str, np.ndarray]:
     with np.load(DIGITS / "eval.npz") as archive:
         return {key: archive[key] for key in archive.files}

@@ -44,17 +44,8 @@ def test_two_inputs_dict_outputs_and_an_older_opset(tmp_path):
     assert sorted(artifact.check.outputs) == ["embedding", "probs"]
 
 
-def test_ops_tf2onnx_lacks_are_named_and_tflite_still_converts(tmp_path):
-    import tensorflow as tf
-
-    class Lgamma(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": tf.math.lgamma(x + 1.0)}
-
-    module = Lgamma()
-    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures={"serving_default": module.serve})
-    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32",), tfjs=(), onnx=True)
+def test_ops_tf2onnx_lacks_are_named_and_tflite_still_converts(lgamma_saved_model, tmp_path):
+    manifest = convert(lgamma_saved_model, tmp_path / "out", variants=("float32",), tfjs=(), onnx=True)
     onnx_artifact = manifest.artifact("onnx")
     assert onnx_artifact.status == "failed" and onnx_artifact.file is None
     assert "Lgamma" in onnx_artifact.error

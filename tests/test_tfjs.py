@@ -122,17 +122,8 @@ def test_batchnorm_chains_fold_into_fused_depthwise_and_conv_ops(tmp_path):
     assert not {"Mul", "Relu6", "DepthwiseConv2dNative", "Conv2D", "BiasAdd"} & set(ops)
 
 
-def test_ops_tfjs_lacks_are_named_and_tflite_still_converts(tmp_path):
-    import tensorflow as tf
-
-    class Lgamma(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": tf.math.lgamma(x + 1.0)}
-
-    module = Lgamma()
-    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures={"serving_default": module.serve})
-    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32",))
+def test_ops_tfjs_lacks_are_named_and_tflite_still_converts(lgamma_saved_model, tmp_path):
+    manifest = convert(lgamma_saved_model, tmp_path / "out", variants=("float32",))
     for variant in ("float32", "uint8"):
         artifact = manifest.artifact(f"tfjs_{variant}")
         assert artifact.status == "failed" and artifact.file is None
