@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import EdgekitError, MissingDependency
+from edgekit.errors import BadInput, EdgekitError, MissingDependency
 
 RUNNER = Path(__file__).with_name("tfjs_runner.cjs")
 BACKENDS = ("cpu", "wasm")
@@ -68,9 +68,11 @@ def tfjs_version() -> str | None:
 class TfjsModel:
     """A loaded TF.js graph model on one backend ("cpu" or "wasm"), in its own Node process."""
 
-    def __init__(self, folder: str | Path, backend: str = "wasm", threads: int | None = None):
+    def __init__(self, folder: str | Path, backend: str = "wasm"):
         if backend not in BACKENDS:
-            raise EdgekitError(f"unknown TF.js backend {backend!r}", "use cpu or wasm")
+            raise BadInput(f"unknown TF.js backend {backend!r}", "use cpu or wasm")
+        if not (Path(folder) / "model.json").is_file():
+            raise BadInput(f"no model.json in {folder}", "pass a tfjs_<variant> folder that `edgekit convert` wrote")
         modules = require_tfjs()
         self.folder, self.backend = Path(folder), backend
         env = dict(os.environ, NODE_PATH=str(modules))
@@ -81,8 +83,7 @@ class TfjsModel:
         self._drain.start()
         self._lock = threading.Lock()
         try:
-            info, _ = self._call({"cmd": "load", "dir": str(self.folder.resolve()), "backend": backend,
-                                  "threads": threads or 0})
+            info, _ = self._call({"cmd": "load", "dir": str(self.folder.resolve()), "backend": backend})
         except BaseException:
             self.close()
             raise

@@ -3,7 +3,7 @@
 // Frames on stdin and stdout, both ways: a 4-byte little-endian length, a JSON header of
 // that length, then `payload_bytes` of raw tensor data (tensors in header order, each
 // `bytes` long, little-endian). One request, one reply:
-//   {cmd: "load", dir, backend: "cpu"|"wasm", threads}  -> inputs, outputs, versions
+//   {cmd: "load", dir, backend: "cpu"|"wasm"}           -> inputs, outputs, versions
 //   {cmd: "run", tensors: [{name, dtype, shape, bytes}]} -> the signature's outputs
 //   {cmd: "time", tensors, warmup, runs}                -> cold_ms and per-run ms, timed here
 //   {cmd: "throughput", tensors, min_seconds, min_calls} -> calls and seconds
@@ -90,9 +90,6 @@ async function once(inputs) {
 async function handle(header, payload) {
   switch (header.cmd) {
     case 'load': {
-      if (header.backend === 'wasm') {
-        if (header.threads) wasm.setThreadsCount(header.threads);
-      }
       if (!(await tf.setBackend(header.backend))) throw new Error(`TF.js backend ${header.backend} did not start`);
       await tf.ready();
       const started = performance.now();
