@@ -147,7 +147,7 @@ def convert(
             created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             versions={"edgekit": __version__, "tensorflow": tf.__version__, "runtime": runtime,
                       "numpy": np.__version__, **(onnx_target.versions() if onnx else {}),
-                      **({"tfjs": tfjs_runtime.tfjs_version() or "not installed"} if tfjs_variants else {})},
+                      **({"tfjs": _tfjs_checker()} if tfjs_variants else {})},
             source=savedmodel.source_identity(source_dir),
             signature=signature,
             signatures=all_signatures,
@@ -161,6 +161,12 @@ def convert(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _tfjs_checker() -> str:
+    """The TF.js version that checked the TF.js artifacts, or why none did."""
+    reason = tfjs_runtime.unavailable_reason()
+    return f"not run: {reason}" if reason else tfjs_runtime.tfjs_version()
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:

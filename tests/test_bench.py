@@ -170,5 +170,7 @@ def test_bad_input(digits_out, tmp_path):
         bench(digits_out, eval_data=EVAL, output="logits", **QUICK)
     result = CliRunner().invoke(cli, ["bench", str(digits_out), "--threads", "one"])
     assert result.exit_code == 2 and "--threads takes whole numbers" in result.output
+    result = CliRunner().invoke(cli, ["bench", str(digits_out), "--tfjs-backends", "webgl"])
+    assert result.exit_code == 2 and "unknown TF.js backend webgl" in result.output
     result = CliRunner().invoke(cli, ["bench", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "hint:" in result.output and "Traceback" not in result.output

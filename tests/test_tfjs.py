@@ -170,6 +170,7 @@ def test_without_node_the_artifact_is_written_unverified_with_a_warning(tmp_path
     assert artifact.status == "unverified" and artifact.verified is False
     assert artifact.check.status == "skipped" and "npm ci" in artifact.check.reason
     assert (tmp_path / "out" / artifact.file).is_file()
+    assert Manifest.read(tmp_path / "out").versions["tfjs"] == "not run: Node.js is not installed"
 
 
 def test_the_op_snapshot_matches_the_installed_converter():
