@@ -211,8 +211,7 @@ def bench(
         manifest=str((out_dir / "manifest.json").resolve()),
         data=data_record,
         settings={"runs": runs, "warmup": warmup, "threads": list(threads), "tfjs_backends": list(tfjs_backends),
-                  "batch": batch,
-                  "latency_batch": 1, "memory": memory},
+                  "batch": batch, "latency_batch": 1, "memory": memory},
         reference=reference,
         artifacts=rows,
     )
