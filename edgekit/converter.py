@@ -345,9 +345,10 @@ class _Job:
         specs = {spec.name: spec for spec in [*self.signature_spec.inputs, *self.signature_spec.outputs]}
 
         def spec(endpoint: dict) -> TensorSpec:
+            """As TF.js sees it: the signature key, TF.js's dtype, the graph node behind it."""
             known = specs.get(endpoint["key"])
-            return TensorSpec(name=endpoint["key"], dtype=known.dtype if known else endpoint["dtype"],
-                              shape=known.shape if known else endpoint["shape"],
+            dtype, shape = (known.dtype, known.shape) if known else (endpoint["dtype"], endpoint["shape"])
+            return TensorSpec(name=endpoint["key"], dtype=tfjs_runtime.tfjs_dtype(dtype), shape=shape,
                               node=endpoint["tensor"].split(":")[0])
 
         inputs, outputs = [spec(e) for e in summary["inputs"]], [spec(e) for e in summary["outputs"]]

@@ -214,3 +214,43 @@ def test_an_lstm_tflite_cannot_express_runs_in_tfjs_and_bench_names_the_backend_
     row = report.row("tfjs_float32")
     assert row.status == "measured" and list(row.latency_ms) == ["cpu"] and row.reason.startswith("wasm: ")
     assert "tfjs_float32: not measured on wasm: " in render_table(report)
+
+
+def test_integer_inputs_and_outputs_are_int32_in_tfjs_and_match(tmp_path):
+    """int64 token ids, uint8 pixels and an int64 argmax: TF.js has no 64-bit or 8-bit
+    tensors, so the manifest names them int32 and edgekit feeds them as such. The model is
+    a Keras 3 model in a tf.Module, which TFLite cannot freeze but the TF.js writer can."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6,), dtype="int64", name="tokens")
+    image = keras.Input((4, 4, 3), dtype="uint8", name="image")
+    features = [keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 8)(tokens)),
+                keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(image))]
+    model = keras.Model([tokens, image], keras.layers.Dense(3, activation="softmax")(
+        keras.layers.Concatenate()(features)))
+
+    class Classifier(tf.Module):
+        def __init__(self):
+            self.model = model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.int64, name="tokens"),
+                                      tf.TensorSpec([None, 4, 4, 3], tf.uint8, name="image")])
+        def serve(self, tokens, image):
+            probs = self.model([tokens, image])
+            return {"probs": probs, "label": tf.argmax(probs, 1)}
+
+    module = Classifier()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures={"serving_default": module.serve})
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rows.npz", tokens=rng.integers(0, 50, (40, 6)),
+             image=rng.integers(0, 256, (40, 4, 4, 3)).astype(np.uint8))
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32",), tfjs=("float32",),
+                       calibration=tmp_path / "rows.npz")
+    assert "READ_VARIABLE" in manifest.artifact("float32").error
+    artifact = manifest.artifact("tfjs_float32")
+    assert artifact.status == "ok" and artifact.check.worst_rel_l2 < 1e-5, artifact.error
+    assert {t.name: t.dtype for t in artifact.inputs + artifact.outputs} == {
+        "image": "int32", "tokens": "int32", "label": "int32", "probs": "float32"}
+    assert artifact.check.outputs["label"].max_abs_error == 0

@@ -27,9 +27,14 @@ BACKENDS = ("cpu", "wasm")
 PACKAGES = ("@tensorflow/tfjs-core", "@tensorflow/tfjs-converter", "@tensorflow/tfjs-backend-cpu",
             "@tensorflow/tfjs-backend-wasm")
 SETUP_HINT = "install Node.js 18 or newer, then run `npm ci` in edgekit's source folder (or set EDGEKIT_NODE_MODULES)"
-# What TF.js holds, by numpy dtype; the others are converted on the way in.
-_TO_TFJS = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32", np.dtype(np.bool_): "bool"}
 _FROM_TFJS = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
+
+
+def tfjs_dtype(dtype: str) -> str:
+    """The TF.js dtype a tensor of numpy dtype `dtype` has: TF.js has float32, int32 and
+    bool only, so a SavedModel's int64 tokens or uint8 pixels are int32 there."""
+    kind = np.dtype(dtype).kind
+    return "bool" if kind == "b" else "float32" if kind == "f" else "int32" if kind in "iu" else dtype
 
 
 def node_modules() -> Path | None:
@@ -100,7 +105,7 @@ class TfjsModel:
         tensors, payload = [], []
         for name, value in (arrays or {}).items():
             value = np.asarray(value)
-            target = _TO_TFJS.get(value.dtype, "float32" if value.dtype.kind == "f" else "int32")
+            target = tfjs_dtype(value.dtype.name)
             stored = np.ascontiguousarray(value.astype(_FROM_TFJS[target]).astype(np.dtype(_FROM_TFJS[target]).newbyteorder("<")))
             tensors.append({"name": name, "dtype": target, "shape": list(value.shape), "bytes": stored.nbytes})
             payload.append(stored.tobytes())
