@@ -249,7 +249,7 @@ class _Job:
         self.source_dir, self.staging, self.signature = source_dir, staging, signature
         self.signature_spec, self.onnx_options = signature_spec, onnx_options
         self.tfjs_variants, self.tfjs_shard_mb = tfjs_variants, tfjs_shard_mb
-        self._tfjs_written: dict | EdgekitError | None = None  # the TF.js writer's summary, or why it failed
+        self._tfjs_writer: tfjs_target.TfjsWriter | None = None
         self.options, self.calibration_rows = options, calibration_rows
         self.check_inputs, self.reference, self.batch, self.quiet = check_inputs, reference, batch, quiet
         self.flex_needed = False
@@ -270,35 +270,42 @@ class _Job:
             if progress:
                 progress(Step(step, "done", index[step], total, artifact, seconds))
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-check") as checker:
-            checks: dict[str, tuple[Future, float]] = {}
+        if self.tfjs_variants:  # its own process: it overlaps the TFLite conversions
+            self._tfjs_writer = tfjs_target.TfjsWriter(self.source_dir, self.signature, self.tfjs_variants,
+                                                       self.tfjs_shard_mb, self.staging, tfjs_runtime.node_modules())
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-check") as checker:
+                checks: dict[str, tuple[Future, float]] = {}
 
-            def report_finished(wait: bool) -> None:
-                for step, (future, convert_seconds) in list(checks.items()):
-                    if wait or future.done():
-                        artifact, check_seconds = future.result()
-                        del checks[step]
-                        report(step, artifact, convert_seconds + check_seconds)
+                def report_finished(wait: bool) -> None:
+                    for step, (future, convert_seconds) in list(checks.items()):
+                        if wait or future.done():
+                            artifact, check_seconds = future.result()
+                            del checks[step]
+                            report(step, artifact, convert_seconds + check_seconds)
 
-            for step in order:
-                if progress:
-                    progress(Step(step, "start", index[step], total))
-                started = time.perf_counter()
-                if step == "onnx":
-                    built = self._convert_onnx()
-                elif step.startswith("tfjs_"):
-                    built = self._convert_tfjs(step.removeprefix("tfjs_"))
-                elif VARIANTS[Variant(step)].needs_calibration and self.calibration_rows is None:
-                    built = _skipped(Variant(step), self.signature)
-                else:
-                    built = self._convert(Variant(step))
-                seconds = time.perf_counter() - started
-                if isinstance(built, Artifact):
-                    report(step, built, seconds)
-                else:
-                    checks[step] = (checker.submit(self._check, built), seconds)
-                report_finished(wait=False)
-            report_finished(wait=True)
+                for step in order:
+                    if progress:
+                        progress(Step(step, "start", index[step], total))
+                    started = time.perf_counter()
+                    if step == "onnx":
+                        built = self._convert_onnx()
+                    elif step.startswith("tfjs_"):
+                        built = self._convert_tfjs(step.removeprefix("tfjs_"))
+                    elif VARIANTS[Variant(step)].needs_calibration and self.calibration_rows is None:
+                        built = _skipped(Variant(step), self.signature)
+                    else:
+                        built = self._convert(Variant(step))
+                    seconds = time.perf_counter() - started
+                    if isinstance(built, Artifact):
+                        report(step, built, seconds)
+                    else:
+                        checks[step] = (checker.submit(self._check, built), seconds)
+                    report_finished(wait=False)
+                report_finished(wait=True)
+        finally:
+            if self._tfjs_writer is not None:
+                self._tfjs_writer.stop()
         wanted = ([v.value for v in self.options.variants] + [f"tfjs_{v}" for v in self.tfjs_variants]
                   + (["onnx"] if self.onnx_options else []))
         return [done[step] for step in wanted], self.runtime
@@ -323,25 +330,20 @@ class _Job:
         return _Pending("onnx", fields, model, onnx_target.TOLERANCE_REL_L2, inputs, outputs)
 
     def _convert_tfjs(self, variant: str) -> Artifact | _Pending:
-        """All TF.js variants are written by one subprocess, at the first TF.js step; each
-        step then loads its variant in Node.js for the check (or says why it cannot)."""
+        """All TF.js variants are written by one subprocess, started with the job; each
+        step waits for it, then loads its variant in Node.js for the check (or says why it
+        cannot)."""
         name, folder = f"tfjs_{variant}", f"tfjs_{variant}"
         fields = dict(name=name, format="tfjs", variant=variant, signature=self.signature,
                       quantization={"weights": variant, "activations": "float32"})
-        if self._tfjs_written is None:
-            try:
-                self._tfjs_written = tfjs_target.convert_tfjs(
-                    self.source_dir, self.signature, self.tfjs_variants, self.tfjs_shard_mb, self.staging,
-                    tfjs_runtime.node_modules())
-            except EdgekitError as exc:
-                self._tfjs_written = exc
-        if isinstance(self._tfjs_written, EdgekitError):
-            return Artifact(status="failed", error=str(self._tfjs_written), **fields)
+        try:
+            summary = self._tfjs_writer.result()
+        except EdgekitError as exc:
+            return Artifact(status="failed", error=str(exc), **fields)
         files = [{"path": f"{folder}/{p.name}", "bytes": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted((self.staging / folder).iterdir())]
         fields.update(file=f"{folder}/model.json", bytes=sum(f["bytes"] for f in files),
                       sha256=sha256_tree(self.staging / folder), files=files)
-        summary = self._tfjs_written
         specs = {spec.name: spec for spec in [*self.signature_spec.inputs, *self.signature_spec.outputs]}
 
         def spec(endpoint: dict) -> TensorSpec:

@@ -1,6 +1,8 @@
 """A failed conversion leaves no OUT_DIR and no staging folder; --force swaps atomically."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import DIGITS
 
@@ -17,11 +19,27 @@ def _stop_at_second_variant(step):
         raise Interrupted
 
 
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in command:
+            found.append(command)
+    return found
+
+
 def test_failure_mid_run_leaves_nothing(tmp_path):
+    """The TF.js writer starts with the job (its own process); an interrupted convert stops
+    it before removing the staging folder, so nothing reappears afterwards."""
     out = tmp_path / "out"
     with pytest.raises(Interrupted):
-        convert(DIGITS / "saved_model", out, variants=("float32", "float16"), tfjs=(), progress=_stop_at_second_variant)
+        convert(DIGITS / "saved_model", out, variants=("float32", "float16"), progress=_stop_at_second_variant)
     assert list(tmp_path.iterdir()) == []
+    assert _processes_mentioning(f"edgekit.targets.tfjs {DIGITS / 'saved_model'} --signature serving_default "
+                                 f"--out {tmp_path}") == []
 
 
 def test_failure_mid_run_with_force_keeps_the_old_out_dir(tmp_path):

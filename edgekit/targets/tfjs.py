@@ -12,7 +12,7 @@ convolutions and matmuls with the per-channel Mul, bias add and activation after
 converter folds into a depthwise convolution); check every op against the ops TF.js
 runs; move each Const's value (the functions' too) into the weights; write one folder
 per variant. Grappler can abort the whole process (a fatal "Type not set"), so
-`convert_tfjs` runs all of it in a subprocess: `python -m edgekit.targets.tfjs`.
+`TfjsWriter` runs all of it in a subprocess: `python -m edgekit.targets.tfjs`.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -423,21 +424,57 @@ def build(saved_model_dir: Path, signature: str, out: Path, variants: tuple[str,
     return summary
 
 
-def convert_tfjs(saved_model_dir: Path, signature: str, variants: tuple[str, ...], shard_mb: float,
-                 out: Path, node_modules: Path | None) -> dict:
-    """Write OUT/tfjs_<variant>/ for each variant (in a subprocess) and return its summary.
+class TfjsWriter:
+    """The TF.js writer in its own process: `python -m edgekit.targets.tfjs`.
 
-    Raises ConversionFailed naming the ops TF.js lacks (nothing written), or saying how
-    the subprocess died.
+    convert starts it before the TFLite variants, so on a second core it overlaps them,
+    and collects it with `result()` at the first TF.js step. Its output goes to temporary
+    files, not pipes: a child that logs more than a pipe holds would block while nobody reads.
     """
-    command = [sys.executable, "-m", "edgekit.targets.tfjs", str(saved_model_dir), "--signature", signature,
-               "--out", str(out), "--variants", ",".join(variants), "--shard-mb", str(shard_mb)]
-    if node_modules is not None:
-        command += ["--node-modules", str(node_modules)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    last = (done.stdout.strip().splitlines() or [""])[-1]
-    if done.returncode in (0, UNSUPPORTED_EXIT) and last.startswith("{"):
+
+    def __init__(self, saved_model_dir: Path, signature: str, variants: tuple[str, ...], shard_mb: float,
+                 out: Path, node_modules: Path | None):
+        command = [sys.executable, "-m", "edgekit.targets.tfjs", str(saved_model_dir), "--signature", signature,
+                   "--out", str(out), "--variants", ",".join(variants), "--shard-mb", str(shard_mb)]
+        if node_modules is not None:
+            command += ["--node-modules", str(node_modules)]
+        self._stdout, self._stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self._process = subprocess.Popen(command, stdout=self._stdout, stderr=self._stderr,
+                                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        self._result: dict | ConversionFailed | None = None
+
+    def result(self) -> dict:
+        """Wait for the writer; its summary, or ConversionFailed naming the ops TF.js lacks
+        (nothing written) or saying how the process died."""
+        if self._result is None:
+            code = self._process.wait()
+            stdout, stderr = (self._read(f) for f in (self._stdout, self._stderr))
+            try:
+                self._result = _summary(code, stdout, stderr)
+            except ConversionFailed as exc:
+                self._result = exc
+        if isinstance(self._result, ConversionFailed):
+            raise self._result
+        return self._result
+
+    def stop(self) -> None:
+        """Kill a writer still running (convert failed or was interrupted): it writes into
+        the staging folder that is about to be removed."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        for handle in (self._stdout, self._stderr):
+            handle.close()
+
+    @staticmethod
+    def _read(handle) -> str:
+        handle.seek(0)
+        return handle.read().decode(errors="replace")
+
+
+def _summary(code: int, stdout: str, stderr: str) -> dict:
+    last = (stdout.strip().splitlines() or [""])[-1]
+    if code in (0, UNSUPPORTED_EXIT) and last.startswith("{"):
         summary = json.loads(last)
         if summary["unsupported"]:
             raise ConversionFailed(
@@ -445,15 +482,25 @@ def convert_tfjs(saved_model_dir: Path, signature: str, variants: tuple[str, ...
                 f"(checked against {summary['ops_source']})",
                 "the TFLite artifacts do not depend on it; for the web, replace those ops in the model")
         return summary
-    log = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    log = [line for line in stderr.strip().splitlines() if line.strip()]
     ours = [line.removeprefix("error: ") for line in log if line.startswith("error: ")]
-    if done.returncode == 2 and ours:  # a model the writer refused, with its reason
+    if code == 2 and ours:  # a model the writer refused, with its reason
         raise ConversionFailed(ours[-1], "the TFLite artifacts do not depend on it")
     errors = [line for line in log if line.startswith(("F0", "E0")) or "Error" in line]
     detail = (errors or log or ["no output"])[-1].strip()
-    how = f"was killed by signal {-done.returncode}" if done.returncode < 0 else f"exited {done.returncode}"
+    how = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
     raise ConversionFailed(f"tfjs: the TF.js writer {how}: {detail}",
                            "the TFLite artifacts do not depend on it; rerun with --debug for the full log")
+
+
+def convert_tfjs(saved_model_dir: Path, signature: str, variants: tuple[str, ...], shard_mb: float,
+                 out: Path, node_modules: Path | None) -> dict:
+    """Write OUT/tfjs_<variant>/ for each variant and return the writer's summary."""
+    writer = TfjsWriter(saved_model_dir, signature, variants, shard_mb, out, node_modules)
+    try:
+        return writer.result()
+    finally:
+        writer.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
