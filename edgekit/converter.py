@@ -272,7 +272,8 @@ class _Job:
 
         if self.tfjs_variants:  # its own process: it overlaps the TFLite conversions
             self._tfjs_writer = tfjs_target.TfjsWriter(self.source_dir, self.signature, self.tfjs_variants,
-                                                       self.tfjs_shard_mb, self.staging, tfjs_runtime.node_modules())
+                                                       self.tfjs_shard_mb, self.staging, tfjs_runtime.node_modules(),
+                                                       self.quiet)
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-check") as checker:
                 checks: dict[str, tuple[Future, float]] = {}
@@ -316,7 +317,7 @@ class _Job:
                       quantization={"weights": "float32", "activations": "float32"})
         output = self.staging / onnx_target.FILE
         try:
-            opset = onnx_target.convert_onnx(self.source_dir, self.signature, self.onnx_options, output)
+            opset = onnx_target.convert_onnx(self.source_dir, self.signature, self.onnx_options, output, self.quiet)
             model = OnnxModel(output, num_threads=os.cpu_count())
         except EdgekitError as exc:
             output.unlink(missing_ok=True)  # only what the manifest lists lands in OUT_DIR

@@ -65,8 +65,10 @@ def unsupported_ops(log: str) -> list[str]:
     return sorted(found)
 
 
-def convert_onnx(saved_model_dir: Path, signature: str, options: OnnxOptions, output: Path) -> int:
-    """Write the ONNX model to `output` and return its opset."""
+def convert_onnx(saved_model_dir: Path, signature: str, options: OnnxOptions, output: Path,
+                 quiet: bool = True) -> int:
+    """Write the ONNX model to `output` and return its opset; `quiet=False` (--debug)
+    copies tf2onnx's log to stderr."""
     import onnx
 
     opset = options.opset or newest_opset()
@@ -76,6 +78,8 @@ def convert_onnx(saved_model_dir: Path, signature: str, options: OnnxOptions, ou
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     log = done.stdout + done.stderr
+    if not quiet:
+        sys.stderr.write(log)
     ops = unsupported_ops(log)
     if ops:
         output.unlink(missing_ok=True)

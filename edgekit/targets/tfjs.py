@@ -433,7 +433,8 @@ class TfjsWriter:
     """
 
     def __init__(self, saved_model_dir: Path, signature: str, variants: tuple[str, ...], shard_mb: float,
-                 out: Path, node_modules: Path | None):
+                 out: Path, node_modules: Path | None, quiet: bool = True):
+        self.quiet = quiet  # False (--debug): the writer's log is copied to stderr when it ends
         command = [sys.executable, "-m", "edgekit.targets.tfjs", str(saved_model_dir), "--signature", signature,
                    "--out", str(out), "--variants", ",".join(variants), "--shard-mb", str(shard_mb)]
         if node_modules is not None:
@@ -449,6 +450,8 @@ class TfjsWriter:
         if self._result is None:
             code = self._process.wait()
             stdout, stderr = (self._read(f) for f in (self._stdout, self._stderr))
+            if not self.quiet:
+                sys.stderr.write(stderr)
             try:
                 self._result = _summary(code, stdout, stderr)
             except ConversionFailed as exc:
