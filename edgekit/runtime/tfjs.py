@@ -106,7 +106,7 @@ class TfjsModel:
         for name, value in (arrays or {}).items():
             value = np.asarray(value)
             target = tfjs_dtype(value.dtype.name)
-            stored = np.ascontiguousarray(value.astype(_FROM_TFJS[target]).astype(np.dtype(_FROM_TFJS[target]).newbyteorder("<")))
+            stored = np.ascontiguousarray(value, dtype=np.dtype(_FROM_TFJS[target]).newbyteorder("<"))
             tensors.append({"name": name, "dtype": target, "shape": list(value.shape), "bytes": stored.nbytes})
             payload.append(stored.tobytes())
         header = dict(header, tensors=tensors, payload_bytes=sum(len(p) for p in payload))
@@ -160,8 +160,8 @@ class TfjsModel:
         return header["calls"], header["seconds"]
 
     def memory(self) -> dict[str, float]:
-        header, _ = self._call({"cmd": "memory"})
         """Peak RSS of the Node process (VmHWM), and its RSS before any model was loaded."""
+        header, _ = self._call({"cmd": "memory"})
         return {"peak_rss_mb": round(header["peak_rss_mb"], 1), "baseline_rss_mb": round(header["baseline_rss_mb"], 1)}
 
     def close(self) -> None:
