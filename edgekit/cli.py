@@ -328,6 +328,9 @@ def package_command(out_dir, platform, dest, variant, pick, bench_json, labels, 
         return
     state = "laid out" if result.changed else "up to date, nothing rewritten"
     click.echo(f"{platform}: {result.artifact} -> {result.folder} ({state})")
+    if not result.verified:
+        click.echo(f"warning: {result.artifact} never ran in its runtime: convert could not check it "
+                   "(see its check.reason in the manifest)", err=True)
     for file_name, digest in result.files.items():
         click.echo(f"  {file_name:<16} {(result.folder / file_name).stat().st_size:>10} bytes  sha256 {digest[:16]}")
 

@@ -44,6 +44,7 @@ class PackageResult:
     folder: Path
     files: dict[str, str]  # name -> sha256
     changed: bool  # False: the destination already held these exact files
+    verified: bool = True  # False: named with --variant, but never ran in its runtime (no Node.js at convert)
 
 
 def package(out_dir: str | Path, platform: str, dest: str | Path, *, variant: str | None = None,
@@ -245,12 +246,12 @@ def _lay_out(out_dir: Path, manifest: Manifest, artifact: Artifact, platform: st
                    if target.is_dir() else None)
         if current == files:
             shutil.rmtree(staging)
-            return PackageResult(platform, artifact.name, target, files, changed=False)
+            return PackageResult(platform, artifact.name, target, files, changed=False, verified=artifact.verified)
         replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return PackageResult(platform, artifact.name, target, files, changed=True)
+    return PackageResult(platform, artifact.name, target, files, changed=True, verified=artifact.verified)
 
 
 def _place(source: Path, staged: Path, existing: Path) -> None:

@@ -206,3 +206,22 @@ def test_cli_reports_what_it_laid_out(digits_out, labels, tmp_path):
     assert "android: tflite_int8 ->" in first.output and "model_info.json" in first.output
     second = CliRunner().invoke(cli, args + ["--json"])
     assert second.exit_code == 0 and json.loads(second.output)["changed"] is False
+
+
+def test_an_unverified_tfjs_artifact_is_laid_out_only_when_named_and_with_a_warning(digits_out, tmp_path):
+    """Converted where Node.js was missing: never run in TF.js, so never picked by default."""
+    unchecked = tmp_path / "unchecked"
+    shutil.copytree(digits_out, unchecked)
+    data = json.loads((unchecked / "manifest.json").read_text())
+    for artifact in data["artifacts"]:
+        if artifact["format"] == "tfjs":
+            artifact["status"], artifact["verified"] = "unverified", False
+            artifact["check"] = {"status": "skipped", "samples": 0, "tolerance_rel_l2": 0.1, "outputs": {},
+                                 "reason": "Node.js is not installed, so TF.js could not run it"}
+    (unchecked / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(Refused, match="no artifact passed its checks"):
+        package(unchecked, "web", tmp_path / "web")
+    result = CliRunner().invoke(cli, ["package", str(unchecked), "--platform", "web", "--dest", str(tmp_path / "web"),
+                                      "--variant", "tfjs_uint8"])
+    assert result.exit_code == 0, result.output
+    assert "warning: tfjs_uint8 never ran in its runtime" in result.output
