@@ -267,6 +267,8 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--interpreters", type=int, help="Interpreters per loaded version [default: cores / threads].")
 @click.option("--poll-seconds", default=2.0, show_default=True, help="How often the model folders are rescanned.")
 @click.option("--max-body-mb", default=32.0, show_default=True, help="Largest request body accepted (413 beyond).")
+@click.option("--max-inflight", type=int,
+              help="Predict requests read and run at once per front door; more wait [default: 2 x interpreters].")
 @click.option("--api-key-file", type=click.Path(path_type=Path), help="Require this key (Authorization: Bearer).")
 @click.option("--variant", help="Which artifact of an edgekit convert OUT_DIR to serve [default: int8 where present].")
 @click.option("--version-policy", type=click.Choice(["latest", "all"]), default="latest", show_default=True,
@@ -275,7 +277,7 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--debug", is_flag=True, help="Show tracebacks of start-up errors.")
 @_handle_errors
 def serve(model_base_path, model_name, model_config, host, port, grpc_port, threads, interpreters, poll_seconds,
-          max_body_mb, api_key_file, variant, version_policy, log_level, debug):
+          max_body_mb, max_inflight, api_key_file, variant, version_policy, log_level, debug):
     """Serve TFLite models over TensorFlow Serving's REST API (LiteRT and numpy only).
 
     MODEL_BASE_PATH holds one folder per version (1/, 2/, ...), each with a
@@ -284,11 +286,14 @@ def serve(model_base_path, model_name, model_config, host, port, grpc_port, thre
     from edgekit.serve.repository import VersionPolicy
     from edgekit.serve.server import model_configs, read_api_key, run
 
-    if threads < 1 or (interpreters is not None and interpreters < 1) or poll_seconds <= 0 or max_body_mb <= 0:
-        raise BadInput("--threads, --interpreters, --poll-seconds and --max-body-mb must be positive", "e.g. --threads 1")
+    if (threads < 1 or (interpreters is not None and interpreters < 1) or poll_seconds <= 0 or max_body_mb <= 0
+            or (max_inflight is not None and max_inflight < 1)):
+        raise BadInput("--threads, --interpreters, --poll-seconds, --max-body-mb and --max-inflight must be positive",
+                       "e.g. --threads 1")
     configs = model_configs(model_base_path, model_name, model_config, variant, VersionPolicy(version_policy))
     run(configs, host=host, port=port, grpc_port=grpc_port, threads=threads, interpreters=interpreters,
-        poll_seconds=poll_seconds, max_body_mb=max_body_mb, api_key=read_api_key(api_key_file), log_level=log_level)
+        poll_seconds=poll_seconds, max_body_mb=max_body_mb, api_key=read_api_key(api_key_file), log_level=log_level,
+        max_inflight=max_inflight)
 
 
 @cli.command("package")

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import DIGITS, IRIS
 
 from edgekit import convert
+from edgekit.cli import cli
 from edgekit.runtime import TFLiteModel
 
 API_KEY = "test-key-0123456789abcdef"
@@ -319,6 +321,25 @@ def test_sigterm_lets_the_request_in_flight_finish(repo):
     # uvicorn drains in-flight requests, then re-raises SIGTERM: the exit status systemd expects
     assert running.process.returncode in (0, -signal.SIGTERM)
     assert '"event": "shutdown"' in log
+
+
+def test_requests_beyond_max_inflight_wait_their_turn_and_all_succeed(repo):
+    batch = json.dumps({"instances": [[[[0.25]] * 8] * 8] * 500})
+    replies = []
+    with Server([str(repo / "digits"), "--max-inflight", "1"]) as running:
+        workers = [threading.Thread(target=lambda: replies.append(
+            running.client.request("POST", "/v1/models/digits:predict", batch, "application/json")))
+            for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        log = running.stop()
+    assert [status for status, _, _ in replies] == [200] * 6
+    assert all(len(json.loads(payload)["predictions"]) == 500 for _, _, payload in replies)
+    assert '"max_inflight": 1' in log
+    result = CliRunner().invoke(cli, ["serve", str(repo / "digits"), "--max-inflight", "0"])
+    assert result.exit_code == 2 and "--max-inflight must be positive" in result.output
 
 
 def test_serving_imports_no_tensorflow(repo):

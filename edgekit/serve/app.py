@@ -40,10 +40,16 @@ def _error(exc: EdgekitError) -> Response:
 
 
 def create_app(repository: ModelRepository, *, api_key: str | None = None, max_body_bytes: int = 32 << 20,
-               metrics: ServerMetrics | None = None, grpc_server=None) -> Starlette:
+               metrics: ServerMetrics | None = None, grpc_server=None, max_inflight: int = 4) -> Starlette:
     """The REST app. It owns the repository's poller and, when given, the gRPC server
-    (serve/grpc.py): both start and stop with it."""
+    (serve/grpc.py): both start and stop with it.
+
+    At most `max_inflight` predict requests are read, decoded and run at once; the others
+    wait with their bodies still unread in the socket. A decoded JSON image is megabytes of
+    Python floats, so without the bound a Pi's memory grows with the number of clients.
+    """
     metrics = metrics or ServerMetrics()
+    limiters: list[anyio.CapacityLimiter] = []  # made on first use: it belongs to the running event loop
 
     def authorize(request: Request) -> None:
         if api_key is None:
@@ -104,10 +110,13 @@ def create_app(repository: ModelRepository, *, api_key: str | None = None, max_b
                     raise NotImplementedHere(
                         f"edgekit serve does not implement :{api}: it needs tf.Example parsing, which the TFLite "
                         "runtime lacks", "send the features as tensors to :predict")
-                body = await read_body(request)
-                loaded = repository.resolve(model, number, match["label"])
-                version = str(loaded.version)
-                response = await anyio.to_thread.run_sync(_predict, loaded, body, request, metrics)
+                if not limiters:
+                    limiters.append(anyio.CapacityLimiter(max_inflight))
+                async with limiters[0]:
+                    body = await read_body(request)
+                    loaded = repository.resolve(model, number, match["label"])
+                    version = str(loaded.version)
+                    response = await anyio.to_thread.run_sync(_predict, loaded, body, request, metrics)
             elif request.method != "GET":
                 raise BadInput(f"{request.url.path} takes GET, not {request.method}", "use GET")
             elif match["metadata"]:

@@ -59,8 +59,10 @@ def default_interpreters(threads: int) -> int:
 
 def run(configs: list[ModelConfig], *, host: str = "127.0.0.1", port: int = 8501, grpc_port: int = 8500,
         threads: int = 1, interpreters: int | None = None, poll_seconds: float = 2.0, max_body_mb: float = 32,
-        api_key: str | None = None, log_level: str = "info") -> None:
-    """Serve until SIGTERM: REST on `port`, gRPC on `grpc_port` (0: no gRPC), same models."""
+        api_key: str | None = None, log_level: str = "info", max_inflight: int | None = None) -> None:
+    """Serve until SIGTERM: REST on `port`, gRPC on `grpc_port` (0: no gRPC), same models.
+    `max_inflight` bounds the predict requests in progress at once on each front door
+    (default: twice the interpreters per version, so they never wait on the bound)."""
     import uvicorn
 
     configure_logging(log_level)
@@ -78,15 +80,18 @@ def run(configs: list[ModelConfig], *, host: str = "127.0.0.1", port: int = 8501
     repository = ModelRepository(configs, threads=threads, interpreters=interpreters or default_interpreters(threads),
                                  poll_seconds=poll_seconds, on_event=on_event)
     max_body_bytes = int(max_body_mb * 1048576)
+    max_inflight = max_inflight or 2 * repository.interpreters
     grpc_server = None
     if grpc_port:
         from edgekit.serve.grpc import create_server
 
         grpc_server, grpc_port = create_server(repository, host=host, port=grpc_port, api_key=api_key,
-                                               max_message_bytes=max_body_bytes, metrics=metrics)
+                                               max_message_bytes=max_body_bytes, metrics=metrics,
+                                               workers=max_inflight)
     app = create_app(repository, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics,
-                     grpc_server=grpc_server)
+                     grpc_server=grpc_server, max_inflight=max_inflight)
     log.info(json.dumps({"event": "start", "host": host, "port": port, "grpc_port": grpc_port or None,
                          "models": [c.name for c in configs], "threads": threads,
-                         "interpreters": repository.interpreters, "auth": api_key is not None}))
+                         "interpreters": repository.interpreters, "max_inflight": max_inflight,
+                         "auth": api_key is not None}))
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
