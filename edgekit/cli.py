@@ -157,15 +157,13 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.converter import convert as run_convert
     from edgekit.targets.tflite import parse_variants
-    from edgekit.targets.tfjs import parse_variants as parse_tfjs_variants
 
     chosen = parse_variants(variants) if variants else None
-    tfjs_variants = parse_tfjs_variants(tfjs)
     printer = _ProgressPrinter()
     manifest = run_convert(
         saved_model, out_dir, signature=signature, variants=chosen, calibration=calibration,
         calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
-        allow_flex=allow_flex, image_range=image_range, tfjs=tfjs_variants, tfjs_shard_mb=tfjs_shard_mb,
+        allow_flex=allow_flex, image_range=image_range, tfjs=tfjs, tfjs_shard_mb=tfjs_shard_mb,
         onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset,
         force=force, progress=printer, quiet=not debug,
     )

@@ -83,8 +83,7 @@ def convert(
     for unusable input.
     """
     explicit_variants = variants is not None
-    tfjs_variants = tfjs_target.parse_variants(tfjs) if isinstance(tfjs, str) else tuple(tfjs)
-    tfjs_target.parse_variants(",".join(tfjs_variants) or "none")  # the same check for API callers
+    tfjs_variants = tfjs_target.parse_variants(tfjs if isinstance(tfjs, str) else ",".join(tfjs) or "none")
     if not tfjs_shard_mb > 0:
         raise BadInput(f"--tfjs-shard-mb must be more than 0, not {tfjs_shard_mb}", "e.g. --tfjs-shard-mb 4")
     onnx_options = OnnxOptions(onnx_opset) if onnx else None

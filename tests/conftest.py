@@ -57,6 +57,15 @@ def lgamma_saved_model(tmp_path_factory) -> Path:
     return path
 
 
+def deploy_version(base: Path, number: int, tflite: Path, staging: Path) -> None:
+    """A new model version, staged aside and renamed in, as a deploy should do."""
+    import shutil
+
+    staging.mkdir()
+    shutil.copy(tflite, staging / "model.tflite")
+    os.rename(staging, base / str(number))
+
+
 @pytest.fixture(scope="session")
 def digits_rows() -> dict[str, np.ndarray]:
     with np.load(DIGITS / "eval.npz") as archive:

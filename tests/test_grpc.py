@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import DIGITS
+from conftest import DIGITS, deploy_version
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_management_pb2, model_service_pb2_grpc, predict_pb2,
@@ -157,10 +157,7 @@ def test_hot_reload_under_grpc_load_loses_no_request(repo, tmp_path, digits_rows
         for worker in workers:
             worker.start()
         try:
-            staging = tmp_path / "staging"
-            staging.mkdir()
-            shutil.copy(repo / "digits" / "1" / "model_float32.tflite", staging / "model.tflite")
-            shutil.move(str(staging), str(base / "2"))
+            deploy_version(base, 2, repo / "digits" / "1" / "model_float32.tflite", tmp_path / "staging")
             status_request = get_model_status_pb2.GetModelStatusRequest()
             status_request.model_spec.name = "digits"
             deadline = time.time() + 30

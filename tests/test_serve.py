@@ -4,7 +4,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import shutil
 import signal
 import socket
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import DIGITS, IRIS
+from conftest import DIGITS, IRIS, deploy_version
 
 from edgekit import convert
 from edgekit.cli import cli
@@ -277,11 +276,7 @@ def test_hot_reload_under_load_loses_no_request_and_a_corrupt_version_leaves_the
         for worker in workers:
             worker.start()
         try:
-            # version 2: staged aside, then renamed in, as a deploy should do
-            staging = tmp_path / "staging"
-            staging.mkdir()
-            shutil.copy(repo / "digits" / "1" / "model_float32.tflite", staging / "model.tflite")
-            os.rename(staging, base / "2")
+            deploy_version(base, 2, repo / "digits" / "1" / "model_float32.tflite", tmp_path / "staging")
             assert _wait_for(lambda: client.json("GET", "/v1/models/digits")[1]["model_version_status"][0]
                              == {"version": "2", "state": "AVAILABLE",
                                  "status": {"error_code": "OK", "error_message": ""}})
