@@ -264,10 +264,25 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--threads", default=1, show_default=True, help="CPU threads per interpreter.")
 @click.option("--interpreters", type=int, help="Interpreters per loaded version [default: cores / threads].")
 @click.option("--poll-seconds", default=2.0, show_default=True, help="How often the model folders are rescanned.")
-@click.option("--max-body-mb", default=32.0, show_default=True, help="Largest request body accepted (413 beyond).")
+@click.option("--max-body-mb", default=32.0, show_default=True, help="Largest request body or gRPC message (413 beyond).")
+@click.option("--max-memory-mb", default=192.0, show_default=True,
+              help="Memory for requests in progress, both doors together; a request waits for its share (503 "
+                   "after --queue-timeout), one that could never fit gets 413.")
 @click.option("--max-inflight", type=int,
-              help="Predict requests read and run at once per front door; more wait [default: 2 x interpreters].")
-@click.option("--api-key-file", type=click.Path(path_type=Path), help="Require this key (Authorization: Bearer).")
+              help="Predicts decoding or running at once, both doors together [default: 2 x interpreters].")
+@click.option("--max-batch-rows", type=int,
+              help="Rows per interpreter call; larger batches run in chunks [default: what fits 16 MB of tensors].")
+@click.option("--max-header-kb", default=16.0, show_default=True, help="Request line and headers (431 beyond).")
+@click.option("--read-timeout", default=10.0, show_default=True,
+              help="Seconds a client may go quiet in the middle of a request (408).")
+@click.option("--keepalive-timeout", default=15.0, show_default=True, help="Seconds an idle connection stays open.")
+@click.option("--queue-timeout", default=30.0, show_default=True,
+              help="Seconds a request may wait for memory or an inference slot (503).")
+@click.option("--max-connections", default=256, show_default=True,
+              help="Open REST connections, and gRPC calls in progress (503 / RESOURCE_EXHAUSTED beyond).")
+@click.option("--api-key-file", type=click.Path(path_type=Path),
+              help="Require this key: 'Authorization: Bearer KEY' or 'X-API-Key: KEY' (REST), "
+                   "'authorization' metadata (gRPC).")
 @click.option("--variant", help="Which artifact of an edgekit convert OUT_DIR to serve [default: int8 where present].")
 @click.option("--version-policy", type=click.Choice(["latest", "all"]), default="latest", show_default=True,
               help="Serve the newest version, or every version on disk.")
@@ -275,23 +290,28 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--debug", is_flag=True, help="Show tracebacks of start-up errors.")
 @_handle_errors
 def serve(model_base_path, model_name, model_config, host, port, grpc_port, threads, interpreters, poll_seconds,
-          max_body_mb, max_inflight, api_key_file, variant, version_policy, log_level, debug):
-    """Serve TFLite models over TensorFlow Serving's REST API (LiteRT and numpy only).
+          max_body_mb, max_memory_mb, max_inflight, max_batch_rows, max_header_kb, read_timeout, keepalive_timeout,
+          queue_timeout, max_connections, api_key_file, variant, version_policy, log_level, debug):
+    """Serve TFLite models over TensorFlow Serving's REST and gRPC APIs (LiteRT and numpy only).
 
     MODEL_BASE_PATH holds one folder per version (1/, 2/, ...), each with a
     model.tflite or an edgekit convert OUT_DIR.
     """
+    from edgekit.serve.limits import MB, Limits
     from edgekit.serve.repository import VersionPolicy
-    from edgekit.serve.server import model_configs, read_api_key, run
+    from edgekit.serve.server import default_interpreters, model_configs, read_api_key, run
 
-    if (threads < 1 or (interpreters is not None and interpreters < 1) or poll_seconds <= 0 or max_body_mb <= 0
-            or (max_inflight is not None and max_inflight < 1)):
-        raise BadInput("--threads, --interpreters, --poll-seconds, --max-body-mb and --max-inflight must be positive",
-                       "e.g. --threads 1")
+    if threads < 1 or (interpreters is not None and interpreters < 1) or poll_seconds <= 0:
+        raise BadInput("--threads, --interpreters and --poll-seconds must be positive", "e.g. --threads 1")
+    interpreters = interpreters or default_interpreters(threads)
+    limits = Limits(max_body_bytes=int(max_body_mb * MB), max_memory_bytes=int(max_memory_mb * MB),
+                    max_inflight=2 * interpreters if max_inflight is None else max_inflight,
+                    max_batch_rows=max_batch_rows, max_header_bytes=int(max_header_kb * 1024),
+                    read_timeout=read_timeout, keepalive_timeout=keepalive_timeout, queue_timeout=queue_timeout,
+                    max_connections=max_connections)
     configs = model_configs(model_base_path, model_name, model_config, variant, VersionPolicy(version_policy))
-    run(configs, host=host, port=port, grpc_port=grpc_port, threads=threads, interpreters=interpreters,
-        poll_seconds=poll_seconds, max_body_mb=max_body_mb, api_key=read_api_key(api_key_file), log_level=log_level,
-        max_inflight=max_inflight)
+    run(configs, limits, host=host, port=port, grpc_port=grpc_port, threads=threads, interpreters=interpreters,
+        poll_seconds=poll_seconds, api_key=read_api_key(api_key_file), log_level=log_level)
 
 
 @cli.command("package")

@@ -66,9 +66,13 @@ class Unauthorized(EdgekitError):
 
 
 class PayloadTooLarge(BadInput):
-    """A request body over the server's size limit."""
+    """A request over one of the server's size limits (body, tensor elements, memory)."""
 
     http_status = 413
+
+
+class ServerBusy(Unavailable):
+    """The server could not admit the request in time (memory, connections); retry later."""
 
 
 class NotImplementedHere(EdgekitError):

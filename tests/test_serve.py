@@ -340,38 +340,44 @@ def test_requests_beyond_max_inflight_wait_their_turn_and_all_succeed(repo):
 def test_serving_imports_no_tensorflow(repo):
     """A server in a fresh process answers a REST and a gRPC predict; TensorFlow never
     enters sys.modules."""
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     script = textwrap.dedent(f"""
-        import http.client, json, sys, threading, time
-        import grpc, numpy as np, uvicorn
-        from edgekit.serve.app import create_app
-        from edgekit.serve.grpc import create_server, to_tensor
-        from edgekit.serve.metrics import ServerMetrics
-        from edgekit.serve.protos import serving_pb2, serving_pb2_grpc
-        from edgekit.serve.repository import ModelConfig, ModelRepository
+        import http.client, json, os, signal, sys, threading, time
+        import grpc, numpy as np
         from pathlib import Path
-        repository = ModelRepository([ModelConfig("digits", Path({str(repo / 'digits')!r}))], poll_seconds=0.2)
-        grpc_server, grpc_port = create_server(repository, host="127.0.0.1", port=0, api_key=None,
-                                               max_message_bytes=1 << 20, metrics=ServerMetrics())
-        app = create_app(repository, grpc_server=grpc_server)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port={port}, log_level="error"))
-        threading.Thread(target=server.run, daemon=True).start()
-        for _ in range(300):
-            time.sleep(0.05)
-            if repository.ready and server.started:
-                break
-        connection = http.client.HTTPConnection("127.0.0.1", {port})
-        connection.request("POST", "/v1/models/digits:predict", json.dumps({{"instances": [[[[0.0]] * 8] * 8]}}))
-        assert connection.getresponse().status == 200
-        request = serving_pb2.PredictRequest()
-        request.model_spec.name = "digits"
-        request.inputs["pixels"].CopyFrom(to_tensor(np.zeros((1, 8, 8, 1), np.float32)))
-        stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{{grpc_port}}"))
-        assert stub.Predict(request, timeout=10).outputs["probs"].tensor_shape.dim[1].size == 10
-        server.should_exit = True
+        from edgekit.serve.grpc import to_tensor
+        from edgekit.serve.limits import Limits
+        from edgekit.serve.protos import serving_pb2, serving_pb2_grpc
+        from edgekit.serve.repository import ModelConfig
+        from edgekit.serve.server import run
+
+        def client():
+            for _ in range(300):
+                time.sleep(0.05)
+                try:
+                    connection = http.client.HTTPConnection("127.0.0.1", {port})
+                    connection.request("GET", "/readyz")
+                    if connection.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+            connection = http.client.HTTPConnection("127.0.0.1", {port})
+            connection.request("POST", "/v1/models/digits:predict", json.dumps({{"instances": [[[[0.0]] * 8] * 8]}}))
+            assert connection.getresponse().status == 200
+            request = serving_pb2.PredictRequest()
+            request.model_spec.name = "digits"
+            request.inputs["pixels"].CopyFrom(to_tensor(np.zeros((1, 8, 8, 1), np.float32)))
+            stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel("127.0.0.1:{grpc_port}"))
+            assert stub.Predict(request, timeout=10).outputs["probs"].tensor_shape.dim[1].size == 10
+            print("ANSWERED", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=client, daemon=True).start()
+        run([ModelConfig("digits", Path({str(repo / 'digits')!r}))], Limits(), port={port}, grpc_port={grpc_port},
+            poll_seconds=0.2, log_level="warning")
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
         print("LOADED", loaded)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "LOADED []" in result.stdout
+    assert "ANSWERED" in result.stdout and "LOADED []" in result.stdout

@@ -176,6 +176,11 @@ class TFLiteModel:
     def outputs(self, signature: str | None = None) -> list[TensorInfo]:
         return self._details(signature, "out")
 
+    def tensor_bytes(self) -> int:
+        """Bytes of the interpreter's tensors at their current shapes, weights included."""
+        return sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize
+                   for d in self._interpreter.get_tensor_details())
+
     def feeds(
         self, inputs: dict[str, np.ndarray], signature: str | None = None, real: bool = True
     ) -> dict[str, np.ndarray]:

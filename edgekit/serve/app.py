@@ -1,187 +1,167 @@
-"""HTTP routes of TensorFlow Serving's REST API, plus health, readiness and metrics.
+"""TensorFlow Serving's REST API, plus health, readiness and metrics: routes and status codes.
 
-This module routes and maps errors to status codes; codec.py turns bodies into arrays,
-repository.py owns the models. Decoding, inference and encoding run in a worker thread,
-so a large JSON body never blocks the event loop, and the interpreter's invoke releases
-the GIL while it computes.
+http.py reads requests and writes replies; codec.py turns bodies into arrays; service.py
+holds what REST shares with gRPC (auth, lookups, limits, the run, metrics and logs). Here a
+path becomes a call and an error its status, always in TF Serving's `{"error": ...}` shape.
+Decoding, inference and encoding run in a worker thread, so a large JSON body never blocks
+the event loop, and the interpreter's invoke releases the GIL while it computes.
 """
 from __future__ import annotations
 
-import contextlib
-import hmac
+import asyncio
 import json
-import logging
 import re
 import time
-import traceback
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qsl
 
-import anyio
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
-from edgekit.errors import BadInput, EdgekitError, NotFound, NotImplementedHere, PayloadTooLarge, Unauthorized
+from edgekit.errors import BadInput, EdgekitError, NotFound, NotImplementedHere
 from edgekit.serve import codec
-from edgekit.serve.metrics import ServerMetrics
-from edgekit.serve.repository import LoadedVersion, ModelRepository
-
-log = logging.getLogger("edgekit.serve")
+from edgekit.serve.http import Body, Request, Response, error_response
+from edgekit.serve.repository import LoadedVersion
+from edgekit.serve.service import Admission, Service
 
 MODEL_PATH = re.compile(
-    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)"
-    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[A-Za-z0-9][A-Za-z0-9_.\-]*))?"
+    r"^/v1/models/(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,127})"
+    r"(?:/versions/(?P<version>\d{1,19})|/labels/(?P<label>[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}))?"
     r"(?:/(?P<metadata>metadata)|:(?P<verb>predict|classify|regress))?$"
 )
+KEY_HINT = "send the key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _error(exc: EdgekitError) -> Response:
-    return Response(codec.error_body(exc.message), status_code=exc.http_status, media_type=codec.JSON)
+class RestApp:
+    """The handler http.HttpServer calls for every request."""
 
+    def __init__(self, service: Service):
+        self.service = service
+        self.executor = ThreadPoolExecutor(service.limits.max_inflight, thread_name_prefix="edgekit-rest")
 
-def create_app(repository: ModelRepository, *, api_key: str | None = None, max_body_bytes: int = 32 << 20,
-               metrics: ServerMetrics | None = None, grpc_server=None, max_inflight: int = 4) -> Starlette:
-    """The REST app. It owns the repository's poller and, when given, the gRPC server
-    (serve/grpc.py): both start and stop with it.
-
-    At most `max_inflight` predict requests are read, decoded and run at once; the others
-    wait with their bodies still unread in the socket. A decoded JSON image is megabytes of
-    Python floats, so without the bound a Pi's memory grows with the number of clients.
-    """
-    metrics = metrics or ServerMetrics()
-    limiters: list[anyio.CapacityLimiter] = []  # made on first use: it belongs to the running event loop
-
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise Unauthorized("missing or wrong API key",
-                               "send the key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-
-    async def read_body(request: Request) -> bytes:
-        limit_mb = max_body_bytes / 1048576
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            raise PayloadTooLarge(f"the body is {int(declared)} bytes; this server accepts at most {limit_mb:.3g} MB",
-                                  "send fewer examples per request, or start the server with a larger --max-body-mb")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise PayloadTooLarge(f"the body exceeds {limit_mb:.3g} MB", "send fewer examples per request")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "alive"})
-
-    async def readyz(request: Request) -> Response:
-        served = repository.served_versions()
-        body = {"ready": repository.ready, "models": {name: [str(v) for v in vs] for name, vs in served.items()}}
-        return JSONResponse(body, status_code=200 if repository.ready else 503)
-
-    async def metrics_endpoint(request: Request) -> Response:
-        try:
-            authorize(request)
-        except EdgekitError as exc:
-            return _error(exc)
-        return Response(metrics.render(repository.served_versions()),
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    async def models(request: Request) -> Response:
+    async def __call__(self, request: Request, body: Body) -> Response:
         started = time.perf_counter()
-        model, version, api = "-", "-", "status"
+        path = request.path
+        if path in ("/healthz", "/readyz", "/metrics"):
+            response = self._plain(request)
+            if path == "/metrics":
+                self._log(request, response, started, "metrics", "-", "-")
+            return response
+        api, model, version = "status", "-", "-"
         try:
-            authorize(request)
-            match = MODEL_PATH.match(request.path_params["rest"])
+            match = MODEL_PATH.match(path)
             if not match:
-                raise NotFound(f"Malformed request: {request.method} {request.url.path}",
+                raise NotFound(f"Malformed request: {request.method} {path[:200]}",
                                "see /v1/models/{name}[/versions/{v}|/labels/{l}][/metadata|:predict]")
-            model = match["name"]
-            number = int(match["version"]) if match["version"] else None
-            version = str(number) if number is not None else (match["label"] or "latest")
+            self._authorize(request)
+            model, label = match["name"], match["label"]
+            number = self.service.version_number(match["version"])
+            version = match["version"] or label or "latest"
             if match["verb"]:
                 api = match["verb"]
-                if request.method != "POST":
-                    raise BadInput(f"{api} takes POST, not {request.method}", "send the request as POST")
-                if api != "predict":
-                    raise NotImplementedHere(
-                        f"edgekit serve does not implement :{api}: it needs tf.Example parsing, which the TFLite "
-                        "runtime lacks", "send the features as tensors to :predict")
-                if not limiters:
-                    limiters.append(anyio.CapacityLimiter(max_inflight))
-                async with limiters[0]:
-                    body = await read_body(request)
-                    loaded = repository.resolve(model, number, match["label"])
-                    version = str(loaded.version)
-                    response = await anyio.to_thread.run_sync(_predict, loaded, body, request, metrics)
-            elif request.method != "GET":
-                raise BadInput(f"{request.url.path} takes GET, not {request.method}", "use GET")
+                response, version = await self._predict(request, body, match, number, label)
+            elif request.method not in ("GET", "HEAD"):
+                raise BadInput(f"{path[:200]} takes GET, not {request.method}", "use GET")
             elif match["metadata"]:
                 api = "metadata"
-                loaded = repository.resolve(model, number, match["label"])
+                loaded = self.service.resolve(model, number, label)
                 version = str(loaded.version)
-                response = JSONResponse({"model_spec": {"name": model, "signature_name": "", "version": version},
-                                         "metadata": loaded.metadata()})
+                response = _json(200, {"model_spec": {"name": model, "signature_name": "", "version": version},
+                                       "metadata": loaded.metadata()})
             else:
-                response = JSONResponse({"model_version_status": repository.status(model, number, match["label"])})
+                response = _json(200, {"model_version_status": self.service.status(model, number, label)})
         except EdgekitError as exc:
-            response = _error(exc)
-            metrics.errors.inc(str(exc.http_status))
+            response = error_response(exc.http_status, exc.message)
         except Exception as exc:  # a bug of ours: answer 500, keep serving, log the traceback
-            log.error(json.dumps({"event": "internal_error", "path": request.url.path, "error": repr(exc),
-                                  "traceback": traceback.format_exc()}))
-            response = Response(codec.error_body(f"internal error: {type(exc).__name__}"), status_code=500,
-                                media_type=codec.JSON)
-            metrics.errors.inc("500")
-        seconds = time.perf_counter() - started
-        metrics.requests.inc(model, version, api, str(response.status_code))
-        if api == "predict":
-            metrics.latency.observe(seconds, model, version, api)
-        log.info(json.dumps({"event": "request", "method": request.method, "path": request.url.path,
-                             "status": response.status_code, "ms": round(seconds * 1000, 3),
-                             "model": model, "version": version}))
+            self.service.internal_error("rest", path[:200], exc)
+            response = error_response(500, f"internal error: {type(exc).__name__}")
+        self._log(request, response, started, api, model, version)
         return response
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        repository.start()  # the poller loads the models; /readyz says when they are in
-        if grpc_server is not None:
-            grpc_server.start()
+    def _plain(self, request: Request) -> Response:
+        repository = self.service.repository
+        if request.path == "/healthz":
+            return _json(200, {"status": "alive"})
+        if request.path == "/readyz":
+            served = repository.served_versions()
+            return _json(200 if repository.ready else 503,
+                         {"ready": repository.ready, "models": {n: [str(v) for v in vs] for n, vs in served.items()}})
         try:
-            yield
-        finally:  # uvicorn has stopped accepting and drained the requests in flight
-            if grpc_server is not None:
-                await anyio.to_thread.run_sync(lambda: grpc_server.stop(grace=10).wait())
-            repository.stop()
-            log.info(json.dumps({"event": "shutdown"}))
+            self._authorize(request)
+        except EdgekitError as exc:
+            return error_response(exc.http_status, exc.message)
+        text = self.service.metrics.render(repository.served_versions(), self.service.gauges())
+        return Response(200, text.encode(), METRICS_TYPE)
 
-    return Starlette(lifespan=lifespan, routes=[
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint),
-        Route("/v1/models/{rest:path}", models, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
-    ])
+    def _authorize(self, request: Request) -> None:
+        headers = request.headers
+        self.service.authorize(headers.get("authorization") or headers.get("x-api-key"), KEY_HINT)
+
+    async def _predict(self, request: Request, body: Body, match, number: int | None,
+                       label: str | None) -> tuple[Response, str]:
+        api = match["verb"]
+        if request.method != "POST":
+            raise BadInput(f"{api} takes POST, not {request.method}", "send the request as POST")
+        if api != "predict":
+            raise NotImplementedHere(f"edgekit serve does not implement :{api}: it needs tf.Example parsing, which "
+                                     "the TFLite runtime lacks", "send the features as tensors to :predict")
+        loaded = self.service.resolve(match["name"], number, label)  # 404/503 before the body is read
+        data, held = await body.read()
+        admission = self.service.admission(held)
+        content_type = request.headers.get("content-type", codec.JSON).split(";")[0].strip().lower()
+        work = asyncio.get_running_loop().run_in_executor(
+            self.executor, _predict, self.service, loaded, data, content_type, request.query, admission)
+        try:
+            response = await work
+        except asyncio.CancelledError:  # the client left: the worker still owns the admission
+            work.add_done_callback(lambda done: admission.close())
+            raise
+        except BaseException:
+            admission.close()
+            raise
+        response.on_sent = admission.close
+        return response, str(loaded.version)
+
+    def _log(self, request: Request, response: Response, started: float, api: str, model: str, version: str) -> None:
+        self.service.record("rest", api, model, version, str(response.status), time.perf_counter() - started,
+                            method=request.method, path=request.path[:200])
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _predict(loaded: LoadedVersion, body: bytes, request: Request, metrics: ServerMetrics) -> Response:
-    """Decode, run, encode: in a worker thread."""
-    content_type = request.headers.get("content-type", codec.JSON).split(";")[0].strip().lower()
+def _predict(service: Service, loaded: LoadedVersion, body: bytes, content_type: str, query: str,
+             admission: Admission) -> Response:
+    """Reserve memory, decode, run, encode: in a worker thread."""
     if content_type in (codec.NPY, codec.NPZ):
-        signature = request.query_params.get("signature_name", codec.DEFAULT_SIGNATURE)
+        signature = _query_signature(query)
         inputs_spec, _ = loaded.specs(signature)
-        decoded = codec.decode_binary(body, content_type, inputs_spec)
-    else:  # TF Serving reads any other body as JSON (curl -d sends a form type)
+
+        def admit(decoded_bytes: int, rows: int) -> None:
+            cost = service.tensor_cost(loaded, signature, len(body), decoded_bytes, rows)
+            admission.need(cost, f"a {len(body)}-byte {content_type} body")
+
+        with service.slot():
+            decoded = codec.decode_binary(body, content_type, inputs_spec, admit)
+            outputs = service.run(loaded, signature, decoded.inputs)
+            payload, media_type = codec.encode_binary(outputs, decoded.style)
+        return Response(200, payload, media_type)
+    # TF Serving reads any other body as JSON (curl -d sends a form type)
+    admission.need(service.json_cost(loaded, codec.DEFAULT_SIGNATURE, len(body)), f"a {len(body)}-byte JSON body")
+    with service.slot():
         document = codec.parse_json(body)
         signature = codec.signature_name_of(document)
         inputs_spec, _ = loaded.specs(signature)
         decoded = codec.decode_json(document, inputs_spec)
-    started = time.perf_counter()
-    outputs = loaded.run(signature, decoded.inputs)
-    metrics.inference.observe(time.perf_counter() - started, loaded.name, str(loaded.version))
-    if decoded.style in ("npy", "npz"):
-        payload, media_type = codec.encode_binary(outputs, decoded.style)
-        return Response(payload, media_type=media_type)
-    return Response(codec.encode_json(outputs, decoded.style), media_type=codec.JSON)
+        del document
+        outputs = service.run(loaded, signature, decoded.inputs)
+        return Response(200, codec.encode_json(outputs, decoded.style))
+
+
+def _query_signature(query: str) -> str:
+    for key, value in parse_qsl(query[:4096]):
+        if key == "signature_name" and value:
+            return value
+    return codec.DEFAULT_SIGNATURE
+
+
+def _json(status: int, document) -> Response:
+    return Response(status, json.dumps(document).encode())

@@ -26,13 +26,20 @@ Binary (edgekit's own, for large tensors such as image batches; no JSON parsing)
     Content-Type: application/x-npz   the body is an .npz keyed by input name
   The reply has the same type: a .npy of the single output, or an .npz keyed by output
   name. Arrays that need pickle are refused.
+
+Nothing is allocated from a client's say-so: a binary body's tensors are checked against
+the signature from their declared shape and dtype (the .npy header, each .npz member's
+header and uncompressed size) and handed to `admit(bytes)` (serve's memory budget) before
+a byte is decompressed or copied; a .npy body is then read in place.
 """
 from __future__ import annotations
 
 import base64
 import io
 import json
+import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,20 +73,27 @@ class Request:
 # --- decoding -------------------------------------------------------------------------
 
 try:
-    from orjson import loads as _fast_loads  # raises JSONDecodeError, a ValueError
+    import orjson
 except ImportError:  # pragma: no cover - orjson comes with edgekit[runtime]
-    _fast_loads = json.loads
+    orjson = None
+_fast_loads = orjson.loads if orjson else json.loads  # raises JSONDecodeError, a ValueError
 
 def parse_json(body: bytes) -> dict[str, Any]:
     """orjson when installed (3x faster on an image's worth of numbers); the standard
-    parser otherwise, and for what orjson refuses (the bare words NaN and Infinity)."""
+    parser otherwise, and for what orjson refuses but TF Serving reads (the bare words NaN
+    and Infinity, numbers beyond float64). orjson stops at 1024 levels of nesting; the
+    standard parser's limits (recursion, 4300-digit integers) are bad input too."""
     try:
         document = _fast_loads(body)
-    except ValueError:
+    except ValueError as fast_error:
+        if "depth limit" in str(fast_error):
+            raise BadInput("the body is not valid JSON: it nests deeper than 1024 levels",
+                           "a tensor needs one level per axis") from None
         try:
             document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadInput(f"the body is not valid JSON: {exc}", 'send {"instances": [...]} or {"inputs": ...}') from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
+            raise BadInput(f"the body is not valid JSON: {str(exc)[:200]}",
+                           'send {"instances": [...]} or {"inputs": ...}') from None
     if not isinstance(document, dict):
         raise BadInput("the JSON body must be an object", 'send {"instances": [...]} or {"inputs": ...}')
     return document
@@ -87,7 +101,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 def signature_name_of(document: dict[str, Any]) -> str:
     name = document.get("signature_name", DEFAULT_SIGNATURE)
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or len(name) > 256:
         raise BadInput("signature_name must be a non-empty string", f'e.g. "{DEFAULT_SIGNATURE}"')
     return name
 
@@ -119,17 +133,14 @@ def _decode_rows(instances: Any, specs: list[ServingTensor]) -> dict[str, np.nda
                 "e.g. {" + ", ".join(f'"{s.name}": ...' for s in specs) + "}",
             )
         return {specs[0].name: _to_array(instances, specs[0], "instances")}
-    names = {spec.name for spec in specs}
     for number, entry in enumerate(instances):
-        if set(entry) != names:
-            _name_mismatch(set(entry), specs, f"instance {number}")
+        check_names(set(entry), specs, f"instance {number}")
     return {spec.name: _to_array([entry[spec.name] for entry in instances], spec, spec.name) for spec in specs}
 
 
 def _decode_columns(inputs: Any, specs: list[ServingTensor]) -> dict[str, np.ndarray]:
     if isinstance(inputs, dict) and "b64" not in inputs:
-        if set(inputs) != {spec.name for spec in specs}:
-            _name_mismatch(set(inputs), specs, '"inputs"')
+        check_names(set(inputs), specs, '"inputs"')
         return {spec.name: _to_array(inputs[spec.name], spec, spec.name) for spec in specs}
     if len(specs) != 1:
         raise BadInput(
@@ -139,13 +150,16 @@ def _decode_columns(inputs: Any, specs: list[ServingTensor]) -> dict[str, np.nda
     return {specs[0].name: _to_array(inputs, specs[0], "inputs")}
 
 
-def _name_mismatch(got: set[str], specs: list[ServingTensor], where: str):
+def check_names(got: set[str], specs: list[ServingTensor], where: str) -> None:
+    """Every input of the signature by name, and nothing else."""
     expected = {spec.name for spec in specs}
+    if got == expected:
+        return
     parts = []
     if expected - got:
         parts.append("missing " + ", ".join(sorted(expected - got)))
     if got - expected:
-        parts.append("unknown " + ", ".join(sorted(got - expected)))
+        parts.append("unknown " + ", ".join(sorted(str(name)[:64] for name in got - expected)[:10]))
     raise BadInput(f"{where}: input names do not fit the signature ({'; '.join(parts)})",
                    "the signature's inputs are: " + ", ".join(spec.name for spec in specs))
 
@@ -169,26 +183,49 @@ def _to_array(value: Any, spec: ServingTensor, where: str) -> np.ndarray:
     try:
         array = np.asarray(value)
     except ValueError:
-        raise BadInput(f"{where}: the values are ragged (lists of different lengths)",
+        raise BadInput(f"{where}: the values are ragged (lists of different lengths) or nest too deep",
                        f"every example of {spec.name!r} must have shape {_shape_text(spec.shape[1:])}") from None
     if array.dtype == object or array.dtype.kind in "SU":
-        raise BadInput(f"{where}: expected numbers for {spec.name!r} ({spec.dtype.name}), got "
-                       f"{'text' if array.dtype.kind in 'SU' else 'mixed values'}",
+        raise BadInput(f"{where}: expected numbers for {spec.name!r} ({spec.dtype.name}), got {_what(array)}",
                        f"send {spec.dtype.name} values")
     return cast_input(array, spec, where)
 
 
-def cast_input(array: np.ndarray, spec: ServingTensor, where: str) -> np.ndarray:
-    """Check the dtype kind and the shape (every axis but the batch), then cast."""
-    kind, want = array.dtype.kind, spec.dtype.kind
-    fits = (want == "f" and kind in "fiub") or (want in "iu" and kind in "iub") or (want == "b" and kind == "b")
-    if not fits:
-        raise BadInput(f"{where}: {array.dtype} values cannot feed {spec.name!r}, which is {spec.dtype.name}",
+def _what(array: np.ndarray) -> str:
+    if array.dtype.kind in "SU":
+        return "text"
+    if any(isinstance(v, int) and not isinstance(v, bool) for v in array.reshape(-1)[:1000]):
+        return "an integer beyond 64 bits"
+    return "mixed values (objects, null, or text among numbers)"
+
+
+def dtype_fits(given: np.dtype, spec: ServingTensor) -> bool:
+    """Values of this dtype can feed the tensor: ints and bools into floats, bools into
+    ints, bytes into strings; never floats into ints (TF Serving refuses that too)."""
+    kind, want = given.kind, spec.dtype.kind
+    return ((want == "f" and kind in "fiub") or (want in "iu" and kind in "iub") or (want == "b" and kind == "b")
+            or (want in "SO" and kind in "SO"))
+
+
+def check_declared(spec: ServingTensor, shape: tuple[int, ...], dtype: np.dtype, where: str) -> int:
+    """A tensor as a client declares it (shape and dtype, before any value is read): it
+    must fit the signature (dtype kind, rank, every fixed axis but the batch) and have at
+    least one row. Returns the bytes it takes once cast to the signature's dtype."""
+    if not dtype_fits(dtype, spec):
+        raise BadInput(f"{where}: {dtype} values cannot feed {spec.name!r}, which is {spec.dtype.name}",
                        f"send {spec.dtype.name} values")
     expected = spec.shape
-    if array.ndim != len(expected) or any(e >= 0 and e != g for e, g in zip(expected[1:], array.shape[1:])):
-        raise BadInput(f"{where}: shape {tuple(array.shape)} does not fit {spec.name!r}, "
+    if len(shape) != len(expected) or any(e >= 0 and e != g for e, g in zip(expected[1:], shape[1:])):
+        raise BadInput(f"{where}: shape {tuple(shape)} does not fit {spec.name!r}, "
                        f"which takes {_shape_text(expected)}", "the first axis is the batch of examples")
+    if shape and shape[0] == 0:
+        raise BadInput(f"{where}: the batch is empty (0 rows)", "send at least one example")
+    return math.prod(shape) * max(spec.dtype.itemsize, dtype.itemsize)
+
+
+def cast_input(array: np.ndarray, spec: ServingTensor, where: str) -> np.ndarray:
+    """Check the dtype kind and the shape (every axis but the batch), then cast."""
+    check_declared(spec, array.shape, array.dtype, where)
     return array.astype(spec.dtype, copy=False)
 
 
@@ -196,33 +233,114 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join("N" if d < 0 else str(d) for d in shape) + "]"
 
 
-def decode_binary(body: bytes, content_type: str, specs: list[ServingTensor]) -> Request:
-    """An .npy (one input) or .npz (keyed by input name) body -> named numpy arrays."""
+Admit = Callable[[int, int], None]  # (decoded bytes, rows): reserve memory, or refuse
+
+
+def decode_binary(body: bytes, content_type: str, specs: list[ServingTensor], admit: Admit | None = None) -> Request:
+    """An .npy (one input) or .npz (keyed by input name) body -> named numpy arrays.
+    `admit` gets the decoded bytes and rows, from the headers, before anything is allocated."""
+    admit = admit or (lambda decoded_bytes, rows: None)
     if content_type == NPY:
         if len(specs) != 1:
             raise BadInput(f"an application/x-npy body holds one array; the signature has {len(specs)} inputs",
                            "send application/x-npz keyed by input name")
-        return Request(DEFAULT_SIGNATURE, {specs[0].name: cast_input(_load_npy(body), specs[0], "body")}, "npy")
-    try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise BadInput(f"the body is not a readable .npz without pickle: {exc}", "write it with np.savez") from None
-    if set(arrays) != {spec.name for spec in specs}:
-        _name_mismatch(set(arrays), specs, "the .npz body")
-    counts = {len(a) for a in arrays.values() if a.ndim}
-    if len(counts) > 1:
-        raise BadInput(f"the .npz inputs have different batch sizes {sorted(counts)}", "give each input the same rows")
-    return Request(DEFAULT_SIGNATURE, {s.name: cast_input(arrays[s.name], s, s.name) for s in specs}, "npz")
+        if body.startswith(b"PK"):
+            raise BadInput("the body is an .npz archive sent as application/x-npy", "send it as application/x-npz")
+        stream = io.BytesIO(body)
+        shape, dtype, order = _npy_header(stream, "the body")
+        nbytes = check_declared(specs[0], shape, dtype, "body")
+        _check_data_size(len(body) - stream.tell(), shape, dtype, "the .npy body")
+        admit(nbytes, shape[0] if shape else 1)
+        array = np.frombuffer(body, dtype, math.prod(shape), stream.tell()).reshape(shape, order=order)
+        return Request(DEFAULT_SIGNATURE, {specs[0].name: array.astype(specs[0].dtype, copy=False)}, "npy")
+    return Request(DEFAULT_SIGNATURE, _decode_npz(body, specs, admit), "npz")
 
 
-def _load_npy(body: bytes) -> np.ndarray:
-    if not body.startswith(b"\x93NUMPY"):
-        raise BadInput("the body is not a .npy file", "write it with np.save, or send JSON")
+def _npy_header(stream, where: str) -> tuple[tuple[int, ...], np.dtype, str]:
+    """Shape, dtype and memory order from an .npy header: no data is read."""
     try:
-        return np.load(io.BytesIO(body), allow_pickle=False)
-    except ValueError as exc:
-        raise BadInput(f"the .npy body cannot be read without pickle: {exc}", "send a numeric array") from None
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream, max_header_size=10000)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream, max_header_size=10000)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise BadInput(f"{where} is not a .npy file: {str(exc)[:200]}",
+                       "write it with np.save, or send JSON") from None
+    if dtype.hasobject or dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
+        raise BadInput(f"{where} holds {dtype} values, which cannot be read without pickle; the server takes plain "
+                       "numbers",
+                       "save a numeric array with np.save")
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise BadInput(f"{where} declares an invalid shape {shape}", "save the array with np.save")
+    return tuple(shape), dtype, "F" if fortran else "C"
+
+
+def _check_directory_size(body: bytes, inputs: int) -> None:
+    """zipfile reads the whole central directory into objects: bound it by the inputs'
+    count first (an .npz of one small member per input has a directory of ~100 bytes each)."""
+    end = body.rfind(b"PK\x05\x06", max(0, len(body) - 65557))
+    if end < 0 or len(body) < end + 22:
+        raise BadInput("the body is not a readable .npz: a zip archive without its end record", "write it with np.savez")
+    entries = int.from_bytes(body[end + 10 : end + 12], "little")
+    directory = int.from_bytes(body[end + 12 : end + 16], "little")
+    if entries > inputs or directory > 1024 * inputs:
+        raise BadInput(f"the .npz body lists {entries} members in a {directory}-byte directory; "
+                       f"the signature has {inputs} inputs", "send one .npy member per input")
+
+
+def _check_data_size(have: int, shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    declared = math.prod(shape) * dtype.itemsize
+    if have != declared:
+        raise BadInput(f"{where} declares shape {list(shape)} of {dtype} ({declared} bytes) but holds {have} bytes",
+                       "send the whole file np.save wrote")
+
+
+def _decode_npz(body: bytes, specs: list[ServingTensor], admit: Admit) -> dict[str, np.ndarray]:
+    """Members are named, sized (uncompressed) and their headers read before any data is
+    decompressed: a small archive cannot unfold into gigabytes."""
+    if not body.startswith(b"PK"):
+        hint = "send it as application/x-npy" if body.startswith(b"\x93NUMPY") else "write it with np.savez"
+        raise BadInput("the body is not a readable .npz (zip) archive", hint)
+    _check_directory_size(body, len(specs))
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(body))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
+        raise BadInput(f"the body is not a readable .npz: {exc}", "write it with np.savez") from None
+    by_name: dict[str, zipfile.ZipInfo] = {}
+    for member in members:
+        if not member.filename.endswith(".npy") or member.filename[:-4] in by_name:
+            raise BadInput(f"the .npz body holds {member.filename!r}, which is not one .npy per input",
+                           "write it with np.savez(file, name=array, ...)")
+        by_name[member.filename[:-4]] = member
+    check_names(set(by_name), specs, "the .npz body")
+    headers, total, rows = {}, 0, set()
+    try:
+        for spec in specs:
+            member = by_name[spec.name]
+            stream = archive.open(member)
+            shape, dtype, order = _npy_header(stream, f"the .npz member {member.filename!r}")
+            total += check_declared(spec, shape, dtype, spec.name)
+            _check_data_size(member.file_size - stream.tell(), shape, dtype, f"the .npz member {member.filename!r}")
+            headers[spec.name] = (stream, shape, dtype, order)
+            rows.add(shape[0] if shape else None)
+        if len(rows) > 1:
+            raise BadInput(f"the .npz inputs have different batch sizes {sorted(r for r in rows if r is not None)}",
+                           "give each input the same rows")
+        admit(total, next(iter(rows)) or 1)
+        arrays = {}
+        for spec in specs:
+            stream, shape, dtype, order = headers[spec.name]
+            data = stream.read(math.prod(shape) * dtype.itemsize)
+            _check_data_size(len(data), shape, dtype, f"the .npz member {spec.name}.npy")
+            array = np.frombuffer(data, dtype).reshape(shape, order=order)
+            arrays[spec.name] = array.astype(spec.dtype, copy=False)
+        return arrays
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise BadInput(f"the body is not a readable .npz: {str(exc)[:200]}", "write it with np.savez") from None
 
 
 # --- encoding -------------------------------------------------------------------------
@@ -243,21 +361,29 @@ def _map_bytes(items: Any, convert) -> Any:
 
 
 def encode_json(outputs: dict[str, np.ndarray], style: str) -> bytes:
-    """Named outputs -> {"predictions": ...} (row) or {"outputs": ...} (columnar)."""
+    """Named outputs -> {"predictions": ...} (row) or {"outputs": ...} (columnar).
+    Finite numeric outputs go straight from numpy to JSON text (orjson), without a
+    Python float per value; text, bytes, NaN and Infinity take the standard path."""
     names = sorted(outputs)
+    fast = orjson is not None and all(_plain_numbers(outputs[name]) for name in names)
+    convert = (lambda name, array: np.ascontiguousarray(array)) if fast else _jsonable
+    columns = {name: convert(name, outputs[name]) for name in names}
     if style == "row":
         if len(names) == 1:
-            body = {"predictions": _jsonable(names[0], outputs[names[0]])}
+            body = {"predictions": columns[names[0]]}
         else:
-            columns = {name: _jsonable(name, outputs[name]) for name in names}
             count = len(next(iter(columns.values())))
             body = {"predictions": [{name: columns[name][i] for name in names} for i in range(count)]}
     else:
-        if len(names) == 1:
-            body = {"outputs": _jsonable(names[0], outputs[names[0]])}
-        else:
-            body = {"outputs": {name: _jsonable(name, outputs[name]) for name in names}}
+        body = {"outputs": columns[names[0]] if len(names) == 1 else columns}
+    if fast:
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _plain_numbers(array: np.ndarray) -> bool:
+    return array.dtype.kind in "biu" or (array.dtype.kind == "f" and array.dtype.itemsize >= 4
+                                         and bool(np.isfinite(array).all()))
 
 
 def encode_binary(outputs: dict[str, np.ndarray], style: str) -> tuple[bytes, str]:

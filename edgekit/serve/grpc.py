@@ -10,22 +10,28 @@ the message size limit, enforced by gRPC), UNAUTHENTICATED (the API key, sent as
 
 TensorProto in: dtype, tensor_shape, and either tensor_content (what tf.make_tensor_proto
 sends) or the typed value fields; one value is broadcast to the whole shape, as
-TensorFlow does. Out: tensor_content, which tf.make_ndarray decodes.
+TensorFlow does. The declared shape and dtype are checked against the signature, and the
+memory they unfold to reserved, before a value is copied or broadcast. Out:
+tensor_content, which tf.make_ndarray decodes.
+
+This module maps the protocol only; service.py holds what both doors share.
 """
 from __future__ import annotations
 
-import hmac
+import math
 import time
 from concurrent import futures
 
 import grpc
 import numpy as np
 
-from edgekit.errors import BadInput, EdgekitError, NotImplementedHere, Unauthorized
+from edgekit.errors import BadInput, EdgekitError, NotFound, NotImplementedHere
 from edgekit.serve import codec
-from edgekit.serve.metrics import ServerMetrics
 from edgekit.serve.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
-from edgekit.serve.repository import LoadedVersion, ModelRepository
+from edgekit.serve.repository import LoadedVersion
+from edgekit.serve.service import Service
+
+KEY_HINT = "send it as 'authorization' metadata: 'Bearer <key>'"
 
 NUMPY_OF = {
     tensorflow_pb2.DT_FLOAT: np.float32, tensorflow_pb2.DT_DOUBLE: np.float64, tensorflow_pb2.DT_HALF: np.float16,
@@ -42,7 +48,8 @@ _VALUE_FIELD = {
     tensorflow_pb2.DT_UINT32: "uint32_val", tensorflow_pb2.DT_UINT64: "uint64_val", tensorflow_pb2.DT_BOOL: "bool_val",
 }
 _GRPC_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-              404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+              404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
+              413: grpc.StatusCode.RESOURCE_EXHAUSTED, 431: grpc.StatusCode.RESOURCE_EXHAUSTED,
               501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE}
 _STATE = {name: serving_pb2.ModelVersionStatus.State.Value(name)
           for name in ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")}
@@ -50,35 +57,53 @@ _STATE = {name: serving_pb2.ModelVersionStatus.State.Value(name)
 
 # --- TensorProto <-> numpy ----------------------------------------------------------------
 
-def to_numpy(tensor: tensorflow_pb2.TensorProto) -> np.ndarray:
-    shape = [d.size for d in tensor.tensor_shape.dim]
-    if any(size < 0 for size in shape):
-        raise BadInput("a request tensor has an unknown dimension", "send concrete shapes")
-    count = int(np.prod(shape))
+def declared(tensor: tensorflow_pb2.TensorProto, where: str = "a tensor") -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a TensorProto claims, checked before any value is touched."""
     if tensor.dtype == tensorflow_pb2.DT_STRING:
-        values = np.array(list(tensor.string_val), dtype=object)
         dtype = np.dtype(object)
-    elif tensor.dtype not in NUMPY_OF:
-        raise BadInput(f"tensor dtype {tensorflow_pb2.DataType.Name(tensor.dtype)} is not served",
-                       "send DT_FLOAT, DT_INT32, DT_INT64, ... tensors")
+    elif tensor.dtype in NUMPY_OF:
+        dtype = np.dtype(NUMPY_OF[tensor.dtype])
     else:
-        values, dtype = _values(tensor), np.dtype(NUMPY_OF[tensor.dtype])
-    if values.size == count:
-        return values.reshape(shape)
-    if values.size == 1:  # TensorFlow broadcasts a single value over the shape
-        return np.full(shape, values[0], dtype=dtype)
-    raise BadInput(f"the tensor holds {values.size} values but its shape {shape} needs {count}",
-                   "send one value per element (or a single value to fill the shape)")
+        name = tensorflow_pb2.DataType.Name(tensor.dtype) if tensor.dtype in tensorflow_pb2.DataType.values() \
+            else f"number {tensor.dtype}"
+        raise BadInput(f"{where}: tensor dtype {name} is not served", "send DT_FLOAT, DT_INT32, DT_INT64, ... tensors")
+    shape = tuple(d.size for d in tensor.tensor_shape.dim)
+    if tensor.tensor_shape.unknown_rank or any(size < 0 for size in shape):
+        raise BadInput(f"{where}: the tensor has an unknown rank or dimension", "send concrete shapes")
+    return shape, dtype
 
 
-def _values(tensor: tensorflow_pb2.TensorProto) -> np.ndarray:
-    """A numeric tensor's values, flat, from tensor_content or its typed field."""
-    dtype = np.dtype(NUMPY_OF[tensor.dtype])
+def _value_count(tensor: tensorflow_pb2.TensorProto, dtype: np.dtype, where: str) -> int:
+    if tensor.dtype == tensorflow_pb2.DT_STRING:
+        return len(tensor.string_val)
     if tensor.tensor_content:
-        return np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<"))
-    if tensor.dtype == tensorflow_pb2.DT_HALF:
-        return np.array(tensor.half_val, dtype=np.uint16).view(np.float16)
-    return np.array(getattr(tensor, _VALUE_FIELD[tensor.dtype]), dtype=dtype)
+        if len(tensor.tensor_content) % dtype.itemsize:
+            raise BadInput(f"{where}: tensor_content holds {len(tensor.tensor_content)} bytes, not a whole number of "
+                           f"{dtype} values", "send shape x itemsize bytes (what tf.make_tensor_proto writes)")
+        return len(tensor.tensor_content) // dtype.itemsize
+    return len(getattr(tensor, _VALUE_FIELD[tensor.dtype]))
+
+
+def to_numpy(tensor: tensorflow_pb2.TensorProto, where: str = "a tensor") -> np.ndarray:
+    """A TensorProto's values as an array of its declared shape. A single value is
+    broadcast over the shape, as TensorFlow does; any other count must match the shape."""
+    shape, dtype = declared(tensor, where)
+    count, have = math.prod(shape), _value_count(tensor, dtype, where)
+    if have != count and not (have == 1 and count > 1):
+        raise BadInput(f"{where}: the tensor holds {have} values but its shape {list(shape)} needs {count}",
+                       "send one value per element (or a single value to fill the shape)")
+    if tensor.dtype == tensorflow_pb2.DT_STRING:
+        values = np.empty(have, dtype=object)
+        values[:] = list(tensor.string_val)
+    elif tensor.tensor_content:
+        values = np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<"))
+    elif tensor.dtype == tensorflow_pb2.DT_HALF:
+        values = np.array(tensor.half_val, dtype=np.int64).astype(np.uint16).view(np.float16)
+    else:
+        values = np.array(getattr(tensor, _VALUE_FIELD[tensor.dtype]), dtype=dtype)
+    if have == count:
+        return values.reshape(shape)
+    return np.full(shape, values[0], dtype=dtype)
 
 
 def to_tensor(array: np.ndarray) -> tensorflow_pb2.TensorProto:
@@ -102,81 +127,84 @@ def _tensor_info(spec: codec.ServingTensor, name: str) -> tensorflow_pb2.TensorI
 
 # --- services -------------------------------------------------------------------------------
 
-class _Front:
-    """What both services share: the key check, model lookup, and error mapping."""
+class _Door:
+    """The protocol mapping both gRPC services share: the key from metadata, a ModelSpec to a
+    version, EdgekitError to a status code, and one metrics entry and log line per call."""
 
-    def __init__(self, repository: ModelRepository, api_key: str | None, metrics: ServerMetrics):
-        self.repository, self.api_key, self.metrics = repository, api_key, metrics
-
-    def authorize(self, context: grpc.ServicerContext) -> None:
-        if self.api_key is None:
-            return
-        given = dict(context.invocation_metadata()).get("authorization", "")
-        given = given[7:] if given.lower().startswith("bearer ") else given
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            raise Unauthorized("missing or wrong API key", "send it as 'authorization' metadata: 'Bearer <key>'")
+    def __init__(self, service: Service):
+        self.service = service
 
     def resolve(self, spec: serving_pb2.ModelSpec) -> LoadedVersion:
         version = spec.version.value if spec.HasField("version") else None
-        return self.repository.resolve(spec.name, version, spec.version_label or None)
+        if version is not None and version < 0:
+            raise NotFound(f"version {version} does not exist", "versions are positive numbers")
+        return self.service.resolve(spec.name, version, spec.version_label or None)
 
     def call(self, api: str, context: grpc.ServicerContext, work):
         started = time.perf_counter()
-        model, version, code = "-", "-", grpc.StatusCode.OK
+        model, version, code, message = "-", "-", grpc.StatusCode.OK, ""
         try:
-            self.authorize(context)
+            metadata = dict(context.invocation_metadata())
+            self.service.authorize(metadata.get("authorization"), KEY_HINT)
             model, version, reply = work()
             return reply
         except EdgekitError as exc:
-            code = _GRPC_CODE.get(exc.http_status, grpc.StatusCode.INTERNAL)
-            self.metrics.errors.inc(code.name)
-            context.abort(code, exc.message)
+            code, message = _GRPC_CODE.get(exc.http_status, grpc.StatusCode.INTERNAL), exc.message
+        except Exception as exc:  # a bug of ours: INTERNAL, keep serving, log the traceback
+            self.service.internal_error("grpc", api, exc)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
         finally:
-            self.metrics.requests.inc(model, version, api, code.name)
-            if api == "grpc_predict" and code == grpc.StatusCode.OK:
-                self.metrics.latency.observe(time.perf_counter() - started, model, version, api)
+            self.service.record("grpc", api, model, version, code.name, time.perf_counter() - started,
+                                peer=context.peer()[:64])
+        context.abort(code, message)
 
 
 class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, front: _Front):
-        self.front = front
+    def __init__(self, door: _Door):
+        self.door, self.service = door, door.service
 
     def Predict(self, request, context):
         def work():
-            loaded = self.front.resolve(request.model_spec)
+            loaded = self.door.resolve(request.model_spec)
             signature = request.model_spec.signature_name or codec.DEFAULT_SIGNATURE
             inputs_spec, outputs_spec = loaded.specs(signature)
-            names = {spec.name for spec in inputs_spec}
-            if set(request.inputs) != names:
-                missing, extra = sorted(names - set(request.inputs)), sorted(set(request.inputs) - names)
-                raise BadInput("input names do not fit the signature ("
-                               + "; ".join(p for p in (missing and f"missing {', '.join(missing)}",
-                                                       extra and f"unknown {', '.join(extra)}") if p)
-                               + "); the signature's inputs are: " + ", ".join(sorted(names)))
-            inputs = {spec.name: codec.cast_input(to_numpy(request.inputs[spec.name]), spec, spec.name)
-                      for spec in inputs_spec}
-            wanted = list(request.output_filter) or [spec.name for spec in outputs_spec]
+            codec.check_names(set(request.inputs), inputs_spec, "PredictRequest.inputs")
+            wanted = list(dict.fromkeys(request.output_filter)) or [spec.name for spec in outputs_spec]
             unknown = sorted(set(wanted) - {spec.name for spec in outputs_spec})
             if unknown:
-                raise BadInput(f"output_filter names unknown outputs: {', '.join(unknown)}")
-            started = time.perf_counter()
-            outputs = loaded.run(signature, inputs)
-            self.front.metrics.inference.observe(time.perf_counter() - started, loaded.name, str(loaded.version))
-            reply = serving_pb2.PredictResponse()
-            reply.model_spec.name = loaded.name
-            reply.model_spec.version.value = loaded.version
-            reply.model_spec.signature_name = signature
-            for name in wanted:
-                reply.outputs[name].CopyFrom(to_tensor(outputs[name]))
+                raise BadInput(f"output_filter names unknown outputs: {', '.join(unknown)[:200]}",
+                               "the signature's outputs are: " + ", ".join(s.name for s in outputs_spec))
+            decoded_bytes, rows = 0, 1
+            for spec in inputs_spec:  # every declared shape checked before any value is read
+                tensor = request.inputs[spec.name]
+                shape, dtype = declared(tensor, spec.name)
+                decoded_bytes += codec.check_declared(spec, shape, dtype, spec.name)
+                rows = max(rows, shape[0] if shape else 1)
+            admission = self.service.admission()
+            try:
+                admission.need(self.service.tensor_cost(loaded, signature, request.ByteSize(), decoded_bytes, rows),
+                               "this PredictRequest")
+                with self.service.slot():
+                    inputs = {spec.name: to_numpy(request.inputs[spec.name], spec.name).astype(spec.dtype, copy=False)
+                              for spec in inputs_spec}
+                    outputs = self.service.run(loaded, signature, inputs)
+                    reply = serving_pb2.PredictResponse()
+                    reply.model_spec.name = loaded.name
+                    reply.model_spec.version.value = loaded.version
+                    reply.model_spec.signature_name = signature
+                    for name in wanted:
+                        reply.outputs[name].CopyFrom(to_tensor(outputs[name]))
+            finally:
+                admission.close()
             return loaded.name, str(loaded.version), reply
 
-        return self.front.call("grpc_predict", context, work)
+        return self.door.call("grpc_predict", context, work)
 
     def GetModelMetadata(self, request, context):
         def work():
             if list(request.metadata_field) != ["signature_def"]:
                 raise BadInput("metadata_field must be exactly [\"signature_def\"]", "ask for signature_def")
-            loaded = self.front.resolve(request.model_spec)
+            loaded = self.door.resolve(request.model_spec)
             signature_map = serving_pb2.SignatureDefMap()
             for signature, (ins, outs) in loaded.signatures.items():
                 names = loaded.tensor_names[signature]
@@ -192,14 +220,14 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
             reply.metadata["signature_def"].Pack(signature_map)
             return loaded.name, str(loaded.version), reply
 
-        return self.front.call("grpc_metadata", context, work)
+        return self.door.call("grpc_metadata", context, work)
 
     def _unimplemented(self, name: str, context) -> None:
         def work():
             raise NotImplementedHere(f"edgekit serve does not implement {name}: it needs tf.Example parsing, "
                                      "which the TFLite runtime lacks; send the features as tensors to Predict")
 
-        return self.front.call(f"grpc_{name.lower()}", context, work)
+        return self.door.call(f"grpc_{name.lower()}", context, work)
 
     def Classify(self, request, context):
         return self._unimplemented("Classify", context)
@@ -212,40 +240,54 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(serving_pb2_grpc.ModelServiceServicer):
-    def __init__(self, front: _Front):
-        self.front = front
+    def __init__(self, door: _Door):
+        self.door = door
 
     def GetModelStatus(self, request, context):
         def work():
             spec = request.model_spec
             version = spec.version.value if spec.HasField("version") else None
             reply = serving_pb2.GetModelStatusResponse()
-            for entry in self.front.repository.status(spec.name, version, spec.version_label or None):
+            for entry in self.door.service.status(spec.name, version, spec.version_label or None):
                 status = reply.model_version_status.add(version=int(entry["version"]), state=_STATE[entry["state"]])
                 status.status.error_code = 0 if entry["status"]["error_code"] == "OK" else 2  # UNKNOWN
                 status.status.error_message = entry["status"]["error_message"]
             return spec.name, str(version or "latest"), reply
 
-        return self.front.call("grpc_status", context, work)
+        return self.door.call("grpc_status", context, work)
 
     def HandleReloadConfigRequest(self, request, context):
         def work():
             raise NotImplementedHere("edgekit serve reloads by polling: change the model folders (or restart "
                                      "with a new --model-config) instead of HandleReloadConfigRequest")
 
-        return self.front.call("grpc_reload", context, work)
+        return self.door.call("grpc_reload", context, work)
 
 
-def create_server(repository: ModelRepository, *, host: str, port: int, api_key: str | None,
-                  max_message_bytes: int, metrics: ServerMetrics, workers: int = 8) -> tuple[grpc.Server, int]:
-    """A started-later gRPC server on host:port (0 picks a free port); returns it and its port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgekit-grpc"),
-                         options=[("grpc.max_receive_message_length", max_message_bytes),
-                                  ("grpc.max_send_message_length", max_message_bytes)])
-    front = _Front(repository, api_key, metrics)
-    serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(front), server)
-    serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(front), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+def create_server(service: Service, *, host: str, port: int) -> tuple[grpc.Server, int]:
+    """A started-later gRPC server on host:port (0 picks a free port), bound exclusively
+    (no SO_REUSEPORT: a second server cannot silently share the port); returns it and its port.
+
+    Bounds: messages of --max-body-mb (RESOURCE_EXHAUSTED beyond, from gRPC itself);
+    --max-inflight worker threads; at most --max-connections calls in progress, more are
+    refused with RESOURCE_EXHAUSTED; handshakes within --read-timeout."""
+    limits = service.limits
+    options = [("grpc.max_receive_message_length", limits.max_body_bytes),
+               ("grpc.max_send_message_length", limits.max_body_bytes),
+               ("grpc.so_reuseport", 0),
+               ("grpc.server_handshake_timeout_ms", int(limits.read_timeout * 1000)),
+               ("grpc.max_connection_idle_ms", 300_000)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.max_inflight, thread_name_prefix="edgekit-grpc"),
+                         options=options, maximum_concurrent_rpcs=limits.max_connections)
+    door = _Door(service)
+    serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(door), server)
+    serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(door), server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise BadInput(f"cannot listen for gRPC on {host}:{port}", "choose another --grpc-port (0 turns gRPC off)")
+        raise BadInput(f"cannot listen for gRPC on {host}:{port}: the port is in use (another edgekit serve?) "
+                        "or the address is not this machine's",
+                        "stop the other server, or choose another --grpc-port (0 turns gRPC off)")
     return server, bound

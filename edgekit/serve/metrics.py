@@ -70,7 +70,8 @@ class ServerMetrics:
     """What `GET /metrics` exposes."""
 
     def __init__(self) -> None:
-        self.requests = Counter("edgekit_requests_total", "HTTP requests by model, version, API and status code.",
+        self.requests = Counter("edgekit_requests_total",
+                                "Requests by model, version, API and status (HTTP status, or gRPC code name).",
                                 ("model", "version", "api", "code"))
         self.latency = Histogram("edgekit_request_duration_seconds",
                                  "Time from request received to reply ready, by model, version and API.",
@@ -78,16 +79,21 @@ class ServerMetrics:
         self.inference = Histogram("edgekit_inference_duration_seconds",
                                    "Time inside the interpreter (queueing for one included), by model and version.",
                                    ("model", "version"))
-        self.errors = Counter("edgekit_request_errors_total", "Requests answered with an error, by status code.",
+        self.errors = Counter("edgekit_request_errors_total",
+                              "Requests answered with an error, by HTTP status or gRPC code name (protocol-level "
+                              "refusals included: 408, 413, 431, 503 for too many connections).",
                               ("code",))
         self.loads = Counter("edgekit_model_load_events_total",
                              "Model version load events: loaded, load_failed, unloaded.", ("model", "version", "event"))
 
-    def render(self, served: dict[str, list[int]]) -> str:
+    def render(self, served: dict[str, list[int]], gauges: dict[str, tuple[str, float]] | None = None) -> str:
+        """`gauges`: name -> (help, value), read when scraped (request memory, connections)."""
         lines = []
         for metric in (self.requests, self.latency, self.inference, self.errors, self.loads):
             lines.extend(metric.render())
         lines += ["# HELP edgekit_model_versions_served Versions of each model now taking traffic.",
                   "# TYPE edgekit_model_versions_served gauge"]
         lines += [f'edgekit_model_versions_served{{model="{name}"}} {len(versions)}' for name, versions in served.items()]
+        for name, (help_text, value) in (gauges or {}).items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
         return "\n".join(lines) + "\n"

@@ -9,7 +9,9 @@ never a half-loaded model. A version that fails to load is reported in its statu
 passed over: under the latest policy the next older version that loads serves instead
 (past TF Serving, which then serves nothing), so a Pi rebooting after a bad deploy stays
 up. A version dropped from the served set is freed when the last request holding it
-finishes (it is only referenced, never torn down).
+finishes (it is only referenced, never torn down). Any failure while loading a version,
+whatever its cause (a manifest that is not an object, a truncated .tflite, a bug of ours),
+fails that version alone: its status says why and the poller goes on with the others.
 
 Device world: numpy and the LiteRT runtime only.
 """
@@ -29,10 +31,15 @@ import numpy as np
 
 from edgekit.errors import BadInput, EdgekitError, NotFound, Unavailable
 from edgekit.manifest import MANIFEST_NAME, Manifest
+from edgekit.native_logs import captured_native_output
 from edgekit.runtime import TFLiteModel
 from edgekit.serve.codec import ServingTensor
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# Rows per interpreter call when --max-batch-rows is not given: as many as keep the
+# interpreter's tensors (sized from the model at batch 1) within this, so a large legal
+# batch runs in chunks and the interpreter's arena never grows past it.
+BATCH_TENSOR_BYTES = 16 << 20
 TF_DTYPES = {"float32": "DT_FLOAT", "float16": "DT_HALF", "float64": "DT_DOUBLE", "int8": "DT_INT8",
              "uint8": "DT_UINT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64",
              "bool": "DT_BOOL", "object": "DT_STRING", "bytes": "DT_STRING"}
@@ -161,7 +168,8 @@ class LoadedVersion:
     """One version in memory: a pool of interpreters (an interpreter is not thread-safe),
     and its signatures as clients see them."""
 
-    def __init__(self, name: str, version: int, path: Path, threads: int, interpreters: int):
+    def __init__(self, name: str, version: int, path: Path, threads: int, interpreters: int,
+                 max_batch_rows: int | None = None):
         self.name, self.version, self.path = name, version, path
         self.models = [TFLiteModel(path, num_threads=threads) for _ in range(interpreters)]
         self._pool: queue.SimpleQueue[TFLiteModel] = queue.SimpleQueue()
@@ -174,10 +182,26 @@ class LoadedVersion:
         for signature in first.signature_names:
             ins, outs = first.inputs(signature), first.outputs(signature)
             self.signatures[signature] = ([_serving(i) for i in ins], [_serving(o) for o in outs])
-            self.batchable[signature] = all(i.shape and i.shape[0] == -1 for i in ins)
+            self.batchable[signature] = bool(ins) and all(i.shape and i.shape[0] == -1 for i in ins)
             runner = first._runner(signature)
             details = {**runner.get_input_details(), **runner.get_output_details()}
             self.tensor_names[signature] = {k: d["name"] for k, d in details.items()}
+        self.batch_rows = max_batch_rows or self._rows_per_call()
+
+    def _rows_per_call(self) -> int:
+        """How many rows fit BATCH_TENSOR_BYTES: the tensors' growth from one row to two
+        (activations grow with the batch, weights do not), on the first interpreter."""
+        model, per_row = self.models[0], 0
+        for signature, (ins, _) in self.signatures.items():
+            if not self.batchable[signature]:
+                continue
+            sizes = []
+            for rows in (1, 2):
+                model.run({t.name: np.zeros([rows, *[1 if d < 0 else d for d in t.shape[1:]]], t.dtype)
+                           for t in ins}, signature)
+                sizes.append(model.tensor_bytes())
+            per_row = max(per_row, sizes[1] - sizes[0])
+        return max(1, BATCH_TENSOR_BYTES // max(1, per_row))
 
     def warm_up(self) -> None:
         """Run every interpreter once, so the first client does not pay for lazy setup."""
@@ -192,18 +216,37 @@ class LoadedVersion:
                            "use one of: " + ", ".join(self.signatures))
         return self.signatures[signature]
 
-    def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run a batch: as one call when the batch axis is free, else row by row."""
+    def rows(self, signature: str, inputs: dict[str, np.ndarray]) -> int:
+        """The batch size of a request: every input has the same rows, at least one, and
+        as many as the model takes when its batch axis is fixed above 1."""
         ins, _ = self.specs(signature)
+        counts = {len(v) for v in inputs.values() if v.ndim}
+        if len(counts) > 1:
+            raise BadInput(f"the inputs have different batch sizes {sorted(counts)}", "give each input the same rows")
+        rows = counts.pop() if counts else 1
+        if rows < 1:
+            raise BadInput("the batch is empty (0 rows)", "send at least one example")
+        fixed = ins[0].shape[0] if ins and ins[0].shape else 1
+        if not self.batchable[signature] and fixed > 1 and rows != fixed:
+            raise BadInput(f"this model takes batches of exactly {fixed}", f"send {fixed} examples")
+        return rows
+
+    def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a batch in calls of at most `batch_rows` rows (one row at a time when the
+        batch axis is fixed at 1), so the interpreter's tensors stay small whatever the
+        request's size."""
+        rows = self.rows(signature, inputs)
+        ins, _ = self.specs(signature)
+        fixed = ins[0].shape[0] if ins and ins[0].shape else 1
+        step = self.batch_rows if self.batchable[signature] else (1 if fixed == 1 else rows)
+        if not any(v.ndim for v in inputs.values()):
+            step = rows
         model = self._pool.get()
         try:
-            rows = len(next(iter(inputs.values())))
-            fixed = ins[0].shape[0] if ins and ins[0].shape else 1
-            if self.batchable[signature] or rows == fixed:
+            if rows <= step:
                 return model.run(inputs, signature)
-            if fixed != 1:
-                raise BadInput(f"this model takes batches of exactly {fixed}", f"send {fixed} examples")
-            parts = [model.run({k: v[i : i + 1] for k, v in inputs.items()}, signature) for i in range(rows)]
+            parts = [model.run({k: v[i : i + step] for k, v in inputs.items()}, signature)
+                     for i in range(0, rows, step)]
             return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         finally:
             self._pool.put(model)
@@ -249,9 +292,10 @@ class ModelRepository:
     """Loads, serves and swaps model versions; polled on a background thread."""
 
     def __init__(self, configs: list[ModelConfig], *, threads: int = 1, interpreters: int = 1,
-                 poll_seconds: float = 2.0, on_event: Event | None = None):
+                 poll_seconds: float = 2.0, on_event: Event | None = None, max_batch_rows: int | None = None):
         self.configs = {c.name: c for c in configs}
         self.threads, self.interpreters, self.poll_seconds = threads, interpreters, poll_seconds
+        self.max_batch_rows = max_batch_rows
         self._served: dict[str, dict[int, LoadedVersion]] = {name: {} for name in self.configs}
         self._status: dict[str, dict[int, VersionStatus]] = {name: {} for name in self.configs}
         self._failed: dict[tuple[str, int], tuple] = {}  # (model, version) -> folder fingerprint
@@ -293,7 +337,7 @@ class ModelRepository:
                     self._on_event("poll_error", model=config.name, error=f"{type(exc).__name__}: {exc}")
 
     def _poll_model(self, config: ModelConfig) -> None:
-        on_disk = _versions_on_disk(config.base_path)
+        on_disk = _versions_on_disk(config.base_path, self._on_event, config.name)
         served = self._served[config.name]
         if config.policy.kind == "latest":
             # Newest first until N versions are in: a version that fails to load is passed
@@ -327,20 +371,25 @@ class ModelRepository:
         status = self._status[config.name]
         status[version] = VersionStatus("LOADING")
         started = time.perf_counter()
+        native = None
         try:
-            loaded = LoadedVersion(config.name, version, model_file(folder, config.variant),
-                                   self.threads, self.interpreters)
-            loaded.warm_up()
-        except (EdgekitError, RuntimeError, ValueError, OSError) as exc:
-            message = exc.message if isinstance(exc, EdgekitError) else str(exc)
+            with captured_native_output() as native:  # LiteRT prints "INFO: Created ... delegate" raw
+                loaded = LoadedVersion(config.name, version, model_file(folder, config.variant),
+                                       self.threads, self.interpreters, self.max_batch_rows)
+                loaded.warm_up()
+        except Exception as exc:  # anything in a version's files fails that version, never the poller
+            message = exc.message if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc}"
             status[version] = VersionStatus("END", "UNKNOWN", f"failed to load: {message}")
             self._failed[(config.name, version)] = fingerprint
             self._on_event("load_failed", model=config.name, version=version, error=message)
             return None
+        finally:
+            if native is not None and native.text.strip():
+                self._on_event("runtime_output", model=config.name, version=version, text=native.text.strip())
         self._failed.pop((config.name, version), None)
         status[version] = VersionStatus("AVAILABLE")
         self._on_event("loaded", model=config.name, version=version, path=str(loaded.path),
-                       seconds=round(time.perf_counter() - started, 3))
+                       seconds=round(time.perf_counter() - started, 3), batch_rows=loaded.batch_rows)
         return loaded
 
     # --- lookups -----------------------------------------------------------------------
@@ -387,10 +436,15 @@ class ModelRepository:
         return {name: sorted(versions) for name, versions in self._served.items()}
 
 
-def _versions_on_disk(base: Path) -> list[int]:
-    if not base.is_dir():
+def _versions_on_disk(base: Path, on_event: Event, model: str) -> list[int]:
+    """Version folders: names of digits that fit TF Serving's int64 version numbers."""
+    try:
+        if not base.is_dir():
+            return []
+        return [int(p.name) for p in base.iterdir() if p.name.isdigit() and len(p.name) <= 18 and p.is_dir()]
+    except OSError as exc:
+        on_event("poll_error", model=model, error=f"cannot list {base}: {exc.strerror}")
         return []
-    return [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
 
 
 def _fingerprint(folder: Path) -> tuple:

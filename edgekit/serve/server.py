@@ -1,23 +1,32 @@
-"""Start `edgekit serve`: models from a base path or a config file, a poller, and uvicorn.
+"""Start `edgekit serve`: models from a base path or a config file, a poller, the REST and
+gRPC front doors on one service.
 
-uvicorn handles SIGTERM and SIGINT gracefully: it stops accepting, lets in-flight
-requests finish, then we stop the poller. Logs are JSON lines on stderr.
+Both ports are bound before anything else starts, exclusively: a port that is taken stops
+start-up with an error that names it. On SIGTERM or SIGINT the server stops accepting,
+lets the requests in flight finish (up to 30 s), then stops gRPC and the poller and exits
+0. Logs are JSON lines on stderr.
 """
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
 from edgekit.errors import BadInput
-from edgekit.serve.app import create_app
+from edgekit.manifest import MANIFEST_NAME
+from edgekit.serve.limits import Limits
 from edgekit.serve.metrics import ServerMetrics
 from edgekit.serve.repository import ModelConfig, ModelRepository, VersionPolicy, check_name, read_model_config
 
 log = logging.getLogger("edgekit.serve")
+SHUTDOWN_GRACE_SECONDS = 30
 
 
 def configure_logging(level: str = "info") -> None:
@@ -33,12 +42,27 @@ def model_configs(base_path: str | None, model_name: str | None, config_file: st
     if (base_path is None) == (config_file is None):
         raise BadInput("give either MODEL_BASE_PATH or --model-config", "edgekit serve /srv/models/digits")
     if config_file:
-        return read_model_config(config_file, variant)
-    base = Path(base_path)
-    if not base.is_dir():
-        raise BadInput(f"{base} is not a folder", "lay models out as BASE/<version>/model.tflite (or a convert OUT_DIR)")
-    name = check_name(model_name or base.resolve().name)
-    return [ModelConfig(name=name, base_path=base, policy=policy, variant=variant)]
+        configs = read_model_config(config_file, variant)
+    else:
+        base = Path(base_path)
+        if not base.is_dir():
+            raise BadInput(f"{base} is not a folder", "lay models out as BASE/<version>/model.tflite (or a convert OUT_DIR)")
+        configs = [ModelConfig(name=check_name(model_name or base.resolve().name), base_path=base, policy=policy,
+                               variant=variant)]
+    for config in configs:
+        check_layout(config.base_path)
+    return configs
+
+
+def check_layout(base: Path) -> None:
+    """A base path holding a model itself, instead of version folders, is the easiest
+    mistake to make: say so at start rather than answer 503 forever."""
+    if not base.is_dir() or any(p.name.isdigit() and p.is_dir() for p in base.iterdir()):
+        return
+    if (base / MANIFEST_NAME).is_file() or any(base.glob("*.tflite")):
+        raise BadInput(f"{base} holds a model itself, but serve reads version folders: BASE/1/, BASE/2/, ...",
+                       f"put it in a version folder, e.g. mkdir -p models/{base.name} && "
+                       f"cp -r {base} models/{base.name}/1 && edgekit serve models/{base.name}")
 
 
 def read_api_key(path: str | None) -> str | None:
@@ -46,8 +70,9 @@ def read_api_key(path: str | None) -> str | None:
         return None
     try:
         key = Path(path).read_text().strip()
-    except OSError as exc:
-        raise BadInput(f"cannot read the API key file {path}: {exc.strerror}", "pass a readable file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read the API key file {path}: {getattr(exc, 'strerror', None) or exc}",
+                       "pass a readable text file") from None
     if len(key) < 16:
         raise BadInput("the API key is shorter than 16 characters", "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
     return key
@@ -57,13 +82,41 @@ def default_interpreters(threads: int) -> int:
     return max(1, (os.cpu_count() or 1) // threads)
 
 
-def run(configs: list[ModelConfig], *, host: str = "127.0.0.1", port: int = 8501, grpc_port: int = 8500,
-        threads: int = 1, interpreters: int | None = None, poll_seconds: float = 2.0, max_body_mb: float = 32,
-        api_key: str | None = None, log_level: str = "info", max_inflight: int | None = None) -> None:
-    """Serve until SIGTERM: REST on `port`, gRPC on `grpc_port` (0: no gRPC), same models.
-    `max_inflight` bounds the predict requests in progress at once on each front door
-    (default: twice the interpreters per version, so they never wait on the bound)."""
-    import uvicorn
+def bind(host: str, port: int) -> socket.socket:
+    """The REST listening socket, bound now so a taken port is an error before anything starts."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise BadInput(f"cannot listen on --host {host}: {exc.strerror}", "use an address of this machine, "
+                                                                         "e.g. 127.0.0.1 or 0.0.0.0") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart may bind past TIME_WAIT; never shares
+    try:
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        reason = "is in use (another edgekit serve?)" if exc.errno == 98 else f"cannot be bound: {exc.strerror}"
+        raise BadInput(f"REST port {port} on {host} {reason}", "stop the other server, or choose another --port") from None
+    sock.setblocking(False)
+    return sock
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", port: int = 8501,
+        grpc_port: int = 8500, threads: int = 1, interpreters: int | None = None, poll_seconds: float = 2.0,
+        api_key: str | None = None, log_level: str = "info") -> None:
+    """Serve until SIGTERM: REST on `port`, gRPC on `grpc_port` (0: no gRPC), same models."""
+    from edgekit.serve.service import Service
 
     configure_logging(log_level)
     started = time.perf_counter()
@@ -74,24 +127,69 @@ def run(configs: list[ModelConfig], *, host: str = "127.0.0.1", port: int = 8501
             metrics.loads.inc(fields["model"], str(fields["version"]), kind)
         if kind == "ready":
             fields["seconds_since_start"] = round(time.perf_counter() - started, 3)
-        level = logging.WARNING if kind in ("load_failed", "poll_error") else logging.INFO
+        level = {"load_failed": logging.WARNING, "poll_error": logging.WARNING,
+                 "runtime_output": logging.DEBUG}.get(kind, logging.INFO)
         log.log(level, json.dumps({"event": kind, **fields}))
 
+    sock = bind(host, port)
     repository = ModelRepository(configs, threads=threads, interpreters=interpreters or default_interpreters(threads),
-                                 poll_seconds=poll_seconds, on_event=on_event)
-    max_body_bytes = int(max_body_mb * 1048576)
-    max_inflight = max_inflight or 2 * repository.interpreters
+                                 poll_seconds=poll_seconds, on_event=on_event, max_batch_rows=limits.max_batch_rows)
+    service = Service(repository, limits, api_key=api_key, metrics=metrics)
     grpc_server = None
-    if grpc_port:
-        from edgekit.serve.grpc import create_server
+    try:
+        if grpc_port:
+            from edgekit.serve.grpc import create_server
 
-        grpc_server, grpc_port = create_server(repository, host=host, port=grpc_port, api_key=api_key,
-                                               max_message_bytes=max_body_bytes, metrics=metrics,
-                                               workers=max_inflight)
-    app = create_app(repository, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics,
-                     grpc_server=grpc_server, max_inflight=max_inflight)
+            grpc_server, grpc_port = create_server(service, host=host, port=grpc_port)
+    except BaseException:
+        sock.close()
+        raise
     log.info(json.dumps({"event": "start", "host": host, "port": port, "grpc_port": grpc_port or None,
-                         "models": [c.name for c in configs], "threads": threads,
-                         "interpreters": repository.interpreters, "max_inflight": max_inflight,
-                         "auth": api_key is not None}))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+                         "models": {c.name: str(c.base_path) for c in configs}, "threads": threads,
+                         "interpreters": repository.interpreters, "auth": api_key is not None,
+                         "limits": {k: v for k, v in vars(limits).items()}}))
+    if api_key is None and not is_loopback(host):
+        log.warning(json.dumps({"event": "exposed_without_key", "host": host,
+                                "hint": "anyone who can reach this address can use the models: "
+                                        "start with --api-key-file FILE"}))
+    for config in configs:
+        base = config.base_path
+        if not (base.is_dir() and any(p.name.isdigit() for p in base.iterdir())):
+            log.warning(json.dumps({"event": "no_versions", "model": config.name, "base_path": str(config.base_path),
+                                    "hint": f"nothing to serve until a version folder appears: "
+                                            f"{config.base_path}/1/ holding model.tflite or a convert OUT_DIR"}))
+    try:
+        from uvloop import run as run_loop  # the faster event loop, where installed
+    except ImportError:
+        run_loop = asyncio.run
+    run_loop(_serve(sock, service, grpc_server))
+
+
+async def _serve(sock: socket.socket, service, grpc_server) -> None:
+    from edgekit.serve.app import RestApp
+    from edgekit.serve.http import HttpServer
+
+    loop = asyncio.get_running_loop()
+    app = RestApp(service)
+
+    def on_protocol_error(status: int, reason: str) -> None:
+        service.record("rest", "http", "-", "-", str(status), 0.0, reason=reason)
+
+    http = HttpServer(app, service.limits, service.budget, on_error=on_protocol_error)
+    service.connections = lambda: len(http.connections)
+    await http.start(sock)
+    service.repository.start()  # the poller loads the models; /readyz says when they are in
+    if grpc_server is not None:
+        grpc_server.start()
+    stop = asyncio.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    await stop.wait()
+    log.info(json.dumps({"event": "stopping", "in_flight": sum(len(c.queue) for c in http.connections)}))
+    grpc_stopped = grpc_server.stop(grace=10) if grpc_server is not None else None
+    await http.shutdown(SHUTDOWN_GRACE_SECONDS)
+    if grpc_stopped is not None:
+        await loop.run_in_executor(None, grpc_stopped.wait)
+    service.repository.stop()
+    app.close()
+    log.info(json.dumps({"event": "shutdown"}))

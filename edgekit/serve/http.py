@@ -1,0 +1,459 @@
+"""A small HTTP/1.1 server (asyncio + httptools) with a bound on everything a client controls.
+
+Why not uvicorn: with its fast parser (httptools) it has no bound on header size and no
+header or body deadline, so one slow or endless client holds memory and a connection for
+as long as it likes, and it answers protocol errors in plain text. A device server needs
+those bounds (nginx's client_header_buffer_size, client_header_timeout,
+client_body_timeout, keepalive_timeout, worker_connections), and TF Serving's error shape
+on every reply. This module is only the protocol: it reads requests and writes replies;
+app.py decides what they mean.
+
+What it bounds, each from `Limits` (serve/limits.py):
+- the request line and headers: `max_header_bytes` (431), in `read_timeout` seconds (408);
+- a body: `max_body_bytes`, refused from Content-Length before it is read (413); silence
+  of `read_timeout` between reads, and a total of `read_timeout` plus one second per
+  MIN_BODY_RATE bytes (408); bodies still arriving hold at most `max_buffered_bytes` of
+  the memory budget, past which their connections stop being read until memory frees;
+- an idle keep-alive connection: closed after `keepalive_timeout`;
+- connections: `max_connections` open at once (503 to the next), and the process's file
+  limit is raised to its hard limit at start;
+- a reply the client does not read: closed after `read_timeout` plus MIN_BODY_RATE.
+
+Pipelined requests are answered in order, one at a time. A reply sent before its request's
+body was read (an error) closes the connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import resource
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httptools
+
+from edgekit.serve.limits import Limits, MemoryBudget
+
+MIN_BODY_RATE = 64 << 10  # bytes per second a client must average while it sends a body or reads a reply
+REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+           503: "Service Unavailable"}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # lower-case names; repeated headers joined by ", "
+    content_length: int | None  # None: chunked or no body
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    on_sent: Callable[[], None] | None = None  # called once the reply left (or the connection died)
+    log: dict = field(default_factory=dict)  # what the handler wants in the request's log line
+
+
+Handler = Callable[[Request, "Body"], Awaitable[Response]]
+ErrorHook = Callable[[int, str], None]
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(status, json.dumps({"error": message}).encode())
+
+
+class Body:
+    """A request's body as it arrives; `read()` waits for all of it. The bytes are counted in
+    the memory budget as they arrive; `read()` hands that reservation to the caller."""
+
+    def __init__(self, connection: _Connection, request: Request, expect_continue: bool):
+        self._connection, self.request = connection, request
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.held = 0  # bytes of the budget this body holds until read() hands them over
+        self.complete = False
+        self.consumed = False
+        self._expect_continue = expect_continue
+        self._waiter: asyncio.Future | None = None
+
+    async def read(self) -> tuple[bytes, int]:
+        """The whole body, and the budget bytes it holds (now the caller's to release)."""
+        if self._expect_continue and not self.complete and not self.size:
+            self._expect_continue = False
+            self._connection.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._connection.resume_body()
+        if not self.complete:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks = []
+        held, self.held, self.consumed = self.held, 0, True
+        return data, held
+
+    def _finish(self) -> None:
+        self.complete = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class HttpServer:
+    """Serves `handler` on a listening socket until `shutdown()`."""
+
+    def __init__(self, handler: Handler, limits: Limits, budget: MemoryBudget, on_error: ErrorHook | None = None):
+        self.handler, self.limits, self.budget = handler, limits, budget
+        self.on_error = on_error or (lambda status, message: None)
+        self.connections: set[_Connection] = set()
+        self.paused: set[_Connection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._resume_scheduled = False
+
+    async def start(self, sock) -> None:
+        raise_file_limit()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=1024)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, close idle connections, let requests in flight finish (up to `grace`)."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.close_when_idle()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.abort()
+
+    def pause(self, connection: _Connection) -> None:
+        """Resume this connection (paused by the memory budget) once the budget has room."""
+        self.paused.add(connection)
+        if not self._resume_scheduled:
+            self._resume_scheduled = True
+            asyncio.get_running_loop().call_later(0.02, self._resume_paused)
+
+    def _resume_paused(self) -> None:
+        self._resume_scheduled = False
+        if self.budget.used + MIN_BODY_RATE <= min(self.budget.capacity, self.limits.max_buffered_bytes):
+            for connection in list(self.paused):
+                self.paused.discard(connection)
+                connection.resume_reading()
+        if self.paused:
+            self._resume_scheduled = True
+            asyncio.get_running_loop().call_later(0.02, self._resume_paused)
+
+
+def raise_file_limit() -> None:
+    """Each connection is a file descriptor: use the hard limit the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: HttpServer):
+        self.server, self.limits = server, server.limits
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: collections.deque[Body] = collections.deque()  # requests parsed, answered in order
+        self.current: Body | None = None  # the request whose body is arriving
+        self.task: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.head_bytes = 0  # bytes of the request line and headers seen so far
+        self.url = b""
+        self.header_list: list[tuple[bytes, bytes]] = []
+        self.in_head = False
+        self.closing = False
+        self.reading_paused = False
+        self.body_deadline = 0.0
+        self.paused_at = 0.0
+        self.drained: asyncio.Future | None = None
+
+    # --- connection ----------------------------------------------------------------------
+    @property
+    def gone(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if len(self.server.connections) >= self.limits.max_connections:
+            self.server.on_error(503, "too many connections")
+            self._reply_and_close(503, f"the server has {self.limits.max_connections} connections open, its limit "
+                                       "(--max-connections); retry in a moment")
+            return
+        self.server.connections.add(self)
+        self._arm(self.limits.keepalive_timeout, self._idle_timeout)
+
+    def connection_lost(self, exc) -> None:
+        self.server.connections.discard(self)
+        self.server.paused.discard(self)
+        self._disarm()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        for body in self.queue:
+            self._release(body)
+        self.queue.clear()
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.drained = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing and not self.queue:
+            return
+        if self.in_head or self.current is None:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.limits.max_header_bytes and self._head_too_large(data):
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.closing = True  # no upgrades: answer what was asked, then close
+        except httptools.HttpParserError as exc:
+            self.server.on_error(400, "malformed HTTP")
+            self._reply_and_close(400, f"malformed HTTP request: {_parser_message(exc)}")
+            return
+        if self.current is not None and not self.current.complete and not self.gone:
+            self._check_body_budget()
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Over the header limit, unless the headers end within this read."""
+        end = data.find(b"\r\n\r\n")
+        if end >= 0 and self.head_bytes - len(data) + end + 4 <= self.limits.max_header_bytes:
+            return False
+        self.server.on_error(431, "headers too large")
+        self._reply_and_close(431, f"the request line and headers exceed {self.limits.max_header_bytes // 1024} KB "
+                                   "(--max-header-kb)")
+        return True
+
+    # --- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.url = b""
+        self.header_list = []
+        self._arm(self.limits.read_timeout, self._head_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_list.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.transport.is_closing():
+            return
+        self.in_head = False
+        self.head_bytes = 0
+        headers: dict[str, str] = {}
+        for name, value in self.header_list:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        raw_path, _, query = self.url.decode("latin-1").partition("?")
+        if raw_path.startswith(("http://", "https://")):  # absolute-form request target
+            raw_path = "/" + raw_path.split("/", 3)[3] if raw_path.count("/") >= 3 else "/"
+        length = headers.get("content-length")
+        declared = int(length) if length is not None and length.isdigit() else None
+        request = Request(self.parser.get_method().decode("latin-1"), raw_path, query, headers, declared)
+        expect = headers.get("expect", "").lower() == "100-continue"
+        body = Body(self, request, expect)
+        self.current = body
+        self.queue.append(body)
+        self.body_deadline = self.loop.time() + self.limits.read_timeout + (declared or 0) / MIN_BODY_RATE
+        self._arm(self.limits.read_timeout, self._body_timeout)
+        if len(self.queue) > 1:
+            self._pause_reading()  # a pipelined request waits its turn: read no further
+        if declared is not None and declared > self.limits.max_body_bytes:
+            self._refuse_oversized(body)
+        elif self.task is None:
+            self._start_next()
+
+    def on_body(self, chunk: bytes) -> None:
+        body = self.current
+        if body is None or self.transport.is_closing():
+            return
+        body.size += len(chunk)
+        if body.size > self.limits.max_body_bytes:
+            self.current = None
+            self._refuse_oversized(body)
+            return
+        self.server.budget.force(len(chunk))
+        body.held += len(chunk)
+        body.chunks.append(chunk)
+        self._arm(min(self.limits.read_timeout, max(0.0, self.body_deadline - self.loop.time())), self._body_timeout)
+
+    def on_message_complete(self) -> None:
+        body = self.current
+        self.current = None
+        if body is not None:
+            body._finish()
+        if self.queue:
+            self._disarm()  # the server's turn: no client deadline while it answers
+
+    # --- bounds ----------------------------------------------------------------------------
+    def _check_body_budget(self) -> None:
+        budget = self.server.budget
+        if budget.used > min(budget.capacity, self.limits.max_buffered_bytes):
+            self._pause_reading()
+            self.server.pause(self)
+
+    def _pause_reading(self) -> None:
+        """Stop reading: the client's silence from now on is ours, so its clock stops too."""
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+            if self.current is not None and not self.current.complete:
+                self._disarm()
+                self.paused_at = self.loop.time()
+
+    def resume_body(self) -> None:
+        """The handler wants the body: read on, unless the budget has paused this connection."""
+        if self.reading_paused and self not in self.server.paused and len(self.queue) <= 1:
+            self.resume_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport.is_closing() or not self.reading_paused:
+            return
+        self.reading_paused = False
+        self.transport.resume_reading()
+        if self.current is not None and not self.current.complete:
+            self.body_deadline += self.loop.time() - self.paused_at
+            self._arm(self.limits.read_timeout, self._body_timeout)
+
+    def _refuse_oversized(self, body: Body) -> None:
+        self.server.on_error(413, "body too large")
+        size = body.request.content_length or body.size
+        self._reply_and_close(413, f"the body is {'at least ' if body.request.content_length is None else ''}"
+                                   f"{size} bytes; this server accepts at most "
+                                   f"{self.limits.max_body_bytes / 1048576:.3g} MB (--max-body-mb)")
+
+    def _head_timeout(self) -> None:
+        self.server.on_error(408, "header timeout")
+        self._reply_and_close(408, f"the request line and headers did not arrive within {self.limits.read_timeout:g} s "
+                                   "(--read-timeout)")
+
+    def _body_timeout(self) -> None:
+        if self.current is None or self.current.complete:
+            return
+        self.server.on_error(408, "body timeout")
+        self._reply_and_close(408, f"the body stopped arriving: nothing for {self.limits.read_timeout:g} s, or slower "
+                                   f"than {MIN_BODY_RATE // 1024} KB/s (--read-timeout)")
+
+    def _idle_timeout(self) -> None:
+        self.abort()
+
+    # --- answering -------------------------------------------------------------------------
+    def _start_next(self) -> None:
+        if self.queue and not self.gone:
+            self.task = self.loop.create_task(self._answer(self.queue[0]))
+
+    async def _answer(self, body: Body) -> None:
+        try:
+            response = await self.server.handler(body.request, body)
+        except asyncio.CancelledError:
+            self._release(body)
+            raise
+        self._release(body)
+        if self.gone:
+            _sent(response)
+            return
+        keep_alive = (body.complete and not self.closing and self.parser.should_keep_alive()
+                      and body.request.headers.get("connection", "").lower() != "close")
+        self._write(response, keep_alive, head_only=body.request.method == "HEAD")
+        if self.drained is not None and not self.drained.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self.drained),
+                                       self.limits.read_timeout + len(response.body) / MIN_BODY_RATE)
+            except asyncio.TimeoutError:
+                self.abort()
+        _sent(response)
+        self.queue.popleft()
+        self.task = None
+        if not keep_alive:
+            self.transport.close()
+            return
+        if self.queue:
+            self._start_next()
+        else:
+            self._arm(self.limits.keepalive_timeout, self._idle_timeout)
+        if self.reading_paused and self not in self.server.paused:
+            self.resume_reading()
+
+    def _write(self, response: Response, keep_alive: bool, head_only: bool = False) -> None:
+        lines = [f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
+                 f"content-type: {response.content_type}", f"content-length: {len(response.body)}"]
+        lines += [f"{name}: {value}" for name, value in response.headers]
+        if not keep_alive:
+            lines.append("connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if head_only or not response.body:
+            self.transport.write(head)
+        else:
+            self.transport.writelines((head, response.body))
+
+    def write_raw(self, data: bytes) -> None:
+        if not self.gone:
+            self.transport.write(data)
+
+    def _reply_and_close(self, status: int, message: str) -> None:
+        """A protocol-level refusal: answer it (TF Serving's shape) and close."""
+        if self.gone:
+            return
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        for body in self.queue:
+            self._release(body)
+        self.queue.clear()
+        self.current = None
+        self.closing = True
+        self._write(error_response(status, message), keep_alive=False)
+        self.transport.close()
+        self._disarm()
+
+    def close_when_idle(self) -> None:
+        self.closing = True
+        if not self.queue:
+            self.abort()
+
+    def abort(self) -> None:
+        if not self.gone:
+            self.transport.close()
+
+    def _release(self, body: Body) -> None:
+        if body.held:
+            self.server.budget.release(body.held)
+            body.held = 0
+
+    def _arm(self, seconds: float, callback) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _sent(response: Response) -> None:
+    if response.on_sent is not None:
+        response.on_sent()
+
+
+def _parser_message(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.replace("HPE_", "").lower()[:200]

@@ -1,0 +1,214 @@
+"""What a client can make the server spend, and the bound on each.
+
+A server left running on a Raspberry Pi gets careless and hostile traffic. Every resource a
+request can consume has a bound here, checked *before* it is spent, with the option that
+sets it named in the error the client gets:
+
+    resource                          bound                        option
+    one request body / gRPC message   32 MB                        --max-body-mb
+    request memory, both doors        192 MB (estimated, below)    --max-memory-mb
+    predicts decoding or running      2 x interpreters             --max-inflight
+    rows per interpreter call         what fits 16 MB of tensors   --max-batch-rows
+    request line + headers            16 KB                        --max-header-kb
+    a client's silence mid-request    10 s                         --read-timeout
+    an idle keep-alive connection     15 s                         --keepalive-timeout
+    waiting for memory or a slot      30 s, then 503               --queue-timeout
+    open REST connections             256                          --max-connections
+
+Request memory is reserved from one `MemoryBudget` shared by REST and gRPC: a request
+reserves its estimated peak before it is decoded and releases it when the reply is
+written. The estimate is an upper bound measured on real bodies (scripts/attack_serve.py,
+results/serve_attacks.json): parsing JSON takes up to 32x the body in Python objects
+(orjson's lists and floats), a binary body its decoded tensors three times over (the
+cast, the quantized copy, the interpreter's input).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from dataclasses import dataclass
+
+from edgekit.errors import BadInput, PayloadTooLarge, ServerBusy
+
+MB = 1 << 20
+# Peak bytes per body byte while a JSON body becomes arrays (measured: 15-31x).
+JSON_PARSE_FACTOR = 32
+# Peak bytes per output byte while outputs become a JSON reply (orjson from numpy).
+JSON_REPLY_FACTOR = 4
+# Copies of the decoded tensors alive at once for a binary or gRPC body.
+TENSOR_COPIES = 3
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The bounds above; validated once, where they are built (the CLI only fills them in)."""
+
+    max_body_bytes: int = 32 * MB
+    max_memory_bytes: int = 192 * MB
+    max_inflight: int = 4
+    max_batch_rows: int | None = None  # None: as many rows as fit BATCH_TENSOR_BYTES of tensors
+    max_header_bytes: int = 16 << 10
+    read_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
+    queue_timeout: float = 30.0
+    max_connections: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_memory_bytes", "max_inflight", "max_header_bytes", "max_connections"):
+            if getattr(self, name) < 1:
+                raise BadInput(f"--{_option(name)} must be positive", f"e.g. --{_option(name)} {Limits.example(name)}")
+        for name in ("read_timeout", "keepalive_timeout", "queue_timeout"):
+            if not getattr(self, name) > 0:
+                raise BadInput(f"--{_option(name)} must be positive (seconds)", f"e.g. --{_option(name)} 10")
+        if self.max_batch_rows is not None and self.max_batch_rows < 1:
+            raise BadInput("--max-batch-rows must be positive", "e.g. --max-batch-rows 32, or leave it out (auto)")
+        if self.max_body_bytes > self.max_memory_bytes:
+            raise BadInput(f"--max-body-mb ({self.max_body_bytes / MB:g}) is larger than --max-memory-mb "
+                           f"({self.max_memory_bytes / MB:g}): no body that large could be admitted",
+                           "raise --max-memory-mb or lower --max-body-mb")
+
+    @staticmethod
+    def example(name: str) -> str:
+        return {"max_body_bytes": "32", "max_memory_bytes": "192", "max_header_bytes": "16"}.get(name, "4")
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        """Bodies still arriving may hold at most a quarter of the memory budget, so
+        slow senders cannot keep the requests already read from being decoded."""
+        return max(self.max_body_bytes, self.max_memory_bytes // 4)
+
+
+def _option(field: str) -> str:
+    return {"max_body_bytes": "max-body-mb", "max_memory_bytes": "max-memory-mb",
+            "max_header_bytes": "max-header-kb"}.get(field, field.replace("_", "-"))
+
+
+class MemoryBudget:
+    """Bytes of request memory in use across both front doors.
+
+    `reserve` (threads) and `reserve_async` (the event loop) wait in one first-come queue,
+    so a large request is not starved by a stream of small ones; `try_reserve` never
+    waits (bodies still arriving use it, and pause their connection when it fails)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+
+    def check(self, amount: int, what: str) -> None:
+        """A request that could never fit: 413, naming the budget and the way around it."""
+        if amount > self.capacity:
+            raise PayloadTooLarge(
+                f"{what} needs an estimated {amount / MB:.1f} MB of memory; this server admits "
+                f"{self.capacity / MB:.3g} MB of requests at once (--max-memory-mb)",
+                "send fewer rows per request or a binary body (application/x-npy), "
+                "or start the server with a larger --max-memory-mb")
+
+    def try_reserve(self, amount: int, ceiling: int | None = None) -> bool:
+        """Reserve now if it fits under the capacity (or a lower `ceiling` for this kind
+        of use) and nobody is queued first."""
+        with self._lock:
+            limit = self.capacity if ceiling is None else min(ceiling, self.capacity)
+            if self._waiters or self.used + amount > limit:
+                return False
+            self._take(amount)
+            return True
+
+    def force(self, amount: int) -> None:
+        """Count bytes already in memory (a socket read that arrived before it could be refused)."""
+        with self._lock:
+            self._take(amount)
+
+    def reserve(self, amount: int, timeout: float) -> None:
+        waiter = self._enqueue(amount, _Waiter(amount, threading.Event()))
+        if waiter is None:
+            return
+        if not waiter.signal.wait(timeout):
+            self._abandon(waiter)
+
+    async def reserve_async(self, amount: int, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        waiter = self._enqueue(amount, _Waiter(amount, None, loop, future))
+        if waiter is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            self._abandon(waiter)
+        except asyncio.CancelledError:  # the connection closed while it waited
+            if not self._withdraw(waiter):
+                self.release(amount)
+            raise
+
+    def release(self, amount: int) -> None:
+        with self._lock:
+            self.used -= amount
+            while self._waiters and self.used + self._waiters[0].amount <= self.capacity:
+                waiter = self._waiters.popleft()
+                self._take(waiter.amount)
+                waiter.grant()
+
+    def _take(self, amount: int) -> None:
+        self.used += amount
+        self.peak = max(self.peak, self.used)
+
+    def _enqueue(self, amount: int, waiter: _Waiter) -> _Waiter | None:
+        with self._lock:
+            if not self._waiters and self.used + amount <= self.capacity:
+                self._take(amount)
+                return None
+            self._waiters.append(waiter)
+            return waiter
+
+    def _withdraw(self, waiter: _Waiter) -> bool:
+        """Take a waiter out of the queue; False when it was granted meanwhile."""
+        with self._lock:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                return True
+            return False
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        if not self._withdraw(waiter):
+            self.release(waiter.amount)  # granted just as it gave up: hand it back
+        raise ServerBusy(f"the server is busy: no memory for this request within the queue timeout "
+                         f"({self.used / MB:.0f} of {self.capacity / MB:.3g} MB in use by other requests)",
+                         "retry in a moment, send smaller requests, or raise --max-memory-mb")
+
+
+class _Waiter:
+    __slots__ = ("amount", "signal", "loop", "future")
+
+    def __init__(self, amount, signal, loop=None, future=None):
+        self.amount, self.signal, self.loop, self.future = amount, signal, loop, future
+
+    def grant(self) -> None:
+        if self.signal is not None:
+            self.signal.set()
+        else:
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Slots:
+    """At most `count` predicts decode or run at once, across both doors: a request waits
+    for a slot at most `timeout` seconds (then 503)."""
+
+    def __init__(self, count: int):
+        self._semaphore = threading.BoundedSemaphore(count)
+
+    def acquire(self, timeout: float) -> None:
+        if not self._semaphore.acquire(timeout=timeout):
+            raise ServerBusy("the server is busy: no inference slot came free within the queue timeout",
+                             "retry in a moment, or raise --max-inflight / --interpreters")
+
+    def release(self) -> None:
+        self._semaphore.release()

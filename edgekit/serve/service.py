@@ -1,0 +1,161 @@
+"""One service behind both front doors: what REST (app.py) and gRPC (grpc.py) share.
+
+The API key check, model and version lookup, status, the memory budget and inference
+slots, the row and size checks, the run itself, metrics and the request log live here,
+written once; the doors only map their protocol onto it (paths and JSON bodies, or
+protobuf messages and status codes). A limit added here is enforced by both.
+
+A predict goes through `Admission`: the request's estimated peak memory is reserved from
+the shared budget (waiting in line, at most --queue-timeout) before anything is decoded,
+then an inference slot is taken for decoding, running and encoding, and both are given
+back when the reply has left.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import NotFound, Unauthorized
+from edgekit.serve.codec import ServingTensor
+from edgekit.serve.limits import JSON_PARSE_FACTOR, JSON_REPLY_FACTOR, TENSOR_COPIES, Limits, MemoryBudget, Slots
+from edgekit.serve.metrics import ServerMetrics
+from edgekit.serve.repository import LoadedVersion, ModelRepository
+
+log = logging.getLogger("edgekit.serve")
+MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
+
+
+class Admission:
+    """A predict's share of the memory budget, held until its reply has left."""
+
+    def __init__(self, service: Service, held: int = 0):
+        self.service, self.held = service, held
+
+    def need(self, total: int, what: str) -> None:
+        """Hold `total` bytes in all: 413 if it could never fit, else wait for room."""
+        budget = self.service.budget
+        budget.check(total, what)
+        if total > self.held:
+            budget.reserve(total - self.held, self.service.limits.queue_timeout)
+            self.held = total
+
+    def close(self) -> None:
+        if self.held:
+            self.service.budget.release(self.held)
+            self.held = 0
+
+
+class Service:
+    def __init__(self, repository: ModelRepository, limits: Limits, *, api_key: str | None = None,
+                 metrics: ServerMetrics | None = None):
+        self.repository, self.limits, self.api_key = repository, limits, api_key
+        self.metrics = metrics or ServerMetrics()
+        self.budget = MemoryBudget(limits.max_memory_bytes)
+        self.slots = Slots(limits.max_inflight)
+        self.connections = None  # set by the REST door: a callable counting its open connections
+
+    # --- who and what ------------------------------------------------------------------------
+    def authorize(self, credential: str | None, how: str) -> None:
+        """`credential`: what the client sent ("Bearer KEY" or the key alone)."""
+        if self.api_key is None:
+            return
+        given = credential or ""
+        if given[:7].lower() == "bearer ":
+            given = given[7:]
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), self.api_key.encode()):
+            raise Unauthorized("missing or wrong API key", how)
+
+    def version_number(self, text: str | None) -> int | None:
+        if text is None:
+            return None
+        number = int(text)
+        if number > MAX_VERSION:
+            raise NotFound(f"version {text[:40]} is beyond int64, so no such version exists", "use a served version")
+        return number
+
+    def resolve(self, model: str, version: int | None, label: str | None) -> LoadedVersion:
+        return self.repository.resolve(model, version, label)
+
+    def status(self, model: str, version: int | None, label: str | None) -> list[dict[str, Any]]:
+        return self.repository.status(model, version, label)
+
+    # --- predict -----------------------------------------------------------------------------
+    def admission(self, held: int = 0) -> Admission:
+        return Admission(self, held)
+
+    def json_cost(self, loaded: LoadedVersion, signature: str, body_bytes: int) -> int:
+        """Peak memory for a JSON body: parsing it, plus a JSON reply for as many rows as the
+        body could hold (every number takes at least two characters)."""
+        ins, outs = loaded.signatures.get(signature) or next(iter(loaded.signatures.values()))
+        row_values = sum(_row_elements(t) for t in ins) or 1
+        rows = body_bytes // (2 * row_values) + 1
+        return body_bytes * JSON_PARSE_FACTOR + rows * _row_bytes(outs) * JSON_REPLY_FACTOR
+
+    def tensor_cost(self, loaded: LoadedVersion, signature: str, message_bytes: int, decoded_bytes: int,
+                    rows: int) -> int:
+        """Peak memory for a binary body or gRPC message whose tensors are `decoded_bytes`."""
+        _, outs = loaded.specs(signature)
+        return message_bytes + decoded_bytes * TENSOR_COPIES + rows * _row_bytes(outs) * 2
+
+    def run(self, loaded: LoadedVersion, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        outputs = loaded.run(signature, inputs)
+        self.metrics.inference.observe(time.perf_counter() - started, loaded.name, str(loaded.version))
+        return outputs
+
+    def slot(self) -> _Slot:
+        return _Slot(self.slots, self.limits.queue_timeout)
+
+    # --- accounting ---------------------------------------------------------------------------
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        budget = self.budget
+        gauges = {
+            "edgekit_request_memory_bytes": ("Request memory reserved now (--max-memory-mb budget).", budget.used),
+            "edgekit_request_memory_peak_bytes": ("Most request memory reserved at once since start.", budget.peak),
+            "edgekit_request_memory_limit_bytes": ("The request memory budget.", budget.capacity),
+        }
+        if self.connections is not None:
+            gauges["edgekit_http_connections"] = ("Open REST connections.", self.connections())
+        return gauges
+
+    def record(self, door: str, api: str, model: str, version: str, code: str, seconds: float, **fields) -> None:
+        """Metrics and the request's log line, the same for both doors."""
+        self.metrics.requests.inc(model, version, api, code)
+        if api in ("predict", "grpc_predict") and code in ("200", "OK"):
+            self.metrics.latency.observe(seconds, model, version, api)
+        if code not in ("200", "OK"):
+            self.metrics.errors.inc(code)
+        if log.isEnabledFor(logging.INFO):
+            log.info(json.dumps({"event": "request", "door": door, "api": api, **fields, "status": code,
+                                 "ms": round(seconds * 1000, 3), "model": model, "version": version}))
+
+    def internal_error(self, door: str, where: str, exc: BaseException) -> None:
+        import traceback
+
+        log.error(json.dumps({"event": "internal_error", "door": door, "where": where, "error": repr(exc)[:500],
+                              "traceback": traceback.format_exc()}))
+
+
+class _Slot:
+    def __init__(self, slots: Slots, timeout: float):
+        self.slots, self.timeout = slots, timeout
+
+    def __enter__(self) -> None:
+        self.slots.acquire(self.timeout)
+
+    def __exit__(self, *exc_info) -> None:
+        self.slots.release()
+
+
+def _row_elements(tensor: ServingTensor) -> int:
+    return math.prod(max(d, 1) for d in tensor.shape[1:]) if tensor.shape else 1
+
+
+def _row_bytes(tensors: list[ServingTensor]) -> int:
+    return sum(_row_elements(t) * max(t.dtype.itemsize, 4) for t in tensors)
