@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,13 +16,39 @@ from pathlib import Path
 
 def staging_dir(target: Path) -> Path:
     """An empty hidden folder beside `target` (same filesystem, so the rename is atomic),
-    with the mode a plain mkdir would give (mkdtemp's is 0700)."""
+    with the mode a plain mkdir would give (mkdtemp's is 0700). Its name carries this
+    process's id, so the next run can remove what a killed run left behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    remove_leftovers(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)
     return staging
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Staging and swapped-out folders beside `target` whose process is gone (killed
+    mid-run): a folder of a run still going is left alone."""
+    removed = []
+    for sibling in target.parent.glob(f".{target.name}.*"):
+        match = re.fullmatch(rf"\.{re.escape(target.name)}\.(?:partial-(\d+)-\w+|old-(\d+))", sibling.name)
+        if match and sibling.is_dir() and not _alive(int(match[1] or match[2])):
+            shutil.rmtree(sibling, ignore_errors=True)
+            removed.append(sibling)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def replace_dir(staging: Path, target: Path) -> None:

@@ -182,6 +182,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        if not isinstance(data, dict):
+            raise BadInput(f"the manifest is a JSON {type(data).__name__}, not an object",
+                           "the file was not written by `edgekit convert`, or was edited; convert again")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise BadInput(
@@ -200,9 +203,9 @@ class Manifest:
                 check_inputs=data["check_inputs"],
                 artifacts=[_artifact(a) for a in data["artifacts"]],
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise BadInput(
-                f"manifest is missing or has a malformed field: {exc}",
+                f"manifest is missing or has a malformed field: {type(exc).__name__}: {str(exc)[:200]}",
                 "the file was not written by `edgekit convert`, or was edited; convert again",
             ) from exc
 
@@ -218,8 +221,8 @@ class Manifest:
             )
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{path} is not valid JSON: {exc}", "convert again") from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise BadInput(f"{path} is not valid JSON: {str(exc)[:200]}", "convert again") from None
         return cls.from_dict(data)
 
 

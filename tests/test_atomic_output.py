@@ -62,3 +62,18 @@ def test_existing_out_dir_is_refused_without_force_and_replaced_with_it(tmp_path
     convert(DIGITS / "saved_model", out, variants=("float32",), tfjs=(), force=True)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model_float32.tflite"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_killed_runs_staging_folders_are_removed_by_the_next_run(tmp_path):
+    """Folders of a process that is gone go; those of a process still running stay."""
+    import os
+    import subprocess
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead, alive = finished.pid, os.getppid()
+    for name in (f".out.partial-{dead}-abc123", f".out.old-{dead}", f".out.partial-{alive}-def456"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_float32.tflite").write_bytes(b"half-written")
+    convert(DIGITS / "saved_model", tmp_path / "out", variants=("float32",), tfjs=())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".out.partial-{alive}-def456", "out"]

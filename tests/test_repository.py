@@ -121,3 +121,63 @@ def test_an_out_dir_serves_tflite_and_names_a_tfjs_variant_as_not_servable(digit
     assert model_file(digits_out, None).name == "model_int8.tflite"  # TF.js artifacts beside it change nothing
     with pytest.raises(BadInput, match="tfjs_uint8 .* is a tfjs artifact; serve runs TFLite"):
         model_file(digits_out, "tfjs_uint8")
+
+
+MANIFEST_FIELDS = {"schema_version": 1, "created_at": "x", "versions": {}, "source": {}, "signature": "serving_default",
+                   "signatures": {}, "check_inputs": {}}
+BROKEN_VERSIONS = {  # what a careless deploy puts in a version folder
+    "manifest.json": ["[]", "null", "{}", '"text"', "\xff\xfe not utf-8", json.dumps({**MANIFEST_FIELDS, "artifacts": [1]}),
+                      json.dumps({**MANIFEST_FIELDS, "artifacts": [{"name": "a"}]}),
+                      json.dumps({**MANIFEST_FIELDS, "schema_version": 99, "artifacts": []}),
+                      json.dumps({**MANIFEST_FIELDS, "artifacts": [{"name": "tflite_int8", "format": "tflite",
+                                  "variant": "int8", "status": "ok", "signature": "serving_default",
+                                  "file": "../../../etc/passwd"}]})],
+    "model.tflite": [b"", b"TFL3" + b"\x00" * 60, "truncated"],
+}
+
+
+def _broken_folders(base, digits_out):
+    number = 10
+    for file_name, contents in BROKEN_VERSIONS.items():
+        for content in contents:
+            folder = base / str(number)
+            folder.mkdir()
+            if content == "truncated":
+                content = (digits_out / "model_int8.tflite").read_bytes()[:3000]
+            (folder / file_name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogateescape"))
+            number += 1
+    (base / "50").write_text("a file named like a version")
+    return list(range(10, number))
+
+
+def test_broken_versions_fail_alone_and_the_poller_goes_on(base, digits_out):
+    """Every broken version ends in END with its reason; the newest good version serves,
+    a later good one loads, and a deleted one unloads."""
+    events = []
+    repository = ModelRepository([ModelConfig("digits", base, VersionPolicy("all"))],
+                                 on_event=lambda kind, **fields: events.append((kind, fields)))
+    broken = _broken_folders(base, digits_out)
+    repository.poll_once()
+    assert served(repository) == [1, 2, 5]
+    for version in broken:
+        (status,) = repository.status("digits", version)
+        assert status["state"] == "END" and status["status"]["error_message"].startswith("failed to load"), status
+    assert not [e for e in events if e[0] == "poll_error"]
+    shutil.copytree(digits_out, base / "60")
+    shutil.rmtree(base / "2")
+    repository.poll_once()
+    assert served(repository) == [1, 5, 60]
+    assert repository.status("digits", 2)[0]["state"] == "END"
+    latest = ModelRepository([ModelConfig("digits", base)])
+    latest.poll_once()
+    assert served(latest) == [60]
+
+
+def test_a_manifest_cannot_point_outside_its_version_folder(base):
+    from edgekit.serve.repository import model_file
+
+    manifest = json.loads((base / "1" / "manifest.json").read_text())
+    next(a for a in manifest["artifacts"] if a["variant"] == "int8")["file"] = "../5/model_int8.tflite"
+    (base / "1" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInput, match="outside its folder"):
+        model_file(base / "1", None)

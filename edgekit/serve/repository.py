@@ -154,7 +154,11 @@ def model_file(version_dir: Path, variant: str | None) -> Path:
         if artifact.requires_flex:
             raise BadInput(f"{artifact.name} in {version_dir} needs flex ops, which no Python LiteRT runtime has",
                            "convert without --allow-flex, or serve another variant")
-        return version_dir / artifact.file
+        path = version_dir / artifact.file
+        if not path.resolve().is_relative_to(version_dir.resolve()):
+            raise BadInput(f"{artifact.name} in {version_dir} names a file outside its folder: {artifact.file}",
+                           "convert the model again; do not edit the manifest")
+        return path
     if (version_dir / "model.tflite").is_file():
         return version_dir / "model.tflite"
     found = sorted(version_dir.glob("*.tflite"))
