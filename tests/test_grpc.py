@@ -16,7 +16,8 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
-from test_serve import API_KEY, Server, repo, server  # noqa: F401  (fixtures shared with the REST tests)
+from serving import API_KEY, Server
+from test_serve import repo, server  # noqa: F401  (fixtures shared with the REST tests)
 
 
 def stubs(running):

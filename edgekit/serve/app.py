@@ -19,7 +19,7 @@ from edgekit.errors import BadInput, EdgekitError, NotFound, NotImplementedHere
 from edgekit.serve import codec
 from edgekit.serve.http import Body, Request, Response, error_response
 from edgekit.serve.repository import LoadedVersion
-from edgekit.serve.service import Admission, Service
+from edgekit.serve.service import Admission, Service, client_message
 
 MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,127})"
@@ -69,7 +69,7 @@ class RestApp:
             else:
                 response = _json(200, {"model_version_status": self.service.status(model, number, label)})
         except EdgekitError as exc:
-            response = error_response(exc.http_status, exc.message)
+            response = error_response(exc.http_status, client_message(exc))
         except Exception as exc:  # a bug of ours: answer 500, keep serving, log the traceback
             self.service.internal_error("rest", path[:200], exc)
             response = error_response(500, f"internal error: {type(exc).__name__}")
@@ -87,7 +87,7 @@ class RestApp:
         try:
             self._authorize(request)
         except EdgekitError as exc:
-            return error_response(exc.http_status, exc.message)
+            return error_response(exc.http_status, client_message(exc))
         text = self.service.metrics.render(repository.served_versions(), self.service.gauges())
         return Response(200, text.encode(), METRICS_TYPE)
 

@@ -269,10 +269,12 @@ def _npy_header(stream, where: str) -> tuple[tuple[int, ...], np.dtype, str]:
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise BadInput(f"{where} is not a .npy file: {str(exc)[:200]}",
                        "write it with np.save, or send JSON") from None
-    if dtype.hasobject or dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
-        raise BadInput(f"{where} holds {dtype} values, which cannot be read without pickle; the server takes plain "
-                       "numbers",
+    if dtype.hasobject:
+        raise BadInput(f"{where} holds Python objects, which cannot be read without pickle",
                        "save a numeric array with np.save")
+    if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
+        raise BadInput(f"{where} holds {str(dtype)[:100]} values; the server takes plain numbers (bool, int, float), "
+                       "not text, records or complex", "save a numeric array with np.save")
     if any(not isinstance(d, int) or d < 0 for d in shape):
         raise BadInput(f"{where} declares an invalid shape {shape}", "save the array with np.save")
     return tuple(shape), dtype, "F" if fortran else "C"

@@ -29,7 +29,7 @@ from edgekit.errors import BadInput, EdgekitError, NotFound, NotImplementedHere
 from edgekit.serve import codec
 from edgekit.serve.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
 from edgekit.serve.repository import LoadedVersion
-from edgekit.serve.service import Service
+from edgekit.serve.service import Service, client_message
 
 KEY_HINT = "send it as 'authorization' metadata: 'Bearer <key>'"
 
@@ -149,7 +149,7 @@ class _Door:
             model, version, reply = work()
             return reply
         except EdgekitError as exc:
-            code, message = _GRPC_CODE.get(exc.http_status, grpc.StatusCode.INTERNAL), exc.message
+            code, message = _GRPC_CODE.get(exc.http_status, grpc.StatusCode.INTERNAL), client_message(exc)
         except Exception as exc:  # a bug of ours: INTERNAL, keep serving, log the traceback
             self.service.internal_error("grpc", api, exc)
             code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"

@@ -15,8 +15,10 @@ What it bounds, each from `Limits` (serve/limits.py):
   MIN_BODY_RATE bytes (408); bodies still arriving hold at most `max_buffered_bytes` of
   the memory budget, past which their connections stop being read until memory frees;
 - an idle keep-alive connection: closed after `keepalive_timeout`;
-- connections: `max_connections` open at once (503 to the next), and the process's file
-  limit is raised to its hard limit at start;
+- connections: `max_connections` open at once. At the limit a new connection closes the
+  longest-idle one (nginx does the same with keep-alive connections), so idle sockets
+  cannot lock clients out; with none idle it gets 503. The process's file limit is raised
+  to its hard limit at start;
 - a reply the client does not read: closed after `read_timeout` plus MIN_BODY_RATE.
 
 Pipelined requests are answered in order, one at a time. A reply sent before its request's
@@ -66,7 +68,9 @@ ErrorHook = Callable[[int, str], None]
 
 
 def error_response(status: int, message: str) -> Response:
-    return Response(status, json.dumps({"error": message}).encode())
+    """TF Serving's error shape; a 503 says when to retry."""
+    headers = (("retry-after", "1"),) if status == 503 else ()
+    return Response(status, json.dumps({"error": message}).encode(), headers=headers)
 
 
 class Body:
@@ -78,6 +82,7 @@ class Body:
         self.chunks: list[bytes] = []
         self.size = 0
         self.held = 0  # bytes of the budget this body holds until read() hands them over
+        self.arriving = 0  # of those, bytes of a body not complete yet
         self.complete = False
         self.consumed = False
         self._expect_continue = expect_continue
@@ -110,7 +115,9 @@ class HttpServer:
         self.handler, self.limits, self.budget = handler, limits, budget
         self.on_error = on_error or (lambda status, message: None)
         self.connections: set[_Connection] = set()
+        self.idle: dict[_Connection, None] = {}  # connections between requests, longest idle first
         self.paused: set[_Connection] = set()
+        self.buffered = 0  # bytes of bodies still arriving (counted in the budget too)
         self._server: asyncio.base_events.Server | None = None
         self._resume_scheduled = False
 
@@ -138,9 +145,13 @@ class HttpServer:
             self._resume_scheduled = True
             asyncio.get_running_loop().call_later(0.02, self._resume_paused)
 
+    def room_for_bodies(self, margin: int) -> bool:
+        return (self.buffered + margin <= self.limits.max_buffered_bytes
+                and self.budget.used + margin <= self.budget.capacity)
+
     def _resume_paused(self) -> None:
         self._resume_scheduled = False
-        if self.budget.used + MIN_BODY_RATE <= min(self.budget.capacity, self.limits.max_buffered_bytes):
+        if self.room_for_bodies(MIN_BODY_RATE):
             for connection in list(self.paused):
                 self.paused.discard(connection)
                 connection.resume_reading()
@@ -186,16 +197,30 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        if len(self.server.connections) >= self.limits.max_connections:
-            self.server.on_error(503, "too many connections")
-            self._reply_and_close(503, f"the server has {self.limits.max_connections} connections open, its limit "
-                                       "(--max-connections); retry in a moment")
-            return
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= self.limits.max_connections:
+            if not server.idle:
+                server.on_error(503, "too many connections")
+                self._reply_and_close(503, f"the server has {self.limits.max_connections} connections open, its "
+                                           "limit (--max-connections), all busy; retry in a moment")
+                return
+            oldest = next(iter(server.idle))
+            oldest.abort()
+            server.connections.discard(oldest)
+            server.idle.pop(oldest, None)
+        server.connections.add(self)
+        self._set_idle(True)
         self._arm(self.limits.keepalive_timeout, self._idle_timeout)
+
+    def _set_idle(self, idle: bool) -> None:
+        if idle:
+            self.server.idle[self] = None
+        else:
+            self.server.idle.pop(self, None)
 
     def connection_lost(self, exc) -> None:
         self.server.connections.discard(self)
+        self._set_idle(False)
         self.server.paused.discard(self)
         self._disarm()
         if self.task is not None and not self.task.done():
@@ -243,6 +268,7 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._set_idle(False)
         self.in_head = True
         self.url = b""
         self.header_list = []
@@ -293,22 +319,27 @@ class _Connection(asyncio.Protocol):
             self._refuse_oversized(body)
             return
         self.server.budget.force(len(chunk))
+        self.server.buffered += len(chunk)
         body.held += len(chunk)
+        body.arriving += len(chunk)
         body.chunks.append(chunk)
-        self._arm(min(self.limits.read_timeout, max(0.0, self.body_deadline - self.loop.time())), self._body_timeout)
+        if not self.reading_paused:
+            self._arm(min(self.limits.read_timeout, max(0.0, self.body_deadline - self.loop.time())),
+                      self._body_timeout)
 
     def on_message_complete(self) -> None:
         body = self.current
         self.current = None
         if body is not None:
+            self.server.buffered -= body.arriving  # arrived: no longer a body in transit
+            body.arriving = 0
             body._finish()
         if self.queue:
             self._disarm()  # the server's turn: no client deadline while it answers
 
     # --- bounds ----------------------------------------------------------------------------
     def _check_body_budget(self) -> None:
-        budget = self.server.budget
-        if budget.used > min(budget.capacity, self.limits.max_buffered_bytes):
+        if not self.server.room_for_bodies(0):
             self._pause_reading()
             self.server.pause(self)
 
@@ -374,14 +405,17 @@ class _Connection(asyncio.Protocol):
             return
         keep_alive = (body.complete and not self.closing and self.parser.should_keep_alive()
                       and body.request.headers.get("connection", "").lower() != "close")
-        self._write(response, keep_alive, head_only=body.request.method == "HEAD")
-        if self.drained is not None and not self.drained.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self.drained),
-                                       self.limits.read_timeout + len(response.body) / MIN_BODY_RATE)
-            except asyncio.TimeoutError:
-                self.abort()
-        _sent(response)
+        try:
+            self._write(response, keep_alive, head_only=body.request.method == "HEAD")
+            if self.drained is not None and not self.drained.done():  # the client reads slowly, or not at all
+                try:
+                    await asyncio.wait_for(asyncio.shield(self.drained),
+                                           self.limits.read_timeout + len(response.body) / MIN_BODY_RATE)
+                except asyncio.TimeoutError:
+                    self.transport.abort()
+                    return
+        finally:
+            _sent(response)
         self.queue.popleft()
         self.task = None
         if not keep_alive:
@@ -389,7 +423,8 @@ class _Connection(asyncio.Protocol):
             return
         if self.queue:
             self._start_next()
-        else:
+        elif not self.in_head:
+            self._set_idle(True)
             self._arm(self.limits.keepalive_timeout, self._idle_timeout)
         if self.reading_paused and self not in self.server.paused:
             self.resume_reading()
@@ -424,6 +459,7 @@ class _Connection(asyncio.Protocol):
         self._write(error_response(status, message), keep_alive=False)
         self.transport.close()
         self._disarm()
+        self.loop.call_later(self.limits.read_timeout, self.transport.abort)  # if it never reads the reply
 
     def close_when_idle(self) -> None:
         self.closing = True
@@ -435,6 +471,9 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def _release(self, body: Body) -> None:
+        if body.arriving:
+            self.server.buffered -= body.arriving
+            body.arriving = 0
         if body.held:
             self.server.budget.release(body.held)
             body.held = 0

@@ -216,7 +216,7 @@ class LoadedVersion:
 
     def specs(self, signature: str) -> tuple[list[ServingTensor], list[ServingTensor]]:
         if signature not in self.signatures:
-            raise NotFound(f"model {self.name} version {self.version} has no signature {signature!r}",
+            raise NotFound(f"model {self.name} version {self.version} has no signature {signature[:100]!r}",
                            "use one of: " + ", ".join(self.signatures))
         return self.signatures[signature]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import NotFound, Unauthorized
+from edgekit.errors import EdgekitError, NotFound, Unauthorized
 from edgekit.serve.codec import ServingTensor
 from edgekit.serve.limits import JSON_PARSE_FACTOR, JSON_REPLY_FACTOR, TENSOR_COPIES, Limits, MemoryBudget, Slots
 from edgekit.serve.metrics import ServerMetrics
@@ -29,6 +29,13 @@ from edgekit.serve.repository import LoadedVersion, ModelRepository
 
 log = logging.getLogger("edgekit.serve")
 MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
+
+
+def client_message(exc: EdgekitError) -> str:
+    """What a client reads: the problem and, when there is one, the fix; bounded, since a
+    message may quote what the client sent."""
+    text = exc.message if len(exc.message) <= 1000 else exc.message[:1000] + "..."
+    return f"{text} (hint: {exc.hint[:300]})" if exc.hint else text
 
 
 class Admission:

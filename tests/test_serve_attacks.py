@@ -1,0 +1,479 @@
+"""edgekit serve under hostile and careless traffic: every bad request is a 4xx (or a precise
+gRPC code) in TF Serving's error shape, memory stays bounded, slow and idle clients cannot
+starve the others, and the server is alive after each attack. Classes of cases, generated
+where that is cheap (hypothesis), against a real server process on loopback."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from attacks import (Holders, error_of, long_number_json, nested_json, npy_bytes, npy_header_only, npz_bomb, npz_of,
+                     post, raw_exchange, served_ok, status_of)
+from conftest import DIGITS
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from serving import Client, Server, free_port, memory_mb
+
+from edgekit.serve.grpc import to_tensor
+from edgekit.serve.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
+
+PREDICT = "/v1/models/digits:predict"
+HALF = "/v1/models/half:predict"
+# small bounds, so each attack meets them in well under a second
+FLAGS = ["--read-timeout", "1", "--keepalive-timeout", "3", "--max-connections", "32", "--queue-timeout", "5",
+         "--max-memory-mb", "64", "--max-body-mb", "16", "--interpreters", "2"]
+MEMORY_CEILING_MB = 400  # the Pi unit's MemoryMax
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, digits_out):
+    """digits (int8, [N, 8, 8, 1]) and half_plus_two (float32, [N]), in one model config."""
+    import tensorflow as tf
+
+    from edgekit import convert
+
+    root = tmp_path_factory.mktemp("attack-models")
+    shutil.copytree(digits_out, root / "digits" / "1")
+
+    class HalfPlusTwo(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": x * 0.5 + 2.0}
+
+    module = HalfPlusTwo()
+    tf.saved_model.save(module, str(root / "half_saved_model"), signatures={"serving_default": module.serve})
+    convert(root / "half_saved_model", root / "half" / "1", variants=("float32",), tfjs=())
+    (root / "models.json").write_text(json.dumps({"model_config_list": [
+        {"name": "digits", "base_path": "digits"}, {"name": "half", "base_path": "half"}]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    running = Server(["--model-config", str(models / "models.json"), *FLAGS])
+    yield running
+    running.stop()
+
+
+def alive(running: Server) -> None:
+    """A well-behaved client is answered at once, on REST and gRPC."""
+    status, seconds = served_ok(running.port, PREDICT, json.dumps({"instances": [[[[0.5]] * 8] * 8]}).encode())
+    assert status == 200 and seconds < 2.0, (status, seconds)
+    stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}"))
+    assert stub.Predict(grpc_request("half", "x", to_tensor(np.ones(3, np.float32))), timeout=10).outputs["y"]
+
+
+def grpc_request(model: str, name: str, tensor) -> serving_pb2.PredictRequest:
+    request = serving_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs[name].CopyFrom(tensor)
+    return request
+
+
+def tensor(dtype: int, dims: list[int], **values) -> tensorflow_pb2.TensorProto:
+    proto = tensorflow_pb2.TensorProto(dtype=dtype, **values)
+    proto.tensor_shape.dim.extend(tensorflow_pb2.TensorShapeProto.Dim(size=d) for d in dims)
+    return proto
+
+
+# --- the HTTP protocol ------------------------------------------------------------------------
+
+def _chunked(*chunks: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+HTTP_ATTACKS = {
+    "garbage request line": (b"GARBAGE\r\n\r\n", 400),
+    "unknown method BREW": (b"BREW /v1/models/digits HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "Content-Length: abc": (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
+    "two Content-Lengths": (b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
+    "a bad chunk size": (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    "HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    "a 100 KB URL": (b"GET /v1/models/" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n", 431),
+    "3000 headers": (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(3000)) + b"\r\n", 431),
+    "a Content-Length of 10^20": (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nContent-Length: 100000000000000000000"
+                                  b"\r\n\r\n", 400),
+    "a Content-Length over --max-body-mb": (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nContent-Length: 99999999"
+                                            b"\r\n\r\n", 413),
+    "a chunked body over --max-body-mb": (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nTransfer-Encoding: chunked"
+                                          b"\r\n\r\n" + _chunked(*[b"0" * 1_000_000] * 17), 413),
+    "PUT on a model": (b"PUT /v1/models/digits HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400),
+    "GET on :predict": (b"GET " + PREDICT.encode() + b" HTTP/1.1\r\n\r\n", 400),
+    "a NUL in the path": (b"GET /v1/models/dig\x00its HTTP/1.1\r\n\r\n", 400),
+    "a 5000-digit version": (b"GET /v1/models/digits/versions/" + b"9" * 5000 + b" HTTP/1.1\r\n\r\n", 404),
+    "a 19-digit version beyond int64": (b"GET /v1/models/digits/versions/9999999999999999999 HTTP/1.1\r\n\r\n", 404),
+    "a path outside the API": (b"GET /v1/models/../../etc/passwd HTTP/1.1\r\n\r\n", 404),
+}
+
+
+@pytest.mark.parametrize("name", HTTP_ATTACKS)
+def test_protocol_abuse_gets_a_4xx_in_tf_servings_shape(server, name):
+    data, expected = HTTP_ATTACKS[name]
+    reply = raw_exchange(server.port, data)
+    assert status_of(reply) == expected, reply[:300]
+    assert error_of(reply), reply[:300]
+    alive(server)
+
+
+def test_pipelined_requests_are_answered_in_order_and_100_continue_is_honoured(server):
+    one = json.dumps({"instances": [[[[0.25]] * 8] * 8]}).encode()
+    keep = (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(one)}\r\n\r\n").encode() + one
+    data = keep * 5 + b"GET /v1/models/digits HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reply = raw_exchange(server.port, data)
+    assert reply.count(b"HTTP/1.1 200 OK") == 6 and reply.rstrip().endswith(b"}]}")
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {len(one)}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(one)
+        assert status_of(sock.recv(65536)) == 200
+
+
+# --- bodies -------------------------------------------------------------------------------------
+
+def _zero_row_then_rows() -> list[tuple[str, bytes, str]]:
+    return [("a 1-row batch", npy_bytes(np.zeros((1, 8, 8, 1), np.float32)), "application/x-npy"),
+            ("then a 0-row batch", npy_bytes(np.zeros((0, 8, 8, 1), np.float32)), "application/x-npy")]
+
+
+BODY_ATTACKS = {  # name: (path, body, content type, expected status, a fragment of the error)
+    "JSON nested 100k deep": (PREDICT, nested_json(100_000), "application/json", 400, "deeper than 1024"),
+    "JSON nested 900 deep": (PREDICT, nested_json(900), "application/json", 400, "nest too deep"),
+    "a 5000-digit number": (PREDICT, long_number_json(5000), "application/json", 400, "not valid JSON"),
+    "a 4000-digit integer": (PREDICT, long_number_json(4000), "application/json", 400, "beyond 64 bits"),
+    "not UTF-8": (PREDICT, b'{"instances": ["\xff\xfe"]}', "application/json", 400, "not valid JSON"),
+    "an empty body": (PREDICT, b"", "application/json", 400, "not valid JSON"),
+    "a JSON list": (PREDICT, b"[1, 2]", "application/json", 400, "must be an object"),
+    "null values": (PREDICT, json.dumps({"instances": [[[[None]] * 8] * 8]}).encode(), "application/json", 400,
+                    "expected numbers"),
+    "b64 for numbers": (PREDICT, b'{"instances": [{"b64": "AAAA"}]}', "application/json", 400, "expected numbers"),
+    "a 0-row JSON batch": (PREDICT, b'{"inputs": []}', "application/json", 400, "does not fit"),
+    "a 0-row .npy batch": (PREDICT, npy_bytes(np.zeros((0, 8, 8, 1), np.float32)), "application/x-npy", 400,
+                           "batch is empty"),
+    "an .npy declaring 10^12 rows": (PREDICT, npy_header_only((10**12, 8, 8, 1), data=b"\0" * 256),
+                                     "application/x-npy", 400, "declares shape"),
+    "an .npy declaring 2^62 elements": (HALF, npy_header_only((2**62,), data=b"\0" * 8), "application/x-npy", 400,
+                                        "declares shape"),
+    "an .npy of objects": (PREDICT, npy_header_only((1,), "|O"), "application/x-npy", 400, "without pickle"),
+    "an .npy of strings": (HALF, npy_bytes(np.array(["a", "b"])), "application/x-npy", 400, "plain numbers"),
+    "an .npy of records": (HALF, npy_bytes(np.zeros(2, dtype=[("a", "<f4")])), "application/x-npy", 400, "records"),
+    "an .npy of complex": (HALF, npy_bytes(np.zeros(2, np.complex64)), "application/x-npy", 400, "complex"),
+    "an .npy with a broken header": (PREDICT, b"\x93NUMPY\x01\x00\x10\x00{'descr': <f4'}\n", "application/x-npy",
+                                     400, "not a .npy file"),
+    "an .npy body sent as x-npz": (PREDICT, npy_bytes(np.zeros((1, 8, 8, 1), np.float32)), "application/x-npz", 400,
+                                   "send it as application/x-npy"),
+    "an .npz sent as x-npy": (PREDICT, npz_of(**{"pixels.npy": npy_bytes(np.zeros((1, 8, 8, 1), np.float32))}),
+                              "application/x-npy", 400, "send it as application/x-npz"),
+    "an .npz member that is not .npy": (PREDICT, npz_of(**{"pixels.txt": b"hello"}), "application/x-npz", 400,
+                                        "not one .npy per input"),
+    "an .npz member that is not an array": (PREDICT, npz_of(**{"pixels.npy": b"hello"}), "application/x-npz", 400,
+                                            "not a .npy file"),
+    "an .npz of 1000 members": (PREDICT, npz_of(**{f"m{i}.npy": b"" for i in range(1000)}), "application/x-npz", 400,
+                                "lists 1000 members"),
+    "an .npz unpacking to 1 GiB": (PREDICT, npz_bomb("pixels", (8, 8, 1), 1 << 30), "application/x-npz", 413,
+                                   "--max-memory-mb"),
+    "an .npz lying about its size": (PREDICT, npz_of(**{"pixels.npy": npy_header_only((1000, 8, 8, 1), data=b"\0" * 4)}),
+                                     "application/x-npz", 400, "declares shape"),
+    "a JSON batch over the memory budget": (HALF, json.dumps({"instances": [0.5] * 1_500_000}).encode(),
+                                            "application/json", 413, "--max-memory-mb"),
+    "a signature_name of 10k characters": (PREDICT, json.dumps({"signature_name": "s" * 10_000, "instances": [1]})
+                                           .encode(), "application/json", 400, "signature_name"),
+}
+
+
+@pytest.mark.parametrize("name", BODY_ATTACKS)
+def test_bad_bodies_get_a_4xx_naming_the_problem(server, name):
+    path, body, content_type, expected, fragment = BODY_ATTACKS[name]
+    reply = raw_exchange(server.port, post(path, body, content_type), timeout=30)
+    assert status_of(reply) == expected, reply[:400]
+    assert fragment in error_of(reply), reply[:400]
+
+
+def test_a_zero_row_batch_after_another_size_and_odd_but_legal_arrays(server):
+    for _, body, content_type in _zero_row_then_rows():
+        raw_exchange(server.port, post(PREDICT, body, content_type))
+    legal = [np.asfortranarray(np.ones((3, 8, 8, 1), np.float32)), np.ones((2, 8, 8, 1), ">f4"),
+             np.ones((2, 8, 8, 1), np.float16), np.ones((2, 8, 8, 1), np.uint8), np.ones((2, 8, 8, 1), bool)]
+    answers = [np.load(__import__("io").BytesIO(raw_exchange(server.port, post(PREDICT, npy_bytes(a), "application/x-npy"))
+                                               .partition(b"\r\n\r\n")[2])) for a in legal]
+    assert [a.shape for a in answers] == [(3, 10), (2, 10), (2, 10), (2, 10), (2, 10)]
+    assert np.allclose(answers[0][0], answers[1][0]) and np.allclose(answers[1][0], answers[2][0])
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                        max_size=3), max_leaves=40)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(document=st.one_of(JSON_VALUES, st.fixed_dictionaries({"instances": JSON_VALUES}),
+                          st.fixed_dictionaries({"inputs": JSON_VALUES}),
+                          st.fixed_dictionaries({"signature_name": JSON_VALUES, "instances": JSON_VALUES})),
+       path=st.sampled_from([PREDICT, HALF]))
+def test_any_json_document_gets_a_200_or_a_4xx(server, document, path):
+    body = json.dumps(document, allow_nan=True).encode()
+    status, _, reply = Client(server.port).request("POST", path, body, "application/json")
+    assert status == 200 or (400 <= status < 500 and json.loads(reply)["error"]), (status, body[:200], reply[:200])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.binary(max_size=400) | st.builds(lambda b: b"\x93NUMPY" + b, st.binary(max_size=200))
+       | st.builds(lambda b: b"PK\x03\x04" + b, st.binary(max_size=200)),
+       content_type=st.sampled_from(["application/x-npy", "application/x-npz", "application/json", "text/plain"]),
+       path=st.sampled_from([PREDICT, HALF]))
+def test_any_bytes_get_a_200_or_a_4xx(server, body, content_type, path):
+    status, _, reply = Client(server.port).request("POST", path, body, content_type)
+    assert status == 200 or (400 <= status < 500 and json.loads(reply)["error"]), (status, body[:100], reply[:200])
+
+
+# --- gRPC -------------------------------------------------------------------------------------
+
+F, I64 = tensorflow_pb2.DT_FLOAT, tensorflow_pb2.DT_INT64
+INVALID, EXHAUSTED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
+GRPC_ATTACKS = {  # name: (model, input, tensor, expected code)
+    "dtype enum 999": ("half", "x", tensor(999, [1], float_val=[1]), INVALID),
+    "tensor_content of 255 bytes for one float": ("half", "x", tensor(F, [1], tensor_content=b"\0" * 255), INVALID),
+    "tensor_content too short for its shape": ("half", "x", tensor(F, [100], tensor_content=b"\0" * 8), INVALID),
+    "dims [2^40, 2^40]": ("half", "x", tensor(F, [2**40, 2**40], float_val=[1]), INVALID),
+    "dims [2^40, 8, 8, 1], one value": ("digits", "pixels", tensor(F, [2**40, 8, 8, 1], float_val=[0.5]), EXHAUSTED),
+    "[1000000, 8, 8, 1] from one value": ("digits", "pixels", tensor(F, [1000000, 8, 8, 1], float_val=[0.5]),
+                                          EXHAUSTED),
+    "[100000000] from one value": ("half", "x", tensor(F, [100000000], float_val=[0.5]), EXHAUSTED),
+    "10^12 elements from one value": ("half", "x", tensor(F, [10**12], float_val=[0.5]), EXHAUSTED),
+    "a 0-row batch": ("digits", "pixels", tensor(F, [0, 8, 8, 1]), INVALID),
+    "a negative dimension": ("half", "x", tensor(F, [-3], float_val=[1]), INVALID),
+    "an unknown rank": ("half", "x", tensorflow_pb2.TensorProto(dtype=F, tensor_shape={"unknown_rank": True}), INVALID),
+    "strings for a float input": ("half", "x", tensor(tensorflow_pb2.DT_STRING, [1], string_val=[b"a"]), INVALID),
+    "a complex64 tensor": ("half", "x", tensor(tensorflow_pb2.DT_COMPLEX64, [1], scomplex_val=[1, 2]), INVALID),
+    "a bfloat16 tensor": ("half", "x", tensor(tensorflow_pb2.DT_BFLOAT16, [1], half_val=[1]), INVALID),
+    "3 values for a shape of 2": ("half", "x", tensor(F, [2], float_val=[1, 2, 3]), INVALID),
+    "int64 values into a float input": ("half", "x", tensor(I64, [2], int64_val=[1, 2]), grpc.StatusCode.OK),
+}
+
+
+@pytest.mark.parametrize("name", GRPC_ATTACKS)
+def test_grpc_tensors_get_precise_codes_counted_in_metrics(server, name):
+    model, input_name, proto, expected = GRPC_ATTACKS[name]
+    stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    before = _metric(server, "edgekit_request_errors_total", expected.name)
+    if expected == grpc.StatusCode.OK:
+        assert stub.Predict(grpc_request(model, input_name, proto), timeout=30).outputs
+        return
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(grpc_request(model, input_name, proto), timeout=30)
+    assert error.value.code() == expected, error.value.details()
+    assert _metric(server, "edgekit_request_errors_total", expected.name) == before + 1
+
+
+def test_grpc_version_labels_and_specs_out_of_range(server):
+    stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    request = grpc_request("half", "x", to_tensor(np.ones(2, np.float32)))
+    request.model_spec.version.value = -5
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    request.model_spec.ClearField("version")
+    request.model_spec.signature_name = "s" * 100_000
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND and len(error.value.details()) < 2000
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(dtype=st.integers(0, 30) | st.integers(-5, 2**31 - 1), dims=st.lists(st.integers(-2, 2**62), max_size=5),
+       content=st.binary(max_size=64), floats=st.lists(st.floats(width=32), max_size=5),
+       strings=st.lists(st.binary(max_size=4), max_size=3))
+def test_any_tensor_proto_gets_a_precise_code(server, dtype, dims, content, floats, strings):
+    proto = tensor(dtype, dims, tensor_content=content, float_val=floats, string_val=strings)
+    stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    try:
+        stub.Predict(grpc_request("half", "x", proto), timeout=30)
+    except grpc.RpcError as error:
+        assert error.code() in (INVALID, EXHAUSTED), (error.code(), error.details())
+    except ValueError:  # the client library refuses to send it (an enum out of its range)
+        pass
+
+
+def _metric(running: Server, name: str, code: str) -> float:
+    text = Client(running.port).request("GET", "/metrics")[2].decode()
+    line = next((line for line in text.splitlines() if line.startswith(f'{name}{{code="{code}"}}')), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+# --- clients that hold resources ---------------------------------------------------------------
+
+def test_slow_and_silent_clients_do_not_starve_the_others(server):
+    """Half-sent bodies, headers dripped one byte at a time: the others are served meanwhile,
+    and the slow ones are cut off with 408 after --read-timeout."""
+    holders = Holders()
+    try:
+        head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".encode()
+        silent = [holders.open(server.port, head + b'{"instances": [') for _ in range(8)]
+        for _ in range(8):
+            holders.drip(holders.open(server.port, b"POST /v1/models/digits:predict HTTP/1.1\r\n"), b"X-Slow: y\r\n",
+                         0.2)
+        for _ in range(20):
+            alive(server)
+        statuses = holders.replies(timeout=5)
+        assert statuses[: len(silent)] == [408] * len(silent)
+        assert set(statuses[len(silent):]) == {408}
+    finally:
+        holders.close()
+    alive(server)
+
+
+def test_endless_header_lines_are_cut_at_the_header_limit(server):
+    holders = Holders()
+    try:
+        for _ in range(10):
+            holders.flood(holders.open(server.port, b"GET /healthz HTTP/1.1\r\nX-Endless: "), b"a" * 65536)
+        time.sleep(1.0)
+        alive(server)
+        assert set(holders.replies()) == {431}
+    finally:
+        holders.close()
+    assert memory_mb(server.process.pid)["peak_rss_mb"] < MEMORY_CEILING_MB
+
+
+def test_idle_connections_cannot_lock_clients_out(server):
+    """Three times --max-connections sockets that never send: new clients still get in (the
+    longest-idle connection makes room), and the idle ones are closed."""
+    holders = Holders()
+    try:
+        for _ in range(96):
+            holders.open(server.port)
+        for _ in range(10):
+            alive(server)
+    finally:
+        holders.close()
+
+
+def test_a_client_that_never_reads_its_replies_is_dropped(server):
+    import socket
+
+    body = npy_bytes(np.zeros((20000, 8, 8, 1), np.float32))  # 5 MB in, 800 KB out, again and again
+    request = (f"POST {PREDICT} HTTP/1.1\r\nContent-Type: application/x-npy\r\nContent-Length: {len(body)}\r\n\r\n"
+               ).encode() + body
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(15)
+    try:
+        for _ in range(30):
+            sock.sendall(request)
+    except OSError:
+        pass  # the server stopped reading, then closed it
+    finally:
+        sock.close()
+    alive(server)
+    assert memory_mb(server.process.pid)["peak_rss_mb"] < MEMORY_CEILING_MB
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+def test_concurrent_large_requests_share_the_memory_budget(server):
+    """16 clients with 1-3 MB bodies at once against a 64 MB budget: each is answered (200,
+    or 503 if it waited past --queue-timeout), memory stays under the ceiling."""
+    bodies = [json.dumps({"instances": np.random.default_rng(0).random((1000, 8, 8, 1)).round(4).tolist()}).encode(),
+              npy_bytes(np.ones((12000, 8, 8, 1), np.float32))]
+    statuses = []
+
+    def client(number: int):
+        body = bodies[number % 2]
+        content_type = "application/json" if number % 2 == 0 else "application/x-npy"
+        statuses.append(served_ok(server.port, PREDICT, body, content_type, timeout=60)[0])
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 8, statuses
+    assert memory_mb(server.process.pid)["peak_rss_mb"] < MEMORY_CEILING_MB
+    alive(server)
+
+
+def test_a_large_legal_batch_runs_in_chunks_and_memory_comes_back(models):
+    rows = np.random.default_rng(1).random((40000, 8, 8, 1)).astype(np.float32)  # 10 MB
+    with Server(["--model-config", str(models / "models.json"), *FLAGS, "--max-batch-rows", "512"]) as running:
+        idle = memory_mb(running.process.pid)["rss_mb"]
+        reply = raw_exchange(running.port, post(PREDICT, npy_bytes(rows), "application/x-npy"), timeout=60)
+        assert status_of(reply) == 200
+        probs = np.load(__import__("io").BytesIO(reply.partition(b"\r\n\r\n")[2]))
+        single = json.loads(raw_exchange(running.port, post(PREDICT, json.dumps({"instances": rows[-1:].tolist()})
+                                                            .encode()))
+                            .partition(b"\r\n\r\n")[2])["predictions"]
+        assert probs.shape == (40000, 10) and np.allclose(probs[-1], single[0])
+        after = memory_mb(running.process.pid)
+        assert after["rss_mb"] < idle + 40, (idle, after)
+        log = running.stop()
+    assert '"batch_rows": 512' in log
+
+
+# --- start-up and operations -------------------------------------------------------------------
+
+def test_ports_are_owned_and_a_taken_one_stops_start_up(server, models):
+    config = str(models / "models.json")
+    for args, port_name in ((["--port", str(free_port()), "--grpc-port", str(server.grpc_port)], "gRPC"),
+                            (["--port", str(server.port), "--grpc-port", str(free_port())], "REST port")):
+        result = subprocess.run([sys.executable, "-m", "edgekit.cli", "serve", "--model-config", config, *args],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "error: " in result.stderr and port_name in result.stderr and "hint: " in result.stderr
+        assert "Traceback" not in result.stderr
+    alive(server)
+
+
+def test_exposed_without_a_key_warns(models):
+    with Server([str(models / "half"), "--host", "0.0.0.0"]) as running:
+        log = running.stop()
+    assert '"event": "exposed_without_key"' in log
+
+
+def test_a_broken_version_deployed_while_serving_fails_alone(models, tmp_path):
+    base = tmp_path / "half"
+    shutil.copytree(models / "half" / "1", base / "1")
+    with Server([str(base), *FLAGS]) as running:
+        (base / "2").mkdir()
+        (base / "2" / "manifest.json").write_text("[]")
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            status = Client(running.port).json("GET", "/v1/models/half")[1]["model_version_status"]
+            if status[0]["state"] == "END":
+                break
+            time.sleep(0.1)
+        assert status[0]["version"] == "2" and "not an object" in status[0]["status"]["error_message"]
+        shutil.copytree(models / "half" / "1", base / "3")
+        deadline = time.time() + 20
+        while time.time() < deadline and Client(running.port).json("GET", "/v1/models/half")[1][
+                "model_version_status"][0]["version"] != "3":
+            time.sleep(0.1)
+        status, reply = Client(running.port).predict(HALF, {"instances": [2.0]})
+        assert status == 200 and reply == {"predictions": [3.0]}
+        log = running.stop()
+    assert "poll_error" not in log
+
+
+def test_convert_out_dir_as_the_base_path_is_refused_with_the_fix(tmp_path, digits_out):
+    result = subprocess.run([sys.executable, "-m", "edgekit.cli", "serve", str(digits_out)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "version folders" in result.stderr and "hint: " in result.stderr
+
+
+def test_the_digits_sample_answers_after_the_attacks(server):
+    with np.load(DIGITS / "eval.npz") as archive:
+        pixels, labels = archive["pixels"][:32], archive["y"][:32]
+    status, reply = Client(server.port).predict(PREDICT, {"instances": pixels.tolist()})
+    assert status == 200 and (np.argmax(reply["predictions"], 1) == labels).mean() > 0.85
+    assert memory_mb(server.process.pid)["peak_rss_mb"] < MEMORY_CEILING_MB
+    assert server.process.poll() is None
+    text = Client(server.port).request("GET", "/metrics")[2].decode()
+    assert 'code="500"' not in text and 'code="INTERNAL"' not in text and 'code="UNKNOWN"' not in text
