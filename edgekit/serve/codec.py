@@ -92,7 +92,8 @@ def parse_json(body: bytes) -> dict[str, Any]:
         try:
             document = json.loads(body)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
-            raise BadInput(f"the body is not valid JSON: {str(exc)[:200]}",
+            detail = "a number has more than 4300 digits" if "integer string conversion" in str(exc) else str(exc)
+            raise BadInput(f"the body is not valid JSON: {detail[:200]}",
                            'send {"instances": [...]} or {"inputs": ...}') from None
     if not isinstance(document, dict):
         raise BadInput("the JSON body must be an object", 'send {"instances": [...]} or {"inputs": ...}')
@@ -246,14 +247,34 @@ def decode_binary(body: bytes, content_type: str, specs: list[ServingTensor], ad
                            "send application/x-npz keyed by input name")
         if body.startswith(b"PK"):
             raise BadInput("the body is an .npz archive sent as application/x-npy", "send it as application/x-npz")
-        stream = io.BytesIO(body)
-        shape, dtype, order = _npy_header(stream, "the body")
+        shape, dtype, order, offset = _npy_header_cached(body)
         nbytes = check_declared(specs[0], shape, dtype, "body")
-        _check_data_size(len(body) - stream.tell(), shape, dtype, "the .npy body")
+        _check_data_size(len(body) - offset, shape, dtype, "the .npy body")
         admit(nbytes, shape[0] if shape else 1)
-        array = np.frombuffer(body, dtype, math.prod(shape), stream.tell()).reshape(shape, order=order)
+        array = np.frombuffer(body, dtype, math.prod(shape), offset).reshape(shape, order=order)
         return Request(DEFAULT_SIGNATURE, {specs[0].name: array.astype(specs[0].dtype, copy=False)}, "npy")
     return Request(DEFAULT_SIGNATURE, _decode_npz(body, specs, admit), "npz")
+
+
+_HEADERS: dict[bytes, tuple[tuple[int, ...], np.dtype, str, int]] = {}
+
+
+def _npy_header_cached(body: bytes) -> tuple[tuple[int, ...], np.dtype, str, int]:
+    """_npy_header of a .npy body, and where its data starts. Clients send the same header
+    request after request, and parsing one (numpy reads it with ast) is most of the
+    decoding cost of a small body: parsed headers are kept, a few hundred at most."""
+    size = 4 if body[6:7] in (b"\x02", b"\x03") else 2
+    end = 8 + size + int.from_bytes(body[8 : 8 + size], "little")
+    key = body[:end] if len(body) >= end and end <= 10016 else None
+    if key is not None and key in _HEADERS:
+        return _HEADERS[key]
+    stream = io.BytesIO(body)
+    parsed = (*_npy_header(stream, "the body"), stream.tell())
+    if key is not None:
+        if len(_HEADERS) >= 256:
+            _HEADERS.clear()
+        _HEADERS[key] = parsed
+    return parsed
 
 
 def _npy_header(stream, where: str) -> tuple[tuple[int, ...], np.dtype, str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edgekit.errors import BadInput
 from edgekit.manifest import MANIFEST_NAME
+from edgekit.serve import malloc
 from edgekit.serve.limits import Limits
 from edgekit.serve.metrics import ServerMetrics
 from edgekit.serve.repository import ModelConfig, ModelRepository, VersionPolicy, check_name, read_model_config
@@ -132,6 +133,7 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
         log.log(level, json.dumps({"event": kind, **fields}))
 
     sock = bind(host, port)
+    malloc.tune()
     repository = ModelRepository(configs, threads=threads, interpreters=interpreters or default_interpreters(threads),
                                  poll_seconds=poll_seconds, on_event=on_event, max_batch_rows=limits.max_batch_rows)
     service = Service(repository, limits, api_key=api_key, metrics=metrics)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError, NotFound, Unauthorized
+from edgekit.serve import malloc
 from edgekit.serve.codec import ServingTensor
 from edgekit.serve.limits import JSON_PARSE_FACTOR, JSON_REPLY_FACTOR, TENSOR_COPIES, Limits, MemoryBudget, Slots
 from edgekit.serve.metrics import ServerMetrics
@@ -55,6 +56,8 @@ class Admission:
     def close(self) -> None:
         if self.held:
             self.service.budget.release(self.held)
+            if self.held >= malloc.TRIM_AFTER_BYTES:
+                malloc.trim()
             self.held = 0
 
 
@@ -106,9 +109,10 @@ class Service:
 
     def tensor_cost(self, loaded: LoadedVersion, signature: str, message_bytes: int, decoded_bytes: int,
                     rows: int) -> int:
-        """Peak memory for a binary body or gRPC message whose tensors are `decoded_bytes`."""
+        """Peak memory for a binary body or gRPC message whose tensors are `decoded_bytes`:
+        the body twice (its pieces, then joined), the tensors' copies, the reply."""
         _, outs = loaded.specs(signature)
-        return message_bytes + decoded_bytes * TENSOR_COPIES + rows * _row_bytes(outs) * 2
+        return 2 * message_bytes + decoded_bytes * TENSOR_COPIES + rows * _row_bytes(outs) * 2
 
     def run(self, loaded: LoadedVersion, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         started = time.perf_counter()

@@ -1,0 +1,32 @@
+"""Give freed request memory back to the system (glibc), so a Pi's RSS returns near idle
+after a large request instead of staying at its peak.
+
+glibc raises its mmap threshold each time a large block is freed, so later large
+buffers (bodies, decoded tensors) come from the heap, which it rarely returns. A fixed
+threshold keeps them in their own mappings, unmapped on free; a trim after a large
+request returns what the heap freed. No-ops where the C library is not glibc.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 256 << 10
+TRIM_AFTER_BYTES = 8 << 20  # trim after a request that reserved at least this much
+
+try:
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    _mallopt, _malloc_trim = _libc.mallopt, _libc.malloc_trim
+except (OSError, AttributeError):  # not glibc (musl, macOS)
+    _mallopt = _malloc_trim = None
+
+
+def tune() -> None:
+    if _mallopt is not None:
+        _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def trim() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
