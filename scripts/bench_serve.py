@@ -1,16 +1,21 @@
-"""`edgekit serve` under load, beside a bare in-process interpreter loop.
+"""What `edgekit serve` costs per request, measured fairly, beside a bare interpreter loop and
+the plain Flask + LiteRT app a user would otherwise write.
 
-    python scripts/bench_serve.py [--seconds 4] [--clients 1,4,16] [--json results/serve.json]
+    python scripts/bench_serve.py [--seconds 5] [--clients 4] [--trees now=.,before=PATH]
+                                  [--models digits,mobilenet_v2] [--json results/serve.json]
 
-For the sample digits CNN and MobileNetV2(weights=None) (both int8, as serve picks by
-default): starts `edgekit serve` (2 interpreters x 1 thread, request logs off), records
-the time from start to ready and the server's resident memory (and, from a second start
-with --grpc-port 0, its memory with REST alone), then drives it from a second process
-(`--client` mode of this script: N threads, one keep-alive HTTP/1.1 connection or gRPC
-channel each) with JSON bodies, binary (.npy) bodies and gRPC PredictRequests, batch 1. The bare loop is the
-best of one interpreter with all cores and one interpreter per core in threads, calling
-invoke() on inputs set once: what the server could reach with no HTTP at all.
-All of it shares this machine's 2 cores, load generator included.
+On a machine with two or more cores, the server under test (or the bare loop) is pinned to
+core 0 with one interpreter and one thread, and the load generator to core 1 (`taskset`),
+so the client's own cost never mixes into the server's. Measured per cell (4 keep-alive
+clients, batch 1, request logs off):
+- throughput, p50/p99 latency, and the ratio to the pinned bare loop (`invoke()` on inputs
+  set once, as TFLite's benchmark_model does);
+- the server's CPU time per request, from /proc/PID/stat, and the overhead per request:
+  that CPU time less the bare loop's CPU per inference.
+Models: the sample digits CNN and MobileNetV2(weights=None), both full-integer int8 with float
+inputs and outputs (the interpreter quantizes). `--trees` runs the same cells against other
+checkouts of edgekit (PYTHONPATH), so before and after come from one run on one machine.
+The Flask baseline needs `pip install flask waitress` (edgekit[bench]).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -33,11 +39,22 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "sample_models" / "digits_cnn"
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def client_main(port: int, model: str, body_path: str, content_type: str, clients: int, seconds: float) -> None:
-    """Load generator: `clients` threads, each with one persistent HTTP connection, or
-    (content_type "grpc") one gRPC channel sending a PredictRequest of the .npy body."""
+def pinning() -> tuple[list[str], list[str], bool]:
+    """taskset prefixes for the server and the load generator: disjoint cores where there are two."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cores[0])], ["taskset", "-c", str(cores[1])], True
+    return [], [], False
+
+
+# --- load generator (this script with --client, on its own core) -------------------------------
+
+def client_main(port: int, model: str, input_name: str, body_path: str, kind: str, clients: int,
+                seconds: float) -> None:
+    """`clients` threads, each with one keep-alive HTTP connection or gRPC channel, batch 1."""
     body = Path(body_path).read_bytes()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
@@ -45,14 +62,13 @@ def client_main(port: int, model: str, body_path: str, content_type: str, client
 
     def http_worker(slot: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        headers = {"Content-Type": content_type}
+        headers = {"Content-Type": "application/x-npy" if kind == "npy" else "application/json"}
         while time.perf_counter() < deadline:
             start = time.perf_counter()
             connection.request("POST", f"/v1/models/{model}:predict", body=body, headers=headers)
             response = connection.getresponse()
             response.read()
-            if response.status != 200:
-                errors[slot] += 1
+            errors[slot] += response.status != 200
             latencies[slot].append(time.perf_counter() - start)
         connection.close()
 
@@ -75,11 +91,7 @@ def client_main(port: int, model: str, body_path: str, content_type: str, client
                 errors[slot] += 1
             latencies[slot].append(time.perf_counter() - start)
 
-    worker = http_worker
-    if content_type == "grpc":
-        worker = grpc_worker
-        input_name = json.loads(os.environ["EDGEKIT_BENCH_INPUT"])
-
+    worker = grpc_worker if kind == "grpc" else http_worker
     started = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -94,32 +106,54 @@ def client_main(port: int, model: str, body_path: str, content_type: str, client
                       "p99_ms": round(float(np.percentile(merged, 99)), 3)}))
 
 
-def bare_loop(path: Path, row: np.ndarray, seconds: float) -> dict:
+# --- the things measured -------------------------------------------------------------------------
+
+BARE = textwrap.dedent("""
+    import json, os, sys, time
+    import numpy as np
     from edgekit.runtime import TFLiteModel
+    model = TFLiteModel(sys.argv[1], num_threads=1)
+    row = np.load(sys.argv[2])
+    invoke = model.prepare({model.inputs()[0].name: row})
+    for _ in range(20):
+        invoke()
+    count, deadline = 0, time.perf_counter() + float(sys.argv[3])
+    cpu, wall = time.process_time(), time.perf_counter()
+    while time.perf_counter() < deadline:
+        invoke()
+        count += 1
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(json.dumps({"throughput_rps": round(count / wall, 1), "cpu_ms_per_inference": round(cpu * 1000 / count, 4)}))
+""")
 
-    results = {}
-    cores = os.cpu_count() or 1
-    for label, interpreters, threads in (("1 interpreter x all cores", 1, cores),
-                                         (f"{cores} interpreters x 1 thread", cores, 1)):
-        models = [TFLiteModel(path, num_threads=threads) for _ in range(interpreters)]
-        name = models[0].inputs()[0].name
-        counts = [0] * interpreters
-        deadline = time.perf_counter() + seconds
+FLASK_APP = textwrap.dedent("""
+    # The app a user writes without edgekit: Flask, one LiteRT interpreter behind a lock, JSON
+    # in and out, served by waitress (4 threads).
+    import sys, threading
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+    from flask import Flask, jsonify, request
+    from waitress import serve
 
-        def loop(slot: int) -> None:
-            invoke = models[slot].prepare({name: row})
-            while time.perf_counter() < deadline:
-                invoke()
-                counts[slot] += 1
+    interpreter = Interpreter(model_path=sys.argv[1], num_threads=1)
+    interpreter.allocate_tensors()
+    lock = threading.Lock()
+    app = Flask(__name__)
 
-        started = time.perf_counter()
-        workers = [threading.Thread(target=loop, args=(i,)) for i in range(interpreters)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        results[label] = round(sum(counts) / (time.perf_counter() - started), 1)
-    return {"throughput_rps": max(results.values()), "by_layout": results}
+    @app.post("/v1/models/<name>:predict")
+    def predict(name):
+        batch = np.array(request.get_json()["instances"], dtype=np.float32)
+        with lock:
+            index = interpreter.get_input_details()[0]["index"]
+            interpreter.resize_tensor_input(index, batch.shape)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(index, batch)
+            interpreter.invoke()
+            output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        return jsonify({"predictions": output.tolist()})
+
+    serve(app, host="127.0.0.1", port=int(sys.argv[2]), threads=4, _quiet=True)
+""")
 
 
 def free_port() -> int:
@@ -128,154 +162,164 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def memory_mb(pid: int) -> dict:
-    fields = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            key = line.split(":")[0]
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = round(int(line.split()[1]) / 1024, 1)
-    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def measure_model(name: str, base: Path, row: np.ndarray, clients: list[int], seconds: float, work: Path,
-                  encodings: list[str]) -> dict:
-    rest_only = rest_only_memory(name, base)
-    port, grpc_port = free_port(), free_port()
-    started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(base), "--model-name", name,
-                               "--port", str(port), "--grpc-port", str(grpc_port),
-                               "--interpreters", str(os.cpu_count() or 1), "--threads", "1",
-                               "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.perf_counter() + 120
-    while True:
+def wait_ready(port: int, process: subprocess.Popen, path: str = "/readyz") -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited: {process.returncode}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                break
+            connection.request("GET", path)
+            if connection.getresponse().status in (200, 405):
+                return
         except OSError:
             pass
-        if time.perf_counter() > deadline or server.poll() is not None:
-            server.kill()
-            raise SystemExit(f"{name}: the server did not become ready in 120 s")
-        time.sleep(0.02)
-    ready_seconds = time.perf_counter() - started
-    memory_ready = memory_mb(server.pid)
-    json_body = work / f"{name}.json"
-    json_body.write_text(json.dumps({"instances": row.tolist()}))
-    buffer = io.BytesIO()
-    np.save(buffer, row)
-    npy_body = work / f"{name}.npy"
-    npy_body.write_bytes(buffer.getvalue())
-    cells = {}
+        time.sleep(0.05)
+    raise SystemExit("the server did not become ready in 120 s")
+
+
+def run_cell(server_pid: int, port: int, model: str, input_name: str, body: Path, kind: str, clients: int,
+             seconds: float, client_pin: list[str]) -> dict:
+    before = cpu_seconds(server_pid)
+    out = subprocess.run([*client_pin, sys.executable, __file__, "--client", str(port), model, input_name, str(body),
+                          kind, str(clients), str(seconds)], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    cell = json.loads(out.stdout)
+    cell["server_cpu_ms_per_request"] = round((cpu_seconds(server_pid) - before) * 1000 / max(1, cell["requests"]), 4)
+    return cell
+
+
+def measure_edgekit(tree: Path, base: Path, model: str, input_name: str, bodies: dict, clients: int,
+                    seconds: float, server_pin: list[str], client_pin: list[str]) -> dict:
+    port, grpc_port = free_port(), free_port()
+    server = subprocess.Popen([*server_pin, sys.executable, "-m", "edgekit.cli", "serve", str(base), "--model-name",
+                               model, "--port", str(port), "--grpc-port", str(grpc_port), "--interpreters", "1",
+                               "--threads", "1", "--log-level", "warning"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tree,  # -m puts the cwd first
+                              env=dict(os.environ, PYTHONPATH=str(tree)))
     try:
-        input_name = json.dumps(input_name_of(base))
-        for encoding, body, content_type in (("json", json_body, "application/json"),
-                                             ("binary", npy_body, "application/x-npy"), ("grpc", npy_body, "grpc")):
-            if encoding not in encodings:
-                continue
-            target = grpc_port if encoding == "grpc" else port
-            for count in clients:
-                out = subprocess.run([sys.executable, __file__, "--client", str(target), name, str(body), content_type,
-                                      str(count), str(seconds)], capture_output=True, text=True, check=True,
-                                     env=dict(os.environ, EDGEKIT_BENCH_INPUT=input_name))
-                cells[f"{encoding}_{count}"] = json.loads(out.stdout)
-                print(f"  {name} {encoding:6} {count:2} clients: {cells[f'{encoding}_{count}']}", flush=True)
-        memory_after = memory_mb(server.pid)
+        wait_ready(port, server)
+        cells = {}
+        for kind in ("npy", "grpc", "json"):
+            cells[kind] = run_cell(server.pid, grpc_port if kind == "grpc" else port, model, input_name, bodies[kind],
+                                   "json" if kind == "json" else kind, clients, seconds, client_pin)
+            print(f"  {tree} {model} {kind}: {cells[kind]}", flush=True)
+        return cells
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-    return {"start_to_ready_s": round(ready_seconds, 3), "memory_when_ready": memory_ready,
-            "memory_when_ready_rest_only": rest_only,
-            "memory_after_load": memory_after, "request_bytes": {"json": json_body.stat().st_size,
-                                                                 "binary": npy_body.stat().st_size}, "served": cells}
+        server.wait(timeout=60)
 
 
-def input_name_of(base: Path) -> str:
-    from edgekit.runtime import TFLiteModel
-
-    return TFLiteModel(next((base / "1").glob("*.tflite"))).inputs()[0].name
-
-
-def rest_only_memory(name: str, base: Path) -> dict:
-    """The server's memory when ready with gRPC off (--grpc-port 0), for comparison."""
+def measure_flask(tflite: Path, model: str, body: Path, clients: int, seconds: float, server_pin: list[str],
+                  client_pin: list[str]) -> dict | None:
+    try:
+        import flask  # noqa: F401
+        import waitress  # noqa: F401
+    except ImportError:
+        return None
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(base), "--model-name", name,
-                               "--port", str(port), "--grpc-port", "0", "--interpreters", str(os.cpu_count() or 1),
-                               "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([*server_pin, sys.executable, "-c", FLASK_APP, str(tflite), str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while True:
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                connection.request("GET", "/readyz")
-                if connection.getresponse().status == 200:
-                    return memory_mb(server.pid)
-            except OSError:
-                pass
-            time.sleep(0.05)
+        wait_ready(port, server, f"/v1/models/{model}:predict")
+        cell = run_cell(server.pid, port, model, "", body, "json", clients, seconds, client_pin)
+        print(f"  flask {model} json: {cell}", flush=True)
+        return cell
     finally:
-        server.send_signal(signal.SIGTERM)
+        server.terminate()
         server.wait(timeout=30)
 
 
-def prepare_models(work: Path, names: list[str]) -> dict[str, tuple[Path, np.ndarray]]:
+def prepare_models(work: Path, names: list[str]) -> dict[str, tuple[Path, str, np.ndarray]]:
+    """name -> (base path with 1/model.tflite, input name, one row)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(Path(__file__).parent))
-    from mobilenet import export_mobilenet_v2, smooth_images
-
     from edgekit import convert
 
     models = {}
     if "digits" in names:
-        convert(DIGITS / "saved_model", work / "digits" / "1", variants=("int8",), tfjs=(),
+        convert(DIGITS / "saved_model", work / "digits_out", variants=("int8",), int8_io="float", tfjs=(),
                 calibration=DIGITS / "calibration.npz")
-        models["digits"] = (work / "digits", np.load(DIGITS / "eval.npz")["pixels"][:1])
-    if "mobilenet_v2" not in names:
-        return models
-    images = smooth_images(101)
-    saved_model = export_mobilenet_v2(work / "mobilenet_saved_model", images[:32])
-    np.save(work / "calibration.npy", images[:100])
-    convert(saved_model, work / "mobilenet_out", variants=("int8",), int8_io="int8", tfjs=(),
-            calibration=work / "calibration.npy", calibration_samples=100)
-    # A random-weight MobileNetV2's int8 artifact fails convert's check (its near-uniform
-    # softmax is below int8's output step), so serve would not pick it from an OUT_DIR.
-    # Its speed is what is measured here: serve the file as TF Serving's layout, 1/model.tflite.
-    (work / "mobilenet_v2" / "1").mkdir(parents=True)
-    shutil.copy(work / "mobilenet_out" / "model_int8.tflite", work / "mobilenet_v2" / "1" / "model.tflite")
-    models["mobilenet_v2"] = (work / "mobilenet_v2", images[100:101])
-    return models
+        with np.load(DIGITS / "eval.npz") as archive:
+            row = archive["pixels"][:1]
+        models["digits"] = (work / "digits_out", "pixels", row)
+    if "mobilenet_v2" in names:
+        from mobilenet import export_mobilenet_v2, smooth_images
+
+        images = smooth_images(101)
+        saved_model = export_mobilenet_v2(work / "mobilenet_saved_model", images[:32])
+        np.save(work / "calibration.npy", images[:100])
+        convert(saved_model, work / "mobilenet_out", variants=("int8",), int8_io="float", tfjs=(),
+                calibration=work / "calibration.npy", calibration_samples=100)
+        models["mobilenet_v2"] = (work / "mobilenet_out", None, images[100:101])
+    laid_out = {}
+    for name, (out, input_name, row) in models.items():
+        # served as TF Serving's layout (1/model.tflite): a random-weight MobileNetV2's int8 artifact
+        # fails convert's accuracy check, and its speed is what is measured here
+        (work / name / "1").mkdir(parents=True)
+        shutil.copy(out / "model_int8.tflite", work / name / "1" / "model.tflite")
+        if input_name is None:
+            from edgekit.runtime import TFLiteModel
+
+            input_name = TFLiteModel(work / name / "1" / "model.tflite").inputs()[0].name
+        laid_out[name] = (work / name, input_name, row)
+    return laid_out
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        port, model, body, content_type, clients, seconds = sys.argv[2:8]
-        client_main(int(port), model, body, content_type, int(clients), float(seconds))
+        port, model, input_name, body, kind, clients, seconds = sys.argv[2:9]
+        client_main(int(port), model, input_name, body, kind, int(clients), float(seconds))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--models", default="digits,mobilenet_v2")
-    parser.add_argument("--encodings", default="json,binary,grpc")
-    parser.add_argument("--json", type=Path, default=Path("results/serve.json"))
+    parser.add_argument("--trees", default="now=.", help="label=path of edgekit checkouts to compare")
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "serve.json")
     args = parser.parse_args()
-    clients = [int(c) for c in args.clients.split(",")]
+    server_pin, client_pin, pinned = pinning()
+    trees = {label: Path(path).resolve() for label, path in (item.split("=", 1) for item in args.trees.split(","))}
     work = Path(tempfile.mkdtemp(prefix="edgekit-serve-bench-"))
-    results = {"machine": {"cpus": os.cpu_count()}, "seconds_per_cell": args.seconds, "models": {}}
-    for name, (base, row) in prepare_models(work, args.models.split(",")).items():
-        artifact = next((base / "1").glob("*.tflite"))
-        print(f"{name}: bare loop", flush=True)
-        bare = bare_loop(artifact, row, args.seconds)
-        print(f"  {bare}", flush=True)
-        entry = measure_model(name, base, row, clients, args.seconds, work, args.encodings.split(","))
-        entry["bare_loop"] = bare
-        for key, cell in entry["served"].items():
-            cell["ratio_to_bare"] = round(cell["throughput_rps"] / bare["throughput_rps"], 3)
+    results = {"machine": {"cpus": os.cpu_count(), "pinned": pinned,
+                           "layout": "server (or bare loop) on core 0, load generator on core 1" if pinned
+                           else "no pinning: fewer than 2 cores"},
+               "setup": {"clients": args.clients, "seconds_per_cell": args.seconds, "batch": 1,
+                         "server": "1 interpreter x 1 thread, request logs off"},
+               "trees": {label: str(path) for label, path in trees.items()}, "models": {}}
+    for name, (base, input_name, row) in prepare_models(work, args.models.split(",")).items():
+        tflite = base / "1" / "model.tflite"
+        np.save(work / f"{name}.npy", row)
+        bodies = {"npy": work / f"{name}.npy", "grpc": work / f"{name}.npy", "json": work / f"{name}.json"}
+        bodies["json"].write_text(json.dumps({"instances": row.tolist()}))
+        bare = json.loads(subprocess.run([*server_pin, sys.executable, "-c", BARE, str(tflite), str(bodies["npy"]),
+                                          str(args.seconds)], capture_output=True, text=True, check=True,
+                                         env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout)
+        print(f"{name}: bare loop {bare}", flush=True)
+        entry = {"request_bytes": {"npy": bodies["npy"].stat().st_size, "json": bodies["json"].stat().st_size},
+                 "bare_loop": bare, "edgekit": {}}
+        for label, tree in trees.items():
+            cells = measure_edgekit(tree, base, name, input_name, bodies, args.clients, args.seconds, server_pin,
+                                    client_pin)
+            for cell in cells.values():
+                cell["ratio_to_bare"] = round(cell["throughput_rps"] / bare["throughput_rps"], 3)
+                cell["overhead_ms_per_request"] = round(cell["server_cpu_ms_per_request"]
+                                                        - bare["cpu_ms_per_inference"], 4)
+            entry["edgekit"][label] = cells
+        flask = measure_flask(tflite, name, bodies["json"], args.clients, args.seconds, server_pin, client_pin)
+        if flask:
+            flask["ratio_to_bare"] = round(flask["throughput_rps"] / bare["throughput_rps"], 3)
+        entry["flask_waitress_json"] = flask
         results["models"][name] = entry
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
     shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ An interpreter is not thread-safe: use one `TFLiteModel` per thread (serve keeps
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,13 +97,20 @@ def quantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:
     """real -> stored integer, q = round(real / scale) + zero_point, clipped to the dtype.
     float32 arithmetic (exact enough to round to 8 or 16 bits) and in place: this runs on
     every request of a quantized model, on arrays of an image's size."""
-    limits = np.iinfo(info.dtype)
+    low, high = _limits(info.dtype)
     q = np.array(values, dtype=np.float32)  # a copy we may overwrite
     np.multiply(q, np.float32(1.0 / info.scale), out=q)
     np.rint(q, out=q)
     np.add(q, np.float32(info.zero_point), out=q)
-    np.clip(q, limits.min, limits.max, out=q)
+    np.maximum(q, low, out=q)
+    np.minimum(q, high, out=q)
     return q.astype(info.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _limits(dtype: np.dtype) -> tuple[np.float32, np.float32]:
+    limits = np.iinfo(dtype)
+    return np.float32(limits.min), np.float32(limits.max)
 
 
 def dequantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from edgekit.errors import BadInput, EdgekitError, NotFound, NotImplementedHere
 from edgekit.serve import codec
 from edgekit.serve.http import Body, Request, Response, error_response
+from edgekit.serve.limits import WouldWait
 from edgekit.serve.repository import LoadedVersion
 from edgekit.serve.service import Admission, Service, client_message
 
@@ -26,6 +27,7 @@ MODEL_PATH = re.compile(
     r"(?:/versions/(?P<version>\d{1,19})|/labels/(?P<label>[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}))?"
     r"(?:/(?P<metadata>metadata)|:(?P<verb>predict|classify|regress))?$"
 )
+QUICK_BODY_BYTES = 16 << 10  # small enough to decode and answer on the event loop (with a quick model)
 KEY_HINT = "send the key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -107,6 +109,16 @@ class RestApp:
         data, held = await body.read()
         admission = self.service.admission(held)
         content_type = request.headers.get("content-type", codec.JSON).split(";")[0].strip().lower()
+        if loaded.quick and len(data) <= QUICK_BODY_BYTES:
+            try:  # memory, a slot and an interpreter free right now: answer here, no thread hop
+                response = _predict(self.service, loaded, data, content_type, request.query, admission, wait=False)
+                response.on_sent = admission.close
+                return response, str(loaded.version)
+            except WouldWait:
+                admission.wait = True
+            except BaseException:
+                admission.close()
+                raise
         work = asyncio.get_running_loop().run_in_executor(
             self.executor, _predict, self.service, loaded, data, content_type, request.query, admission)
         try:
@@ -129,30 +141,31 @@ class RestApp:
 
 
 def _predict(service: Service, loaded: LoadedVersion, body: bytes, content_type: str, query: str,
-             admission: Admission) -> Response:
-    """Reserve memory, decode, run, encode: in a worker thread."""
+             admission: Admission, wait: bool = True) -> Response:
+    """Reserve memory, decode, run, encode: in a worker thread, or (wait=False, small
+    requests to quick models) on the event loop, raising WouldWait rather than waiting."""
+    admission.wait = wait
     if content_type in (codec.NPY, codec.NPZ):
         signature = _query_signature(query)
-        inputs_spec, _ = loaded.specs(signature)
+        served = loaded.specs(signature)
 
         def admit(decoded_bytes: int, rows: int) -> None:
-            cost = service.tensor_cost(loaded, signature, len(body), decoded_bytes, rows)
+            cost = service.tensor_cost(served, len(body), decoded_bytes, rows)
             admission.need(cost, f"a {len(body)}-byte {content_type} body")
 
-        with service.slot():
-            decoded = codec.decode_binary(body, content_type, inputs_spec, admit)
-            outputs = service.run(loaded, signature, decoded.inputs)
+        with service.slot(wait):
+            decoded = codec.decode_binary(body, content_type, served.inputs, admit)
+            outputs = service.run(loaded, signature, decoded.inputs, wait)
             payload, media_type = codec.encode_binary(outputs, decoded.style)
         return Response(200, payload, media_type)
     # TF Serving reads any other body as JSON (curl -d sends a form type)
     admission.need(service.json_cost(loaded, codec.DEFAULT_SIGNATURE, len(body)), f"a {len(body)}-byte JSON body")
-    with service.slot():
+    with service.slot(wait):
         document = codec.parse_json(body)
         signature = codec.signature_name_of(document)
-        inputs_spec, _ = loaded.specs(signature)
-        decoded = codec.decode_json(document, inputs_spec)
+        decoded = codec.decode_json(document, loaded.specs(signature).inputs)
         del document
-        outputs = service.run(loaded, signature, decoded.inputs)
+        outputs = service.run(loaded, signature, decoded.inputs, wait)
         return Response(200, codec.encode_json(outputs, decoded.style))
 
 

@@ -67,7 +67,7 @@ def declared(tensor: tensorflow_pb2.TensorProto, where: str = "a tensor") -> tup
         name = tensorflow_pb2.DataType.Name(tensor.dtype) if tensor.dtype in tensorflow_pb2.DataType.values() \
             else f"number {tensor.dtype}"
         raise BadInput(f"{where}: tensor dtype {name} is not served", "send DT_FLOAT, DT_INT32, DT_INT64, ... tensors")
-    shape = tuple(d.size for d in tensor.tensor_shape.dim)
+    shape = tuple([d.size for d in tensor.tensor_shape.dim])
     if tensor.tensor_shape.unknown_rank or any(size < 0 for size in shape):
         raise BadInput(f"{where}: the tensor has an unknown rank or dimension", "send concrete shapes")
     return shape, dtype
@@ -87,7 +87,10 @@ def _value_count(tensor: tensorflow_pb2.TensorProto, dtype: np.dtype, where: str
 def to_numpy(tensor: tensorflow_pb2.TensorProto, where: str = "a tensor") -> np.ndarray:
     """A TensorProto's values as an array of its declared shape. A single value is
     broadcast over the shape, as TensorFlow does; any other count must match the shape."""
-    shape, dtype = declared(tensor, where)
+    return _values(tensor, *declared(tensor, where), where)
+
+
+def _values(tensor: tensorflow_pb2.TensorProto, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
     count, have = math.prod(shape), _value_count(tensor, dtype, where)
     if have != count and not (have == 1 and count > 1):
         raise BadInput(f"{where}: the tensor holds {have} values but its shape {list(shape)} needs {count}",
@@ -109,7 +112,8 @@ def to_numpy(tensor: tensorflow_pb2.TensorProto, where: str = "a tensor") -> np.
 def to_tensor(array: np.ndarray) -> tensorflow_pb2.TensorProto:
     array = np.asarray(array)
     tensor = tensorflow_pb2.TensorProto()
-    tensor.tensor_shape.dim.extend(tensorflow_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
+    for size in array.shape:
+        tensor.tensor_shape.dim.add(size=size)
     if array.dtype.kind in "SO":
         tensor.dtype = tensorflow_pb2.DT_STRING
         tensor.string_val.extend(bytes(v) for v in array.reshape(-1))
@@ -144,8 +148,9 @@ class _Door:
         started = time.perf_counter()
         model, version, code, message = "-", "-", grpc.StatusCode.OK, ""
         try:
-            metadata = dict(context.invocation_metadata())
-            self.service.authorize(metadata.get("authorization"), KEY_HINT)
+            if self.service.api_key is not None:
+                metadata = dict(context.invocation_metadata())
+                self.service.authorize(metadata.get("authorization"), KEY_HINT)
             model, version, reply = work()
             return reply
         except EdgekitError as exc:
@@ -155,7 +160,7 @@ class _Door:
             code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
         finally:
             self.service.record("grpc", api, model, version, code.name, time.perf_counter() - started,
-                                peer=context.peer()[:64])
+                                peer=context.peer()[:64] if self.service.logs_requests else "")
         context.abort(code, message)
 
 
@@ -167,26 +172,31 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         def work():
             loaded = self.door.resolve(request.model_spec)
             signature = request.model_spec.signature_name or codec.DEFAULT_SIGNATURE
-            inputs_spec, outputs_spec = loaded.specs(signature)
-            codec.check_names(set(request.inputs), inputs_spec, "PredictRequest.inputs")
-            wanted = list(dict.fromkeys(request.output_filter)) or [spec.name for spec in outputs_spec]
-            unknown = sorted(set(wanted) - {spec.name for spec in outputs_spec})
-            if unknown:
-                raise BadInput(f"output_filter names unknown outputs: {', '.join(unknown)[:200]}",
-                               "the signature's outputs are: " + ", ".join(s.name for s in outputs_spec))
-            decoded_bytes, rows = 0, 1
-            for spec in inputs_spec:  # every declared shape checked before any value is read
+            served = loaded.specs(signature)
+            given = request.inputs
+            if len(given) != len(served.inputs) or any(t.name not in given for t in served.inputs):
+                codec.check_names(set(given), served.inputs, "PredictRequest.inputs")
+            wanted = served.output_names
+            if request.output_filter:
+                wanted = tuple(dict.fromkeys(request.output_filter))
+                unknown = sorted(set(wanted) - set(served.output_names))
+                if unknown:
+                    raise BadInput(f"output_filter names unknown outputs: {', '.join(unknown)[:200]}",
+                                   "the signature's outputs are: " + ", ".join(served.output_names))
+            decoded_bytes, rows, tensors = 0, 1, []
+            for spec in served.inputs:  # every declared shape checked before any value is read
                 tensor = request.inputs[spec.name]
                 shape, dtype = declared(tensor, spec.name)
                 decoded_bytes += codec.check_declared(spec, shape, dtype, spec.name)
                 rows = max(rows, shape[0] if shape else 1)
+                tensors.append((spec, tensor, shape, dtype))
             admission = self.service.admission()
             try:
-                admission.need(self.service.tensor_cost(loaded, signature, request.ByteSize(), decoded_bytes, rows),
+                admission.need(self.service.tensor_cost(served, request.ByteSize(), decoded_bytes, rows),
                                "this PredictRequest")
                 with self.service.slot():
-                    inputs = {spec.name: to_numpy(request.inputs[spec.name], spec.name).astype(spec.dtype, copy=False)
-                              for spec in inputs_spec}
+                    inputs = {spec.name: _values(tensor, shape, dtype, spec.name).astype(spec.dtype, copy=False)
+                              for spec, tensor, shape, dtype in tensors}
                     outputs = self.service.run(loaded, signature, inputs)
                     reply = serving_pb2.PredictResponse()
                     reply.model_spec.name = loaded.name
@@ -206,13 +216,13 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
                 raise BadInput("metadata_field must be exactly [\"signature_def\"]", "ask for signature_def")
             loaded = self.door.resolve(request.model_spec)
             signature_map = serving_pb2.SignatureDefMap()
-            for signature, (ins, outs) in loaded.signatures.items():
-                names = loaded.tensor_names[signature]
+            for signature, served in loaded.signatures.items():
+                names = served.tensor_names
                 definition = signature_map.signature_def[signature]
                 definition.method_name = "tensorflow/serving/predict"
-                for spec in ins:
+                for spec in served.inputs:
                     definition.inputs[spec.name].CopyFrom(_tensor_info(spec, names.get(spec.name, spec.name)))
-                for spec in outs:
+                for spec in served.outputs:
                     definition.outputs[spec.name].CopyFrom(_tensor_info(spec, names.get(spec.name, spec.name)))
             reply = serving_pb2.GetModelMetadataResponse()
             reply.model_spec.name = loaded.name

@@ -38,6 +38,7 @@ import httptools
 from edgekit.serve.limits import Limits, MemoryBudget
 
 MIN_BODY_RATE = 64 << 10  # bytes per second a client must average while it sends a body or reads a reply
+SWEEP_SECONDS = 0.25  # how often deadlines are checked
 REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
@@ -125,6 +126,19 @@ class HttpServer:
         raise_file_limit()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=1024)
+        self._sweep_every = min(SWEEP_SECONDS, self.limits.read_timeout / 4, self.limits.keepalive_timeout / 4)
+        loop.call_later(self._sweep_every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fire the deadlines that have passed (within a quarter of a second, or of the
+        shortest timeout)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for connection in [c for c in self.connections if 0.0 < c.deadline <= now]:
+            connection.deadline = 0.0
+            connection.on_deadline()
+        if self._server is not None and (self._server.is_serving() or self.connections):
+            loop.call_later(self._sweep_every, self._sweep)
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, close idle connections, let requests in flight finish (up to `grace`)."""
@@ -179,7 +193,8 @@ class _Connection(asyncio.Protocol):
         self.queue: collections.deque[Body] = collections.deque()  # requests parsed, answered in order
         self.current: Body | None = None  # the request whose body is arriving
         self.task: asyncio.Task | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # when `on_deadline` fires (0: no deadline); the server sweeps them
+        self.on_deadline = None
         self.head_bytes = 0  # bytes of the request line and headers seen so far
         self.url = b""
         self.header_list: list[tuple[bytes, bytes]] = []
@@ -438,6 +453,8 @@ class _Connection(asyncio.Protocol):
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if head_only or not response.body:
             self.transport.write(head)
+        elif len(response.body) < 65536:
+            self.transport.write(head + response.body)
         else:
             self.transport.writelines((head, response.body))
 
@@ -479,13 +496,12 @@ class _Connection(asyncio.Protocol):
             body.held = 0
 
     def _arm(self, seconds: float, callback) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, callback)
+        """A deadline, checked by the server's sweep (a timer per request costs more)."""
+        self.deadline = self.loop.time() + seconds
+        self.on_deadline = callback
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
 
 
 def _sent(response: Response) -> None:

@@ -123,6 +123,8 @@ class MemoryBudget:
             self._take(amount)
 
     def reserve(self, amount: int, timeout: float) -> None:
+        if self.try_reserve(amount):
+            return
         waiter = self._enqueue(amount, _Waiter(amount, threading.Event()))
         if waiter is None:
             return
@@ -198,6 +200,11 @@ def _resolve(future: asyncio.Future) -> None:
         future.set_result(None)
 
 
+class WouldWait(Exception):
+    """Raised by the non-waiting variants (memory, a slot, an interpreter) when the thing is
+    not free right now: the caller takes the waiting path instead."""
+
+
 class Slots:
     """At most `count` predicts decode or run at once, across both doors: a request waits
     for a slot at most `timeout` seconds (then 503)."""
@@ -205,7 +212,12 @@ class Slots:
     def __init__(self, count: int):
         self._semaphore = threading.BoundedSemaphore(count)
 
-    def acquire(self, timeout: float) -> None:
+    def acquire(self, timeout: float | None) -> None:
+        """Wait up to `timeout` seconds (503 after); None: do not wait (WouldWait)."""
+        if timeout is None:
+            if not self._semaphore.acquire(blocking=False):
+                raise WouldWait
+            return
         if not self._semaphore.acquire(timeout=timeout):
             raise ServerBusy("the server is busy: no inference slot came free within the queue timeout",
                              "retry in a moment, or raise --max-inflight / --interpreters")

@@ -18,6 +18,7 @@ Device world: numpy and the LiteRT runtime only.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import re
 import threading
@@ -34,6 +35,7 @@ from edgekit.manifest import MANIFEST_NAME, Manifest
 from edgekit.native_logs import captured_native_output
 from edgekit.runtime import TFLiteModel
 from edgekit.serve.codec import ServingTensor
+from edgekit.serve.limits import WouldWait
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 # Rows per interpreter call when --max-batch-rows is not given: as many as keep the
@@ -42,6 +44,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 # tensors it lists (XNNPACK's own buffers; measured on the digits CNN: 59 MB for 15.6 MB
 # listed), so this holds each interpreter near 16 MB whatever clients send.
 BATCH_TENSOR_BYTES = 4 << 20
+# A version whose one-row call takes at most this answers small requests on the event loop
+# itself (no thread hop, which costs more than such a model's inference).
+QUICK_CALL_SECONDS = 0.0005
 TF_DTYPES = {"float32": "DT_FLOAT", "float16": "DT_HALF", "float64": "DT_DOUBLE", "int8": "DT_INT8",
              "uint8": "DT_UINT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64",
              "bool": "DT_BOOL", "object": "DT_STRING", "bytes": "DT_STRING"}
@@ -170,6 +175,40 @@ def model_file(version_dir: Path, variant: str | None) -> Path:
                    "put the model at <base>/<version>/model.tflite, or an edgekit convert OUT_DIR")
 
 
+@dataclass(frozen=True)
+class ServedSignature:
+    """One signature as the server uses it, worked out once at load: its tensors as
+    clients see them, the graph's tensor names, and the batching facts every request needs."""
+
+    inputs: list[ServingTensor]
+    outputs: list[ServingTensor]
+    tensor_names: dict[str, str]  # signature key -> the graph tensor behind it (metadata)
+    input_names: frozenset[str]
+    output_names: tuple[str, ...]
+    batchable: bool  # every input's first axis is free: any number of rows in one call
+    fixed_rows: int  # the batch size the model takes when it is not batchable (1 for scalars)
+    row_values: int  # numbers in one row of all inputs (unknown axes as 1)
+    output_row_bytes: int  # bytes of one row of all outputs, as float32 or wider
+
+
+def _served_signature(model: TFLiteModel, signature: str) -> ServedSignature:
+    ins = [_serving(i) for i in model.inputs(signature)]
+    outs = [_serving(o) for o in model.outputs(signature)]
+    runner = model._runner(signature)
+    details = {**runner.get_input_details(), **runner.get_output_details()}
+    return ServedSignature(
+        inputs=ins, outputs=outs, tensor_names={k: d["name"] for k, d in details.items()},
+        input_names=frozenset(t.name for t in ins), output_names=tuple(t.name for t in outs),
+        batchable=bool(ins) and all(t.shape and t.shape[0] == -1 for t in ins),
+        fixed_rows=ins[0].shape[0] if ins and ins[0].shape and ins[0].shape[0] > 0 else 1,
+        row_values=sum(_row_elements(t) for t in ins) or 1,
+        output_row_bytes=sum(_row_elements(t) * max(t.dtype.itemsize, 4) for t in outs))
+
+
+def _row_elements(tensor: ServingTensor) -> int:
+    return math.prod(max(d, 1) for d in tensor.shape[1:]) if tensor.shape else 1
+
+
 class LoadedVersion:
     """One version in memory: a pool of interpreters (an interpreter is not thread-safe),
     and its signatures as clients see them."""
@@ -182,72 +221,75 @@ class LoadedVersion:
         for model in self.models:
             self._pool.put(model)
         first = self.models[0]
-        self.signatures: dict[str, tuple[list[ServingTensor], list[ServingTensor]]] = {}
-        self.tensor_names: dict[str, dict[str, str]] = {}
-        self.batchable: dict[str, bool] = {}
-        for signature in first.signature_names:
-            ins, outs = first.inputs(signature), first.outputs(signature)
-            self.signatures[signature] = ([_serving(i) for i in ins], [_serving(o) for o in outs])
-            self.batchable[signature] = bool(ins) and all(i.shape and i.shape[0] == -1 for i in ins)
-            runner = first._runner(signature)
-            details = {**runner.get_input_details(), **runner.get_output_details()}
-            self.tensor_names[signature] = {k: d["name"] for k, d in details.items()}
+        self.signatures = {signature: _served_signature(first, signature) for signature in first.signature_names}
         self.batch_rows = max_batch_rows or self._rows_per_call()
+        self.call_seconds = 0.0  # the slowest one-row call at warm-up
 
     def _rows_per_call(self) -> int:
         """How many rows fit BATCH_TENSOR_BYTES: the tensors' growth from one row to two
         (activations grow with the batch, weights do not), on the first interpreter."""
         model, per_row = self.models[0], 0
-        for signature, (ins, _) in self.signatures.items():
-            if not self.batchable[signature]:
+        for signature, served in self.signatures.items():
+            if not served.batchable:
                 continue
             sizes = []
             for rows in (1, 2):
                 model.run({t.name: np.zeros([rows, *[1 if d < 0 else d for d in t.shape[1:]]], t.dtype)
-                           for t in ins}, signature)
+                           for t in served.inputs}, signature)
                 sizes.append(model.tensor_bytes())
             per_row = max(per_row, sizes[1] - sizes[0])
         return max(1, BATCH_TENSOR_BYTES // max(1, per_row))
 
     def warm_up(self) -> None:
-        """Run every interpreter once, so the first client does not pay for lazy setup."""
+        """Run every interpreter once, so the first client does not pay for lazy setup; then
+        time a one-row call: `quick` versions answer small requests on the event loop."""
         for model in self.models:
-            for signature, (ins, _) in self.signatures.items():
-                zeros = {t.name: np.zeros([1 if d < 0 else d for d in t.shape], t.dtype) for t in ins}
+            for signature, served in self.signatures.items():
+                zeros = {t.name: np.zeros([1 if d < 0 else d for d in t.shape], t.dtype) for t in served.inputs}
                 model.run(zeros, signature)
+                started = time.perf_counter()
+                model.run(zeros, signature)
+                self.call_seconds = max(self.call_seconds, time.perf_counter() - started)
 
-    def specs(self, signature: str) -> tuple[list[ServingTensor], list[ServingTensor]]:
-        if signature not in self.signatures:
+    @property
+    def quick(self) -> bool:
+        return self.call_seconds <= QUICK_CALL_SECONDS
+
+    def specs(self, signature: str) -> ServedSignature:
+        served = self.signatures.get(signature)
+        if served is None:
             raise NotFound(f"model {self.name} version {self.version} has no signature {signature[:100]!r}",
                            "use one of: " + ", ".join(self.signatures))
-        return self.signatures[signature]
+        return served
 
-    def rows(self, signature: str, inputs: dict[str, np.ndarray]) -> int:
+    def rows(self, served: ServedSignature, inputs: dict[str, np.ndarray]) -> int:
         """The batch size of a request: every input has the same rows, at least one, and
         as many as the model takes when its batch axis is fixed above 1."""
-        ins, _ = self.specs(signature)
         counts = {len(v) for v in inputs.values() if v.ndim}
         if len(counts) > 1:
             raise BadInput(f"the inputs have different batch sizes {sorted(counts)}", "give each input the same rows")
         rows = counts.pop() if counts else 1
         if rows < 1:
             raise BadInput("the batch is empty (0 rows)", "send at least one example")
-        fixed = ins[0].shape[0] if ins and ins[0].shape else 1
-        if not self.batchable[signature] and fixed > 1 and rows != fixed:
-            raise BadInput(f"this model takes batches of exactly {fixed}", f"send {fixed} examples")
+        if not served.batchable and served.fixed_rows > 1 and rows != served.fixed_rows:
+            raise BadInput(f"this model takes batches of exactly {served.fixed_rows}",
+                           f"send {served.fixed_rows} examples")
         return rows
 
-    def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, signature: str, inputs: dict[str, np.ndarray], wait: bool = True) -> dict[str, np.ndarray]:
         """Run a batch in calls of at most `batch_rows` rows (one row at a time when the
         batch axis is fixed at 1), so the interpreter's tensors stay small whatever the
-        request's size."""
-        rows = self.rows(signature, inputs)
-        ins, _ = self.specs(signature)
-        fixed = ins[0].shape[0] if ins and ins[0].shape else 1
-        step = self.batch_rows if self.batchable[signature] else (1 if fixed == 1 else rows)
-        if not any(v.ndim for v in inputs.values()):
-            step = rows
-        model = self._pool.get()
+        request's size. Without `wait`, WouldWait when no interpreter is free now."""
+        served = self.specs(signature)
+        rows = self.rows(served, inputs)
+        if served.batchable:
+            step = self.batch_rows
+        else:
+            step = 1 if served.fixed_rows == 1 and any(v.ndim for v in inputs.values()) else rows
+        try:
+            model = self._pool.get(block=wait)
+        except queue.Empty:
+            raise WouldWait from None
         try:
             if rows <= step:
                 return model.run(inputs, signature)
@@ -260,11 +302,11 @@ class LoadedVersion:
     def metadata(self) -> dict[str, Any]:
         """TF Serving's signature_def map for this version."""
         signature_defs = {}
-        for signature, (ins, outs) in self.signatures.items():
-            names = self.tensor_names[signature]
+        for signature, served in self.signatures.items():
+            names = served.tensor_names
             signature_defs[signature] = {
-                "inputs": {t.name: _tensor_info(t, names.get(t.name, t.name)) for t in ins},
-                "outputs": {t.name: _tensor_info(t, names.get(t.name, t.name)) for t in outs},
+                "inputs": {t.name: _tensor_info(t, names.get(t.name, t.name)) for t in served.inputs},
+                "outputs": {t.name: _tensor_info(t, names.get(t.name, t.name)) for t in served.outputs},
                 "method_name": "tensorflow/serving/predict",
             }
         return {"signature_def": {"signature_def": signature_defs}}

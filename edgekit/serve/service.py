@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import time
 from typing import Any
 
@@ -23,10 +22,10 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, NotFound, Unauthorized
 from edgekit.serve import malloc
-from edgekit.serve.codec import ServingTensor
-from edgekit.serve.limits import JSON_PARSE_FACTOR, JSON_REPLY_FACTOR, TENSOR_COPIES, Limits, MemoryBudget, Slots
+from edgekit.serve.limits import (JSON_PARSE_FACTOR, JSON_REPLY_FACTOR, TENSOR_COPIES, Limits, MemoryBudget, Slots,
+                                  WouldWait)
 from edgekit.serve.metrics import ServerMetrics
-from edgekit.serve.repository import LoadedVersion, ModelRepository
+from edgekit.serve.repository import LoadedVersion, ModelRepository, ServedSignature
 
 log = logging.getLogger("edgekit.serve")
 MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
@@ -44,13 +43,19 @@ class Admission:
 
     def __init__(self, service: Service, held: int = 0):
         self.service, self.held = service, held
+        self.wait = True
 
     def need(self, total: int, what: str) -> None:
-        """Hold `total` bytes in all: 413 if it could never fit, else wait for room."""
+        """Hold `total` bytes in all: 413 if it could never fit, else wait for room (or,
+        on the event loop's quick path, raise WouldWait rather than wait)."""
         budget = self.service.budget
         budget.check(total, what)
         if total > self.held:
-            budget.reserve(total - self.held, self.service.limits.queue_timeout)
+            if not self.wait:
+                if not budget.try_reserve(total - self.held):
+                    raise WouldWait
+            else:
+                budget.reserve(total - self.held, self.service.limits.queue_timeout)
             self.held = total
 
     def close(self) -> None:
@@ -102,28 +107,30 @@ class Service:
     def json_cost(self, loaded: LoadedVersion, signature: str, body_bytes: int) -> int:
         """Peak memory for a JSON body: parsing it, plus a JSON reply for as many rows as the
         body could hold (every number takes at least two characters)."""
-        ins, outs = loaded.signatures.get(signature) or next(iter(loaded.signatures.values()))
-        row_values = sum(_row_elements(t) for t in ins) or 1
-        rows = body_bytes // (2 * row_values) + 1
-        return body_bytes * JSON_PARSE_FACTOR + rows * _row_bytes(outs) * JSON_REPLY_FACTOR
+        served = loaded.signatures.get(signature) or next(iter(loaded.signatures.values()))
+        rows = body_bytes // (2 * served.row_values) + 1
+        return body_bytes * JSON_PARSE_FACTOR + rows * served.output_row_bytes * JSON_REPLY_FACTOR
 
-    def tensor_cost(self, loaded: LoadedVersion, signature: str, message_bytes: int, decoded_bytes: int,
-                    rows: int) -> int:
+    def tensor_cost(self, served: ServedSignature, message_bytes: int, decoded_bytes: int, rows: int) -> int:
         """Peak memory for a binary body or gRPC message whose tensors are `decoded_bytes`:
         the body twice (its pieces, then joined), the tensors' copies, the reply."""
-        _, outs = loaded.specs(signature)
-        return 2 * message_bytes + decoded_bytes * TENSOR_COPIES + rows * _row_bytes(outs) * 2
+        return 2 * message_bytes + decoded_bytes * TENSOR_COPIES + rows * served.output_row_bytes * 2
 
-    def run(self, loaded: LoadedVersion, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, loaded: LoadedVersion, signature: str, inputs: dict[str, np.ndarray],
+            wait: bool = True) -> dict[str, np.ndarray]:
         started = time.perf_counter()
-        outputs = loaded.run(signature, inputs)
+        outputs = loaded.run(signature, inputs, wait)
         self.metrics.inference.observe(time.perf_counter() - started, loaded.name, str(loaded.version))
         return outputs
 
-    def slot(self) -> _Slot:
-        return _Slot(self.slots, self.limits.queue_timeout)
+    def slot(self, wait: bool = True) -> _Slot:
+        return _Slot(self.slots, self.limits.queue_timeout if wait else None)
 
     # --- accounting ---------------------------------------------------------------------------
+    @property
+    def logs_requests(self) -> bool:
+        return log.isEnabledFor(logging.INFO)
+
     def gauges(self) -> dict[str, tuple[str, float]]:
         budget = self.budget
         gauges = {
@@ -142,7 +149,7 @@ class Service:
             self.metrics.latency.observe(seconds, model, version, api)
         if code not in ("200", "OK"):
             self.metrics.errors.inc(code)
-        if log.isEnabledFor(logging.INFO):
+        if self.logs_requests:
             log.info(json.dumps({"event": "request", "door": door, "api": api, **fields, "status": code,
                                  "ms": round(seconds * 1000, 3), "model": model, "version": version}))
 
@@ -154,7 +161,7 @@ class Service:
 
 
 class _Slot:
-    def __init__(self, slots: Slots, timeout: float):
+    def __init__(self, slots: Slots, timeout: float | None):
         self.slots, self.timeout = slots, timeout
 
     def __enter__(self) -> None:
@@ -162,11 +169,3 @@ class _Slot:
 
     def __exit__(self, *exc_info) -> None:
         self.slots.release()
-
-
-def _row_elements(tensor: ServingTensor) -> int:
-    return math.prod(max(d, 1) for d in tensor.shape[1:]) if tensor.shape else 1
-
-
-def _row_bytes(tensors: list[ServingTensor]) -> int:
-    return sum(_row_elements(t) * max(t.dtype.itemsize, 4) for t in tensors)
