@@ -10,16 +10,40 @@ from pathlib import Path
 import click
 
 from edgekit import __version__
-from edgekit.errors import BadInput, EdgekitError
+from edgekit.errors import BadInput, EdgekitError, MissingDependency
+
+
+# Which extra brings each optional package, so a missing one is named with its install line.
+EXTRA_OF_MODULE = {"tensorflow": "convert", "keras": "convert", "PIL": "convert", "ai_edge_litert": "runtime",
+                   "httptools": "runtime", "uvloop": "runtime", "orjson": "runtime", "grpc": "runtime",
+                   "google": "runtime", "tf2onnx": "onnx", "onnx": "onnx", "onnxruntime": "onnx"}
+
+
+def missing_extra(exc: ImportError, command: str) -> MissingDependency | None:
+    """A ModuleNotFoundError of an optional package -> the error naming its extra."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    return MissingDependency(
+        f"`edgekit {command}` needs edgekit[{extra}], which is not installed here (no module {module!r})",
+        f"pip install 'edgekit[{extra}]' (in a checkout of edgekit: pip install -e '.[{extra}]')")
 
 
 def _handle_errors(command):
-    """EdgekitError -> 'error: ...' + hint on stderr, and its exit status; no traceback."""
+    """EdgekitError -> 'error: ...' + hint on stderr, and its exit status; no traceback.
+    A missing optional package becomes such an error too, naming the extra to install."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            try:
+                return command(*args, **kwargs)
+            except ModuleNotFoundError as exc:
+                error = missing_extra(exc, command.__name__.removesuffix("_command"))
+                if error is None or kwargs.get("debug"):
+                    raise
+                raise error from exc
         except EdgekitError as exc:
             if kwargs.get("debug"):
                 raise
@@ -34,7 +58,14 @@ def _handle_errors(command):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgekit")
 def cli() -> None:
-    """Take a trained TensorFlow model to phones, browsers and small boards."""
+    """Take a trained TensorFlow model to phones, browsers and small boards.
+
+    \b
+    convert  SavedModel -> TFLite variants, TF.js graph models (and ONNX), checked, with a manifest
+    bench    every artifact against the SavedModel: accuracy, agreement, latency, size, memory
+    serve    TensorFlow Serving's REST and gRPC APIs on LiteRT (a Raspberry Pi: no TensorFlow)
+    package  the right artifact into an Android, iOS or web app build
+    """
 
 
 def _human_bytes(count: int | None) -> str:
@@ -71,7 +102,11 @@ class _ProgressPrinter:
         if artifact.status == "skipped":
             text += "  no calibration data"
         elif artifact.status != "ok" and artifact.error:
-            text += f"  {artifact.error.splitlines()[0]}"
+            lines = artifact.error.splitlines()
+            text += f"  {lines[0]}"
+            hint = next((line.strip() for line in lines[1:] if line.strip().startswith("hint:")), None)
+            if hint:  # the way out stays with the failure it answers
+                text += "\n" + " " * (len(prefix) + 1) + hint
         if not self.live:
             click.echo(text, err=True)
             return
@@ -200,7 +235,7 @@ def _thread_counts(text: str | None) -> tuple[int, ...] | None:
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--data", "eval_data", type=click.Path(path_type=Path),
               help="Evaluation rows: .npz keyed by input name (labels under --labels-key) or .npy.")
-@click.option("--labels-key", default="y", show_default=True, help="Key of the labels in the --data .npz.")
+@click.option("--labels-key", help="Key of the labels in the --data .npz [default: y, when the file has it].")
 @click.option("--task", type=click.Choice(["classification", "regression"]),
               help="Task metric for the labels [default: from the output's shape and the labels' dtype].")
 @click.option("--output", "output_name", help="Output the labels score (when the signature has several).")

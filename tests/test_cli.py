@@ -59,6 +59,41 @@ def test_a_failed_variant_exits_1_and_still_writes_the_others(lstm_saved_model, 
     assert (tmp_path / "out" / "manifest.json").is_file()
 
 
+def test_each_failure_line_keeps_its_way_out(lstm_saved_model, tmp_path):
+    """With the TF.js targets landing beside them, the TFLite failures still name --allow-flex."""
+    result = run(lstm_saved_model, "-o", tmp_path / "out", "--variants", "float32,float16")
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    for variant in ("float32", "float16"):
+        failed = next(i for i, line in enumerate(lines) if f"] {variant}" in line and "failed" in line)
+        assert "hint:" in lines[failed + 1] and "--allow-flex" in lines[failed + 1]
+
+
+@pytest.mark.parametrize("blocked, command, extra", [
+    ("httptools", ["serve", "."], "runtime"),
+    ("grpc", ["serve", "."], "runtime"),
+    ("tensorflow", ["convert", SAVED_MODEL, "-o", "out"], "convert"),
+])
+def test_a_missing_extra_is_named_with_its_install_line(blocked, command, extra, tmp_path):
+    """As if the package were not installed (None in sys.modules makes its import fail)."""
+    script = (f"import sys; sys.modules[{blocked!r}] = None; sys.argv = ['edgekit', *{command!r}]\n"
+              "from edgekit.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"needs edgekit[{extra}]" in result.stderr and f"pip install 'edgekit[{extra}]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_variant_typo_and_bench_a_labels_key_typo(digits_out, tmp_path):
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "1").symlink_to(digits_out)
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "digits"), "--variant", "int9"])
+    assert_bad_input(result, "unknown variant 'int9'", "int8, dynamic, float16, float32, int16x8")
+    result = CliRunner().invoke(cli, ["bench", str(digits_out), "--data", str(DIGITS / "eval.npz"),
+                                      "--labels-key", "label", "--artifact", "int8", "--no-memory", "--runs", "2"])
+    assert_bad_input(result, "has no 'label' labels", "its keys are: pixels, y", "--labels-key with one of: y")
+
+
 def test_not_a_saved_model(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_bad_input(run(tmp_path / "empty", "-o", tmp_path / "o"), "no saved_model.pb")

@@ -61,7 +61,8 @@ def budget_reasons(budgets: Budgets, size_bytes: int | None, row: dict | None) -
     if budgets.max_accuracy_drop is not None:
         drop, mae_up = row.get("accuracy_drop_points"), row.get("mae_increase_percent")
         if drop is None and mae_up is None:
-            reasons.append("no accuracy figure: --max-accuracy-drop needs bench with labelled --data")
+            reasons.append("no accuracy figure: --max-accuracy-drop needs labels: bench with --data FILE.npz "
+                           "holding them under 'y' (or name their key with --labels-key)")
         elif drop is not None and drop > budgets.max_accuracy_drop:
             reasons.append(f"accuracy drop {drop:.2f} pt > {budgets.max_accuracy_drop:g} pt "
                            f"(over by {drop - budgets.max_accuracy_drop:.2f} pt)")

@@ -95,7 +95,7 @@ def bench(
     out_dir: str | Path,
     *,
     eval_data: str | Path | None = None,
-    labels_key: str = "y",
+    labels_key: str | None = None,
     task: str | None = None,
     output: str | None = None,
     runs: int = 100,
@@ -238,15 +238,22 @@ def _check_source_unchanged(manifest: Manifest) -> None:
 
 
 def _load_eval(eval_data, labels_key: str, manifest: Manifest, spec: SignatureSpec):
-    """Rows to measure on: --data, else the calibration set convert used, else synthetic."""
+    """Rows to measure on: --data, else the calibration set convert used, else synthetic.
+    Labels: the .npz's `labels_key`, or its "y" when none is named."""
     labels = None
     if eval_data is not None:
         path = Path(eval_data)
         inputs = data.load_samples(path, spec)
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                if labels_key in archive.files:
-                    labels = archive[labels_key]
+                key = labels_key or "y"
+                if key in archive.files:
+                    labels = archive[key]
+                elif labels_key is not None:  # named, and absent: a typo, not unlabelled data
+                    others = [k for k in archive.files if k not in inputs] or ["(none besides the inputs)"]
+                    raise BadInput(f"{path.name} has no {labels_key!r} labels; its keys are: "
+                                   f"{', '.join(archive.files)}",
+                                   f"pass --labels-key with one of: {', '.join(others)}")
         if labels is not None and len(labels) != len(next(iter(inputs.values()))):
             raise BadInput(f"{path.name}: {labels_key!r} has {len(labels)} rows, the inputs "
                            f"{len(next(iter(inputs.values())))}", "give one label per row")
@@ -258,7 +265,8 @@ def _load_eval(eval_data, labels_key: str, manifest: Manifest, spec: SignatureSp
         inputs = data.synthetic_samples(spec, 64)
         source = "synthetic (pass --data for real rows)"
     rows = len(next(iter(inputs.values())))
-    return inputs, labels, {"source": source, "rows": rows, "labels": labels is not None}
+    return inputs, labels, {"source": source, "rows": rows, "labels": labels is not None,
+                            "labels_key": (labels_key or "y") if labels is not None else None}
 
 
 def _pick_task(spec: SignatureSpec, labels, task: str | None, output: str | None):

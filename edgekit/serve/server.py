@@ -20,11 +20,14 @@ import time
 from pathlib import Path
 
 from edgekit.errors import BadInput
-from edgekit.manifest import MANIFEST_NAME
+from edgekit.manifest import MANIFEST_NAME, PREFERRED_VARIANTS
 from edgekit.serve import malloc
+from edgekit.serve.app import RestApp
+from edgekit.serve.http import HttpServer
 from edgekit.serve.limits import Limits
 from edgekit.serve.metrics import ServerMetrics
 from edgekit.serve.repository import ModelConfig, ModelRepository, VersionPolicy, check_name, read_model_config
+from edgekit.serve.service import Service
 
 log = logging.getLogger("edgekit.serve")
 SHUTDOWN_GRACE_SECONDS = 30
@@ -52,7 +55,16 @@ def model_configs(base_path: str | None, model_name: str | None, config_file: st
                                variant=variant)]
     for config in configs:
         check_layout(config.base_path)
+        check_variant(config.variant)
     return configs
+
+
+def check_variant(variant: str | None) -> None:
+    """A typo in --variant (or a config's "variant") is refused at start, with the choices."""
+    names = {*PREFERRED_VARIANTS, *(f"tflite_{v}" for v in PREFERRED_VARIANTS)}
+    if variant is not None and variant not in names:
+        raise BadInput(f"unknown variant {variant!r}",
+                       f"serve runs TFLite variants: {', '.join(PREFERRED_VARIANTS)} (or tflite_<variant>)")
 
 
 def check_layout(base: Path) -> None:
@@ -117,8 +129,6 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
         grpc_port: int = 8500, threads: int = 1, interpreters: int | None = None, poll_seconds: float = 2.0,
         api_key: str | None = None, log_level: str = "info") -> None:
     """Serve until SIGTERM: REST on `port`, gRPC on `grpc_port` (0: no gRPC), same models."""
-    from edgekit.serve.service import Service
-
     configure_logging(log_level)
     started = time.perf_counter()
     metrics = ServerMetrics()
@@ -167,10 +177,7 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
     run_loop(_serve(sock, service, grpc_server))
 
 
-async def _serve(sock: socket.socket, service, grpc_server) -> None:
-    from edgekit.serve.app import RestApp
-    from edgekit.serve.http import HttpServer
-
+async def _serve(sock: socket.socket, service: Service, grpc_server) -> None:
     loop = asyncio.get_running_loop()
     app = RestApp(service)
 
