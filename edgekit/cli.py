@@ -393,6 +393,22 @@ def package_command(out_dir, platform, dest, variant, pick, bench_json, labels, 
         click.echo(f"  {file_name:<16} {(result.folder / file_name).stat().st_size:>10} bytes  sha256 {digest[:16]}")
 
 
+@cli.command("setup-tfjs")
+@click.option("--prefix", type=click.Path(path_type=Path),
+              help="Where to install [default: ~/.local/share/edgekit/tfjs, where edgekit looks].")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_handle_errors
+def setup_tfjs(prefix, debug):
+    """Install the pinned TF.js npm packages that check and bench TF.js artifacts
+    (for a pip-installed edgekit; in a checkout, `npm ci` does the same). Needs Node.js."""
+    from edgekit.runtime.tfjs import TFJS_VERSION, default_install_dir, setup
+
+    modules = setup(prefix)
+    click.echo(f"installed TF.js {TFJS_VERSION} in {modules}")
+    if prefix is not None and Path(prefix).resolve() != default_install_dir().resolve():
+        click.echo(f"edgekit finds it with: export EDGEKIT_NODE_MODULES={modules}")
+
+
 def main() -> None:
     cli()
 

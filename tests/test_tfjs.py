@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,20 @@ def test_integer_inputs_and_outputs_are_int32_in_tfjs_and_match(tmp_path):
     assert {t.name: t.dtype for t in artifact.inputs + artifact.outputs} == {
         "image": "int32", "tokens": "int32", "label": "int32", "probs": "float32"}
     assert artifact.check.outputs["label"].max_abs_error == 0
+
+
+def test_the_pinned_tfjs_version_is_the_one_setup_installs():
+    """package.json (npm ci in a checkout) and `edgekit setup-tfjs` (pip installs) pin one version."""
+    from edgekit.runtime.tfjs import PACKAGES, TFJS_VERSION
+
+    pinned = json.loads((Path(__file__).resolve().parents[1] / "package.json").read_text())["dependencies"]
+    assert pinned == {package: TFJS_VERSION for package in PACKAGES}
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="needs npm")
+def test_setup_tfjs_installs_what_edgekit_looks_for(tmp_path):
+    result = CliRunner().invoke(cli, ["setup-tfjs", "--prefix", str(tmp_path / "tfjs")])
+    assert result.exit_code == 0, result.output
+    assert f"EDGEKIT_NODE_MODULES={tmp_path / 'tfjs' / 'node_modules'}" in result.output
+    assert json.loads((tmp_path / "tfjs/node_modules/@tensorflow/tfjs-core/package.json").read_text())["version"] \
+        == "4.22.0"

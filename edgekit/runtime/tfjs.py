@@ -5,8 +5,10 @@ prefixed frames over its stdin and stdout. Timing happens inside Node, so the fi
 are TF.js's own, not those of the pipe.
 
 The npm packages (@tensorflow/tfjs-core, -converter, -backend-cpu, -backend-wasm) are
-pinned in the project's package.json; `npm ci` in the project root installs them. Set
-EDGEKIT_NODE_MODULES to a node_modules folder that holds them to use another install.
+pinned in the project's package.json; `npm ci` in a checkout installs them beside the
+source, and `edgekit setup-tfjs` installs the same versions for a pip-installed edgekit
+(into ~/.local/share/edgekit/tfjs). Set EDGEKIT_NODE_MODULES to a node_modules folder
+that holds them to use another install.
 """
 from __future__ import annotations
 
@@ -26,7 +28,32 @@ RUNNER = Path(__file__).with_name("tfjs_runner.cjs")
 BACKENDS = ("cpu", "wasm")
 PACKAGES = ("@tensorflow/tfjs-core", "@tensorflow/tfjs-converter", "@tensorflow/tfjs-backend-cpu",
             "@tensorflow/tfjs-backend-wasm")
-SETUP_HINT = "install Node.js 18 or newer, then run `npm ci` in edgekit's source folder (or set EDGEKIT_NODE_MODULES)"
+TFJS_VERSION = "4.22.0"  # the version package.json pins (a test keeps them equal)
+SETUP_HINT = ("install Node.js 18 or newer, then run `edgekit setup-tfjs` (or `npm ci` in a checkout of edgekit; "
+              "or set EDGEKIT_NODE_MODULES)")
+
+
+def default_install_dir() -> Path:
+    """Where `edgekit setup-tfjs` puts the npm packages, and edgekit looks for them."""
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "edgekit" / "tfjs"
+
+
+def setup(prefix: Path | None = None) -> Path:
+    """Install the pinned TF.js npm packages under `prefix` (npm install --prefix); returns
+    the node_modules folder."""
+    prefix = Path(prefix or default_install_dir())
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise MissingDependency("setting up TF.js needs Node.js 18 or newer with npm", "install Node.js (with npm)")
+    prefix.mkdir(parents=True, exist_ok=True)
+    command = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--save-exact",
+               *(f"{package}@{TFJS_VERSION}" for package in PACKAGES)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise EdgekitError(f"npm could not install TF.js: {result.stderr.strip()[-500:]}",
+                           "check that the npm registry is reachable, then run `edgekit setup-tfjs` again")
+    return prefix / "node_modules"
 _FROM_TFJS = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
 
 
@@ -38,9 +65,10 @@ def tfjs_dtype(dtype: str) -> str:
 
 
 def node_modules() -> Path | None:
-    """The node_modules folder with TF.js in it: EDGEKIT_NODE_MODULES, else the project's."""
+    """The node_modules folder with TF.js in it: EDGEKIT_NODE_MODULES, else the checkout's
+    (`npm ci`), else the one `edgekit setup-tfjs` made, else the current folder's."""
     candidates = [os.environ.get("EDGEKIT_NODE_MODULES"), Path(__file__).resolve().parents[2] / "node_modules",
-                  Path.cwd() / "node_modules"]
+                  default_install_dir() / "node_modules", Path.cwd() / "node_modules"]
     for candidate in candidates:
         if candidate and all((Path(candidate) / package / "package.json").is_file() for package in PACKAGES):
             return Path(candidate)
