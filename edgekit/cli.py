@@ -278,9 +278,11 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
     )
     click.echo(render_table(report))
     if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(report.to_json())
         click.echo(f"wrote {json_path}")
     if html_path:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(report))
         click.echo(f"wrote {html_path}")
     broken = broken_budgets(report, budgets)
