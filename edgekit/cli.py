@@ -301,7 +301,7 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--threads", default=1, show_default=True, help="CPU threads per interpreter.")
 @click.option("--interpreters", type=int, help="Interpreters per loaded version [default: cores / threads].")
 @click.option("--poll-seconds", default=2.0, show_default=True, help="How often the model folders are rescanned.")
-@click.option("--max-body-mb", default=32.0, show_default=True, help="Largest request body or gRPC message (413 beyond).")
+@click.option("--max-body-mb", default=16.0, show_default=True, help="Largest request body or gRPC message (413 beyond).")
 @click.option("--max-memory-mb", default=192.0, show_default=True,
               help="Memory for requests in progress, both doors together; a request waits for its share (503 "
                    "after --queue-timeout), one that could never fit gets 413.")

@@ -477,3 +477,205 @@ def test_the_digits_sample_answers_after_the_attacks(server):
     assert server.process.poll() is None
     text = Client(server.port).request("GET", "/metrics")[2].decode()
     assert 'code="500"' not in text and 'code="INTERNAL"' not in text and 'code="UNKNOWN"' not in text
+
+
+# --- models with unusual signatures (what an attacker found on models the tests did not have) ----
+
+@pytest.fixture(scope="module")
+def odd_models(tmp_path_factory):
+    """.tflite files with the signatures that broke batching and estimates: a fixed batch of
+    1 beside a scalar, an input with no batch axis, a reduction over the batch, a free
+    sequence length into an embedding, and integer inputs."""
+    import tensorflow as tf
+
+    root = tmp_path_factory.mktemp("odd-models")
+
+    def lite(function) -> bytes:
+        module = tf.Module()
+        module.serve = function
+        path = root / "saved_model"
+        tf.saved_model.save(module, str(path), signatures={"serving_default": function})
+        return tf.lite.TFLiteConverter.from_saved_model(str(path)).convert()
+
+    table = tf.constant(np.arange(1000 * 64, dtype=np.float32).reshape(1000, 64) / 1000)
+    models = {
+        "fixed1": tf.function(lambda x, s: {"y": x * s}, input_signature=[
+            tf.TensorSpec([1, 3], tf.float32, name="x"), tf.TensorSpec([], tf.float32, name="s")]),
+        "shared": tf.function(lambda x, w: {"y": x * w}, input_signature=[
+            tf.TensorSpec([None, 3], tf.float32, name="x"), tf.TensorSpec([3], tf.float32, name="w")]),
+        "colstats": tf.function(lambda x: {"colmean": tf.reduce_mean(x, 0), "x2": x * 2}, input_signature=[
+            tf.TensorSpec([None, 3], tf.float32, name="x")]),
+        "embed": tf.function(lambda ids: {"vectors": tf.gather(table, ids)}, input_signature=[
+            tf.TensorSpec([None, None], tf.int32, name="ids")]),
+        "ints": tf.function(lambda a, b: {"s": tf.cast(a, tf.float32) + tf.cast(b, tf.float32)}, input_signature=[
+            tf.TensorSpec([None], tf.int32, name="a"), tf.TensorSpec([None], tf.uint8, name="b")]),
+    }
+    for name, function in models.items():
+        (root / name / "7").mkdir(parents=True)  # version 7 in folder 007/ for one of them, below
+        (root / name / "7" / "model.tflite").write_bytes(lite(function))
+    (root / "ints" / "7").rename(root / "ints" / "007")
+    (root / "models.json").write_text(json.dumps({"model_config_list": [
+        {"name": name, "base_path": name} for name in models]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def odd_server(odd_models):
+    running = Server(["--model-config", str(odd_models / "models.json"), *FLAGS, "--max-batch-rows", "1000"])
+    yield running
+    running.stop()
+
+
+def test_inputs_without_a_batch_axis_go_whole_to_every_call(odd_server):
+    client = Client(odd_server.port)
+    status, reply = client.predict("/v1/models/fixed1:predict", {"inputs": {"x": [[1, 2, 3], [4, 5, 6]], "s": 2.0}})
+    assert status == 200 and reply == {"outputs": [[2, 4, 6], [8, 10, 12]]}  # a row at a time, s each time
+    status, reply = client.predict("/v1/models/shared:predict", {"inputs": {"x": [[1, 2, 3], [4, 5, 6]],
+                                                                            "w": [1, 10, 100]}})
+    assert status == 200 and reply == {"outputs": [[1, 20, 300], [4, 50, 600]]}
+    status, reply = client.predict("/v1/models/shared:predict", {"inputs": {"x": [[1, 2, 3]] * 5, "w": [1, 1, 1]}})
+    assert status == 200 and len(reply["outputs"]) == 5
+
+
+def test_a_reduction_over_the_batch_is_never_split_and_the_row_format_refuses_it(odd_server):
+    rows = np.random.default_rng(0).random((5000, 3)).astype(np.float32)  # 5 calls' worth at --max-batch-rows 1000
+    reply = raw_exchange(odd_server.port, post("/v1/models/colstats:predict",
+                                               npz_of(**{"x.npy": npy_bytes(rows)}), "application/x-npz"))
+    outputs = np.load(__import__("io").BytesIO(reply.partition(b"\r\n\r\n")[2]))
+    assert outputs["colmean"].shape == (3,) and np.allclose(outputs["colmean"], rows.mean(0), atol=1e-5)
+    status, reply = Client(odd_server.port).predict("/v1/models/colstats:predict", {"instances": [[1, 2, 3]] * 4})
+    assert status == 400 and "columnar" in reply["error"]
+
+
+def test_the_model_refusing_an_input_at_run_time_is_a_400(odd_server):
+    status, reply = Client(odd_server.port).predict("/v1/models/embed:predict", {"inputs": [[5, 5000]]})
+    assert status == 400 and "cannot run on this input" in reply["error"]
+    stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{odd_server.grpc_port}"))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(grpc_request("embed", "ids", to_tensor(np.array([[-1]], np.int32))), timeout=10)
+    assert error.value.code() == INVALID
+
+
+def test_an_input_with_a_free_length_is_bounded_by_its_memory_before_it_runs(odd_server):
+    """[1, 1.5M] token ids would unfold into a 384 MB [1, L, 64] output."""
+    long = npy_bytes(np.zeros((1, 1_500_000), np.int32))
+    reply = raw_exchange(odd_server.port, post("/v1/models/embed:predict", long, "application/x-npy"), timeout=30)
+    assert status_of(reply) == 413 and "--max-memory-mb" in error_of(reply)
+    stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{odd_server.grpc_port}"))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(grpc_request("embed", "ids", to_tensor(np.zeros((1, 1_500_000), np.int32))), timeout=30)
+    assert error.value.code() == EXHAUSTED
+    assert memory_mb(odd_server.process.pid)["peak_rss_mb"] < MEMORY_CEILING_MB
+    status, reply = Client(odd_server.port).predict("/v1/models/embed:predict", {"inputs": [[1, 2, 3]]})
+    assert status == 200 and np.array(reply["outputs"]).shape == (1, 3, 64)
+
+
+@pytest.mark.parametrize("inputs, fragment", [
+    ({"a": [4294967297], "b": [1]}, "takes int32 values"),
+    ({"a": [1], "b": [-1]}, "takes uint8 values"),
+    ({"a": [1], "b": [300]}, "takes uint8 values"),
+    ({"a": [18446744073709551615], "b": [1]}, "takes int32 values"),
+])
+def test_integers_that_do_not_fit_are_refused_not_wrapped(odd_server, inputs, fragment):
+    status, reply = Client(odd_server.port).predict("/v1/models/ints:predict", {"inputs": inputs})
+    assert status == 400 and fragment in reply["error"], reply
+
+
+def test_grpc_integers_that_do_not_fit_are_refused_and_zero_padded_versions_load(odd_server):
+    stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{odd_server.grpc_port}"))
+    request = grpc_request("ints", "a", tensor(I64, [1], int64_val=[2**40]))
+    request.inputs["b"].CopyFrom(tensor(tensorflow_pb2.DT_UINT8, [1], int_val=[1]))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=10)
+    assert error.value.code() == INVALID and "int32" in error.value.details()
+    request.inputs["a"].CopyFrom(tensor(tensorflow_pb2.DT_INT32, [1], int_val=[2]))
+    request.inputs["b"].CopyFrom(tensor(tensorflow_pb2.DT_UINT8, [1], int_val=[1000]))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=10)
+    assert error.value.code() == INVALID and "uint8" in error.value.details()
+    request.inputs["b"].CopyFrom(tensor(tensorflow_pb2.DT_UINT8, [1], int_val=[3]))
+    reply = stub.Predict(request, timeout=10)
+    assert reply.model_spec.version.value == 7  # served from ints/007/
+
+
+def test_nan_into_a_quantized_input_is_refused(server):
+    body = json.dumps({"instances": [[[[float("nan")]] * 8] * 8]})  # the bare word NaN, as TF Serving reads it
+    status, _, reply = Client(server.port).request("POST", PREDICT, body, "application/json")
+    assert status == 400 and "NaN" in json.loads(reply)["error"]
+
+
+def test_curl_http2_upgrade_requests_are_answered_over_http1(server):
+    body = json.dumps({"instances": [[[[0.5]] * 8] * 8]}).encode()
+    request = (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+               f"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    reply = raw_exchange(server.port, request)
+    assert status_of(reply) == 200 and b'"predictions"' in reply
+
+
+def test_header_dribblers_at_the_connection_limit_cannot_lock_clients_out(server):
+    """As many sockets as --max-connections, each stuck mid-header line, reopened when
+    closed: well-behaved clients still get answers (the longest-stuck are closed for them)."""
+    holders = Holders()
+    try:
+        for _ in range(32):
+            holders.drip(holders.open(server.port, b"POST /v1/models/digits:predict HTTP/1.1\r\nX-A: "), b"a", 0.3)
+        answered = [served_ok(server.port, PREDICT, json.dumps({"instances": [[[[0.5]] * 8] * 8]}).encode(),
+                              timeout=10)[0] for _ in range(20)]
+        assert answered.count(200) >= 18, answered
+    finally:
+        holders.close()
+
+
+def test_several_large_bodies_at_once_never_wedge_the_server(models):
+    """Bodies arriving together fill the bodies' share of memory: the first keeps going, paused
+    ones are answered 503 when a complete request needs their memory, and nothing waits out
+    the queue timeout."""
+    body = npy_bytes(np.ones((60000, 8, 8, 1), np.float32))  # 15 MB each
+    with Server(["--model-config", str(models / "models.json"), *FLAGS, "--max-memory-mb", "120",
+                 "--queue-timeout", "20"]) as running:
+        statuses = []
+
+        def client():
+            statuses.append(served_ok(running.port, PREDICT, body, "application/x-npy", timeout=60))
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert {status for status, _ in statuses} <= {200, 503} and any(status == 200 for status, _ in statuses)
+        assert max(seconds for _, seconds in statuses) < 10, statuses
+        alive(running)
+
+
+def test_a_model_file_overwritten_in_place_does_not_crash_the_server(models, tmp_path):
+    base = tmp_path / "half"
+    shutil.copytree(models / "half" / "1", base / "1")
+    served = next((base / "1").glob("*.tflite"))
+    with Server([str(base), *FLAGS]) as running:
+        assert Client(running.port).predict(HALF, {"instances": [2.0]}) == (200, {"predictions": [3.0]})
+        served.write_bytes(served.read_bytes()[:1000])  # cp over it, half-done
+        assert Client(running.port).predict(HALF, {"instances": [2.0]}) == (200, {"predictions": [3.0]})
+        assert running.process.poll() is None
+
+
+def test_refused_large_bodies_do_not_hold_memory(server):
+    body = npy_bytes(np.zeros((30000, 8, 8, 2), np.float32))  # 15 MB of the wrong shape
+    idle = memory_mb(server.process.pid)["rss_mb"]
+    for _ in range(8):
+        assert status_of(raw_exchange(server.port, post(PREDICT, body, "application/x-npy"), timeout=30)) == 400
+    assert memory_mb(server.process.pid)["rss_mb"] < idle + 40
+
+
+def test_api_keys_http_cannot_carry_are_refused_and_surrounding_spaces_are_forgiven(models, tmp_path):
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("clé-0123456789abcdef")
+    result = subprocess.run([sys.executable, "-m", "edgekit.cli", "serve", str(models / "half"), "--api-key-file",
+                             str(key_file)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "cannot carry" in result.stderr
+    key_file.write_text("k" * 20)
+    with Server([str(models / "half"), "--api-key-file", str(key_file)]) as running:
+        status, _, _ = Client(running.port).request("GET", "/v1/models/half",
+                                                    headers={"Authorization": f"Bearer {'k' * 20} "})
+        assert status == 200

@@ -99,6 +99,9 @@ def quantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:
     every request of a quantized model, on arrays of an image's size."""
     low, high = _limits(info.dtype)
     q = np.array(values, dtype=np.float32)  # a copy we may overwrite
+    if not np.isfinite(q).all():
+        raise BadInput(f"input {info.name!r} holds NaN or infinity, which its {info.dtype.name} quantization "
+                       "cannot represent", "send finite values")
     np.multiply(q, np.float32(1.0 / info.scale), out=q)
     np.rint(q, out=q)
     np.add(q, np.float32(info.zero_point), out=q)
@@ -157,7 +160,10 @@ class TFLiteModel:
             ) from exc
         self._runners: dict[str, Any] = {}
         self._infos: dict[tuple[str, str], list[TensorInfo]] = {}
-        self.signature_names = list(self._interpreter.get_signature_list()) or [DEFAULT_SIGNATURE]
+        self.signature_names = list(self._interpreter.get_signature_list())
+        if not self.signature_names:
+            raise BadInput(f"{source} has no signatures, so its inputs have no names to serve them by",
+                           "convert it from a SavedModel (edgekit convert, or TFLiteConverter.from_saved_model)")
 
     def _runner(self, signature: str | None) -> Any:
         name = signature or self.signature_names[0]

@@ -143,14 +143,24 @@ class RestApp:
 def _predict(service: Service, loaded: LoadedVersion, body: bytes, content_type: str, query: str,
              admission: Admission, wait: bool = True) -> Response:
     """Reserve memory, decode, run, encode: in a worker thread, or (wait=False, small
-    requests to quick models) on the event loop, raising WouldWait rather than waiting."""
+    requests to quick models) on the event loop, raising WouldWait rather than waiting.
+    A bad request becomes its error reply here: an exception carried back to the event loop
+    would keep this frame, and so the body, alive until the garbage collector ran."""
+    try:
+        return _decode_run_encode(service, loaded, body, content_type, query, admission, wait)
+    except EdgekitError as exc:
+        return error_response(exc.http_status, client_message(exc))
+
+
+def _decode_run_encode(service: Service, loaded: LoadedVersion, body: bytes, content_type: str, query: str,
+                       admission: Admission, wait: bool) -> Response:
     admission.wait = wait
     if content_type in (codec.NPY, codec.NPZ):
         signature = _query_signature(query)
         served = loaded.specs(signature)
 
-        def admit(decoded_bytes: int, rows: int) -> None:
-            cost = service.tensor_cost(served, len(body), decoded_bytes, rows)
+        def admit(decoded_bytes: int, rows: int, values: int) -> None:
+            cost = service.tensor_cost(served, len(body), decoded_bytes, rows, values)
             admission.need(cost, f"a {len(body)}-byte {content_type} body")
 
         with service.slot(wait):

@@ -180,7 +180,7 @@ def _unb64(value: Any) -> Any:
 
 def _to_array(value: Any, spec: ServingTensor, where: str) -> np.ndarray:
     if spec.dtype.kind in "SO":
-        return np.asarray(_unb64(value), dtype=object)
+        return _strings(_unb64(value), spec, where)
     try:
         array = np.asarray(value)
     except ValueError:
@@ -190,6 +190,23 @@ def _to_array(value: Any, spec: ServingTensor, where: str) -> np.ndarray:
         raise BadInput(f"{where}: expected numbers for {spec.name!r} ({spec.dtype.name}), got {_what(array)}",
                        f"send {spec.dtype.name} values")
     return cast_input(array, spec, where)
+
+
+def _strings(value: Any, spec: ServingTensor, where: str) -> np.ndarray:
+    """A string tensor: text or {"b64": ...} values only, in the signature's shape."""
+    array = np.empty(0, dtype=object)
+    try:
+        shape = np.shape(np.asarray(value, dtype=object))
+        array = np.empty(shape, dtype=object)
+        array[...] = value
+    except (ValueError, TypeError):
+        raise BadInput(f"{where}: the strings are ragged (lists of different lengths)",
+                       f"every example of {spec.name!r} must have shape {_shape_text(spec.shape[1:])}") from None
+    if not all(isinstance(item, (str, bytes)) for item in array.reshape(-1)):
+        raise BadInput(f"{where}: {spec.name!r} takes strings, got other values among them",
+                       'send text, or bytes as {"b64": "<base64>"}')
+    check_declared(spec, array.shape, array.dtype, where)
+    return array
 
 
 def _what(array: np.ndarray) -> str:
@@ -225,22 +242,33 @@ def check_declared(spec: ServingTensor, shape: tuple[int, ...], dtype: np.dtype,
 
 
 def cast_input(array: np.ndarray, spec: ServingTensor, where: str) -> np.ndarray:
-    """Check the dtype kind and the shape (every axis but the batch), then cast."""
+    """Check the dtype kind, the shape (every axis but the batch) and, for integers, that
+    every value fits the tensor's type (a silent wrap would answer the wrong question), then cast."""
     check_declared(spec, array.shape, array.dtype, where)
+    check_range(array, spec.dtype, f"{where}: {spec.name!r}")
     return array.astype(spec.dtype, copy=False)
+
+
+def check_range(array: np.ndarray, dtype: np.dtype, what: str) -> None:
+    if dtype.kind not in "iu" or array.dtype.kind not in "iu" or not array.size or np.can_cast(array.dtype, dtype):
+        return
+    limits, low, high = np.iinfo(dtype), int(array.min()), int(array.max())
+    if low < limits.min or high > limits.max:
+        raise BadInput(f"{what} takes {dtype.name} values ({limits.min} to {limits.max}); got values from {low} "
+                       f"to {high}", f"send values within {dtype.name}'s range")
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join("N" if d < 0 else str(d) for d in shape) + "]"
 
 
-Admit = Callable[[int, int], None]  # (decoded bytes, rows): reserve memory, or refuse
+Admit = Callable[[int, int, int], None]  # (decoded bytes, rows, values): reserve memory, or refuse
 
 
 def decode_binary(body: bytes, content_type: str, specs: list[ServingTensor], admit: Admit | None = None) -> Request:
     """An .npy (one input) or .npz (keyed by input name) body -> named numpy arrays.
     `admit` gets the decoded bytes and rows, from the headers, before anything is allocated."""
-    admit = admit or (lambda decoded_bytes, rows: None)
+    admit = admit or (lambda decoded_bytes, rows, values: None)
     if content_type == NPY:
         if len(specs) != 1:
             raise BadInput(f"an application/x-npy body holds one array; the signature has {len(specs)} inputs",
@@ -250,7 +278,7 @@ def decode_binary(body: bytes, content_type: str, specs: list[ServingTensor], ad
         shape, dtype, order, offset = _npy_header_cached(body)
         nbytes = check_declared(specs[0], shape, dtype, "body")
         _check_data_size(len(body) - offset, shape, dtype, "the .npy body")
-        admit(nbytes, shape[0] if shape else 1)
+        admit(nbytes, shape[0] if shape else 1, math.prod(shape))
         array = np.frombuffer(body, dtype, math.prod(shape), offset).reshape(shape, order=order)
         return Request(DEFAULT_SIGNATURE, {specs[0].name: array.astype(specs[0].dtype, copy=False)}, "npy")
     return Request(DEFAULT_SIGNATURE, _decode_npz(body, specs, admit), "npz")
@@ -288,8 +316,8 @@ def _npy_header(stream, where: str) -> tuple[tuple[int, ...], np.dtype, str]:
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
-        raise BadInput(f"{where} is not a .npy file: {str(exc)[:200]}",
-                       "write it with np.save, or send JSON") from None
+        detail = "its header is over 10,000 bytes" if "max_header_size" in str(exc) else str(exc)[:200]
+        raise BadInput(f"{where} is not a .npy file: {detail}", "write it with np.save, or send JSON") from None
     if dtype.hasobject:
         raise BadInput(f"{where} holds Python objects, which cannot be read without pickle",
                        "save a numeric array with np.save")
@@ -340,7 +368,7 @@ def _decode_npz(body: bytes, specs: list[ServingTensor], admit: Admit) -> dict[s
                            "write it with np.savez(file, name=array, ...)")
         by_name[member.filename[:-4]] = member
     check_names(set(by_name), specs, "the .npz body")
-    headers, total, rows = {}, 0, set()
+    headers, total, rows, values, batches = {}, 0, 1, 0, set()
     try:
         for spec in specs:
             member = by_name[spec.name]
@@ -349,11 +377,13 @@ def _decode_npz(body: bytes, specs: list[ServingTensor], admit: Admit) -> dict[s
             total += check_declared(spec, shape, dtype, spec.name)
             _check_data_size(member.file_size - stream.tell(), shape, dtype, f"the .npz member {member.filename!r}")
             headers[spec.name] = (stream, shape, dtype, order)
-            rows.add(shape[0] if shape else None)
-        if len(rows) > 1:
-            raise BadInput(f"the .npz inputs have different batch sizes {sorted(r for r in rows if r is not None)}",
+            rows, values = max(rows, shape[0] if shape else 1), values + math.prod(shape)
+            if spec.shape and spec.shape[0] == -1:
+                batches.add(shape[0])
+        if len(batches) > 1:
+            raise BadInput(f"the .npz inputs have different batch sizes {sorted(batches)}",
                            "give each input the same rows")
-        admit(total, next(iter(rows)) or 1)
+        admit(total, rows, values)
         arrays = {}
         for spec in specs:
             stream, shape, dtype, order = headers[spec.name]
@@ -392,11 +422,15 @@ def encode_json(outputs: dict[str, np.ndarray], style: str) -> bytes:
     convert = (lambda name, array: np.ascontiguousarray(array)) if fast else _jsonable
     columns = {name: convert(name, outputs[name]) for name in names}
     if style == "row":
+        counts = {outputs[name].shape[0] if outputs[name].ndim else None for name in names}
+        if len(counts) > 1 or None in counts:
+            shapes = ", ".join(f"{name} {tuple(outputs[name].shape)}" for name in names)
+            raise BadInput(f"the row format needs every output to have one row per example; the outputs are {shapes}",
+                           'send the columnar format, {"inputs": ...}, to get {"outputs": ...}')
         if len(names) == 1:
             body = {"predictions": columns[names[0]]}
         else:
-            count = len(next(iter(columns.values())))
-            body = {"predictions": [{name: columns[name][i] for name in names} for i in range(count)]}
+            body = {"predictions": [{name: columns[name][i] for name in names} for i in range(counts.pop())]}
     else:
         body = {"outputs": columns[names[0]] if len(names) == 1 else columns}
     if fast:

@@ -47,6 +47,8 @@ _VALUE_FIELD = {
     tensorflow_pb2.DT_UINT16: "int_val", tensorflow_pb2.DT_INT32: "int_val", tensorflow_pb2.DT_INT64: "int64_val",
     tensorflow_pb2.DT_UINT32: "uint32_val", tensorflow_pb2.DT_UINT64: "uint64_val", tensorflow_pb2.DT_BOOL: "bool_val",
 }
+_FIELD_DTYPE = {"float_val": np.float32, "double_val": np.float64, "int_val": np.int32, "int64_val": np.int64,
+                "uint32_val": np.uint32, "uint64_val": np.uint64, "bool_val": np.bool_}
 _GRPC_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
               404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
               413: grpc.StatusCode.RESOURCE_EXHAUSTED, 431: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -101,12 +103,22 @@ def _values(tensor: tensorflow_pb2.TensorProto, shape: tuple[int, ...], dtype: n
     elif tensor.tensor_content:
         values = np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<"))
     elif tensor.dtype == tensorflow_pb2.DT_HALF:
-        values = np.array(tensor.half_val, dtype=np.int64).astype(np.uint16).view(np.float16)
-    else:
-        values = np.array(getattr(tensor, _VALUE_FIELD[tensor.dtype]), dtype=dtype)
+        bits = np.array(tensor.half_val, dtype=np.int64)
+        codec.check_range(bits, np.dtype(np.uint16), f"{where}: half_val (float16 bits)")
+        values = bits.astype(np.uint16).view(np.float16)
+    else:  # read each field in its own type, then check the values fit the declared one
+        field = _VALUE_FIELD[tensor.dtype]
+        values = np.array(getattr(tensor, field), dtype=_FIELD_DTYPE[field])
+        codec.check_range(values, dtype, f"{where}: {tensorflow_pb2.DataType.Name(tensor.dtype)}")
+        values = values.astype(dtype, copy=False)
     if have == count:
         return values.reshape(shape)
     return np.full(shape, values[0], dtype=dtype)
+
+
+def _cast(values: np.ndarray, spec: codec.ServingTensor) -> np.ndarray:
+    codec.check_range(values, spec.dtype, spec.name)
+    return values.astype(spec.dtype, copy=False)
 
 
 def to_tensor(array: np.ndarray) -> tensorflow_pb2.TensorProto:
@@ -170,45 +182,50 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         def work():
-            loaded = self.door.resolve(request.model_spec)
-            signature = request.model_spec.signature_name or codec.DEFAULT_SIGNATURE
-            served = loaded.specs(signature)
-            given = request.inputs
-            if len(given) != len(served.inputs) or any(t.name not in given for t in served.inputs):
-                codec.check_names(set(given), served.inputs, "PredictRequest.inputs")
-            wanted = served.output_names
-            if request.output_filter:
-                wanted = tuple(dict.fromkeys(request.output_filter))
-                unknown = sorted(set(wanted) - set(served.output_names))
-                if unknown:
-                    raise BadInput(f"output_filter names unknown outputs: {', '.join(unknown)[:200]}",
-                                   "the signature's outputs are: " + ", ".join(served.output_names))
-            decoded_bytes, rows, tensors = 0, 1, []
-            for spec in served.inputs:  # every declared shape checked before any value is read
-                tensor = request.inputs[spec.name]
-                shape, dtype = declared(tensor, spec.name)
-                decoded_bytes += codec.check_declared(spec, shape, dtype, spec.name)
-                rows = max(rows, shape[0] if shape else 1)
-                tensors.append((spec, tensor, shape, dtype))
+            # gRPC read the message before this runs; it is counted from here on, with what
+            # decoding it takes (waiting for room: a waiting call holds only its message)
             admission = self.service.admission()
             try:
-                admission.need(self.service.tensor_cost(served, request.ByteSize(), decoded_bytes, rows),
-                               "this PredictRequest")
-                with self.service.slot():
-                    inputs = {spec.name: _values(tensor, shape, dtype, spec.name).astype(spec.dtype, copy=False)
-                              for spec, tensor, shape, dtype in tensors}
-                    outputs = self.service.run(loaded, signature, inputs)
-                    reply = serving_pb2.PredictResponse()
-                    reply.model_spec.name = loaded.name
-                    reply.model_spec.version.value = loaded.version
-                    reply.model_spec.signature_name = signature
-                    for name in wanted:
-                        reply.outputs[name].CopyFrom(to_tensor(outputs[name]))
+                return self._predict(request, admission)
             finally:
                 admission.close()
-            return loaded.name, str(loaded.version), reply
 
         return self.door.call("grpc_predict", context, work)
+
+    def _predict(self, request, admission) -> tuple[str, str, serving_pb2.PredictResponse]:
+        loaded = self.door.resolve(request.model_spec)
+        signature = request.model_spec.signature_name or codec.DEFAULT_SIGNATURE
+        served = loaded.specs(signature)
+        given = request.inputs
+        if len(given) != len(served.inputs) or any(t.name not in given for t in served.inputs):
+            codec.check_names(set(given), served.inputs, "PredictRequest.inputs")
+        wanted = served.output_names
+        if request.output_filter:
+            wanted = tuple(dict.fromkeys(request.output_filter))
+            unknown = sorted(set(wanted) - set(served.output_names))
+            if unknown:
+                raise BadInput(f"output_filter names unknown outputs: {', '.join(unknown)[:200]}",
+                               "the signature's outputs are: " + ", ".join(served.output_names))
+        decoded_bytes, rows, values, tensors = 0, 1, 0, []
+        for spec in served.inputs:  # every declared shape checked before any value is read
+            tensor = request.inputs[spec.name]
+            shape, dtype = declared(tensor, spec.name)
+            decoded_bytes += codec.check_declared(spec, shape, dtype, spec.name)
+            rows, values = max(rows, shape[0] if shape else 1), values + math.prod(shape)
+            tensors.append((spec, tensor, shape, dtype))
+        admission.need(self.service.tensor_cost(served, request.ByteSize(), decoded_bytes, rows, values),
+                       "this PredictRequest")
+        with self.service.slot():
+            inputs = {spec.name: _cast(_values(tensor, shape, dtype, spec.name), spec)
+                      for spec, tensor, shape, dtype in tensors}
+            outputs = self.service.run(loaded, signature, inputs)
+            reply = serving_pb2.PredictResponse()
+            reply.model_spec.name = loaded.name
+            reply.model_spec.version.value = loaded.version
+            reply.model_spec.signature_name = signature
+            for name in wanted:
+                reply.outputs[name].CopyFrom(to_tensor(outputs[name]))
+        return loaded.name, str(loaded.version), reply
 
     def GetModelMetadata(self, request, context):
         def work():
@@ -274,23 +291,28 @@ class ModelService(serving_pb2_grpc.ModelServiceServicer):
         return self.door.call("grpc_reload", context, work)
 
 
-def create_server(service: Service, *, host: str, port: int) -> tuple[grpc.Server, int]:
+def create_server(service: Service, *, host: str, port: int, workers: int = 2) -> tuple[grpc.Server, int]:
     """A started-later gRPC server on host:port (0 picks a free port), bound exclusively
     (no SO_REUSEPORT: a second server cannot silently share the port); returns it and its port.
 
     Bounds: messages of --max-body-mb (RESOURCE_EXHAUSTED beyond, from gRPC itself);
-    --max-inflight worker threads; at most --max-connections calls in progress, more are
-    refused with RESOURCE_EXHAUSTED; handshakes within --read-timeout."""
+    `workers` threads (one per interpreter), each holding at most one message while it waits
+    for the memory budget; at most --max-connections calls in progress, more are refused
+    with RESOURCE_EXHAUSTED; handshakes within --read-timeout."""
     limits = service.limits
     options = [("grpc.max_receive_message_length", limits.max_body_bytes),
                ("grpc.max_send_message_length", limits.max_body_bytes),
                ("grpc.so_reuseport", 0),
                ("grpc.server_handshake_timeout_ms", int(limits.read_timeout * 1000)),
-               ("grpc.max_connection_idle_ms", 300_000)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.max_inflight, thread_name_prefix="edgekit-grpc"),
+               ("grpc.max_connection_idle_ms", 300_000),
+               # no flow-control window growth (BDP probing): calls waiting for a worker hold
+               # less of their message here (30 calls of 31 MB: 463 MB peak instead of 974)
+               ("grpc.http2.bdp_probe", 0)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgekit-grpc"),
                          options=options, maximum_concurrent_rpcs=limits.max_connections)
     door = _Door(service)
-    serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(door), server)
+    prediction = PredictionService(door)
+    serving_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
     serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(door), server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")

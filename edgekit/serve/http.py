@@ -13,12 +13,14 @@ What it bounds, each from `Limits` (serve/limits.py):
 - a body: `max_body_bytes`, refused from Content-Length before it is read (413); silence
   of `read_timeout` between reads, and a total of `read_timeout` plus one second per
   MIN_BODY_RATE bytes (408); bodies still arriving hold at most `max_buffered_bytes` of
-  the memory budget, past which their connections stop being read until memory frees;
+  the memory budget, past which their connections stop being read until memory frees
+  (the body that started first always goes on; one paused past `queue_timeout` gets 503);
 - an idle keep-alive connection: closed after `keepalive_timeout`;
 - connections: `max_connections` open at once. At the limit a new connection closes the
-  longest-idle one (nginx does the same with keep-alive connections), so idle sockets
-  cannot lock clients out; with none idle it gets 503. The process's file limit is raised
-  to its hard limit at start;
+  longest-idle one (nginx does the same with keep-alive connections), else the one whose
+  headers have been arriving longest, so idle or dribbling sockets cannot lock clients
+  out; with none of either it gets 503. The process's file limit is raised to its hard
+  limit at start;
 - a reply the client does not read: closed after `read_timeout` plus MIN_BODY_RATE.
 
 Pipelined requests are answered in order, one at a time. A reply sent before its request's
@@ -39,6 +41,7 @@ from edgekit.serve.limits import Limits, MemoryBudget
 
 MIN_BODY_RATE = 64 << 10  # bytes per second a client must average while it sends a body or reads a reply
 SWEEP_SECONDS = 0.25  # how often deadlines are checked
+LINGER_SECONDS = 2.0  # how long a refused upload may go on sending after its answer
 REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
@@ -117,6 +120,8 @@ class HttpServer:
         self.on_error = on_error or (lambda status, message: None)
         self.connections: set[_Connection] = set()
         self.idle: dict[_Connection, None] = {}  # connections between requests, longest idle first
+        self.heading: dict[_Connection, None] = {}  # connections whose request line or headers are arriving
+        self.receiving: dict[_Connection, None] = {}  # connections whose body is arriving, first started first
         self.paused: set[_Connection] = set()
         self.buffered = 0  # bytes of bodies still arriving (counted in the budget too)
         self._server: asyncio.base_events.Server | None = None
@@ -125,6 +130,7 @@ class HttpServer:
     async def start(self, sock) -> None:
         raise_file_limit()
         loop = asyncio.get_running_loop()
+        self.budget.on_pressure = lambda: loop.call_soon_threadsafe(lambda: self._shed(self.budget.deficit()))
         self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=1024)
         self._sweep_every = min(SWEEP_SECONDS, self.limits.read_timeout / 4, self.limits.keepalive_timeout / 4)
         loop.call_later(self._sweep_every, self._sweep)
@@ -159,13 +165,30 @@ class HttpServer:
             self._resume_scheduled = True
             asyncio.get_running_loop().call_later(0.02, self._resume_paused)
 
+    def _shed(self, deficit: int) -> None:
+        """A request that has its whole body waits for memory that bodies paused mid-way
+        hold: answer those 503 (the most recently started first) until it can go on."""
+        freed = 0
+        for connection in sorted(self.paused, key=lambda c: c.body_deadline, reverse=True):
+            if freed >= deficit:
+                break
+            body = connection.current
+            freed += body.held if body is not None else 0
+            self.paused.discard(connection)
+            self.on_error(503, "body shed for memory")
+            connection._reply_and_close(503, "the server needed this body's memory for requests it had already "
+                                              "received; retry in a moment")
+
     def room_for_bodies(self, margin: int) -> bool:
         return (self.buffered + margin <= self.limits.max_buffered_bytes
                 and self.budget.used + margin <= self.budget.capacity)
 
     def _resume_paused(self) -> None:
         self._resume_scheduled = False
-        if self.room_for_bodies(MIN_BODY_RATE):
+        deficit = self.budget.deficit()
+        if deficit > 0:  # complete requests wait for memory: they go first
+            self._shed(deficit)
+        elif self.room_for_bodies(MIN_BODY_RATE):
             for connection in list(self.paused):
                 self.paused.discard(connection)
                 connection.resume_reading()
@@ -203,26 +226,29 @@ class _Connection(asyncio.Protocol):
         self.reading_paused = False
         self.body_deadline = 0.0
         self.paused_at = 0.0
+        self.raw_left = 0  # body bytes still to come after an upgrade request
+        self.discarding = False  # answered and closing: what the client still sends is dropped
         self.drained: asyncio.Future | None = None
 
     # --- connection ----------------------------------------------------------------------
     @property
     def gone(self) -> bool:
-        return self.transport is None or self.transport.is_closing()
+        return self.transport is None or self.transport.is_closing() or self.discarding
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         server = self.server
         if len(server.connections) >= self.limits.max_connections:
-            if not server.idle:
+            if not server.idle and not server.heading:
                 server.on_error(503, "too many connections")
                 self._reply_and_close(503, f"the server has {self.limits.max_connections} connections open, its "
                                            "limit (--max-connections), all busy; retry in a moment")
                 return
-            oldest = next(iter(server.idle))
+            oldest = next(iter(server.idle or server.heading))
             oldest.abort()
             server.connections.discard(oldest)
             server.idle.pop(oldest, None)
+            server.heading.pop(oldest, None)
         server.connections.add(self)
         self._set_idle(True)
         self._arm(self.limits.keepalive_timeout, self._idle_timeout)
@@ -236,6 +262,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.server.connections.discard(self)
         self._set_idle(False)
+        self.server.heading.pop(self, None)
+        self.server.receiving.pop(self, None)
         self.server.paused.discard(self)
         self._disarm()
         if self.task is not None and not self.task.done():
@@ -254,7 +282,10 @@ class _Connection(asyncio.Protocol):
             self.drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing and not self.queue:
+        if self.discarding or (self.closing and not self.queue):
+            return
+        if self.raw_left:  # the body of a request that asked to upgrade (curl --http2 sends h2c)
+            self._raw_body(data)
             return
         if self.in_head or self.current is None:
             self.head_bytes += len(data)
@@ -262,14 +293,42 @@ class _Connection(asyncio.Protocol):
                 return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.closing = True  # no upgrades: answer what was asked, then close
+        except httptools.HttpParserUpgrade as upgrade:
+            self._refuse_upgrade(data[upgrade.args[0]:] if upgrade.args else b"")
         except httptools.HttpParserError as exc:
             self.server.on_error(400, "malformed HTTP")
             self._reply_and_close(400, f"malformed HTTP request: {_parser_message(exc)}")
             return
         if self.current is not None and not self.current.complete and not self.gone:
             self._check_body_budget()
+
+    def _refuse_upgrade(self, rest: bytes) -> None:
+        """No protocol upgrades: the request is answered over HTTP/1.1, then the connection
+        closes. llhttp stops at an upgrade request's headers, so its body (if any) is read
+        here, by its Content-Length."""
+        self.closing = True
+        body = self.queue[-1] if self.queue else None
+        if body is None or self.gone:
+            return
+        request = body.request
+        if request.headers.get("transfer-encoding"):
+            self.server.on_error(400, "upgrade with a chunked body")
+            self._reply_and_close(400, "this server speaks HTTP/1.1 only: send the request without 'Upgrade' "
+                                       "(e.g. curl --http1.1), or with a Content-Length")
+            return
+        if request.content_length:
+            body.complete = False
+            self.current = body
+            self.raw_left = request.content_length
+            self._raw_body(rest)
+
+    def _raw_body(self, data: bytes) -> None:
+        chunk = data[: self.raw_left]
+        self.raw_left -= len(chunk)
+        if chunk:
+            self.on_body(chunk)
+        if not self.raw_left and self.current is not None:
+            self.on_message_complete()
 
     def _head_too_large(self, data: bytes) -> bool:
         """Over the header limit, unless the headers end within this read."""
@@ -284,6 +343,7 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._set_idle(False)
+        self.server.heading[self] = None
         self.in_head = True
         self.url = b""
         self.header_list = []
@@ -296,6 +356,7 @@ class _Connection(asyncio.Protocol):
         self.header_list.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.server.heading.pop(self, None)
         if self.transport.is_closing():
             return
         self.in_head = False
@@ -315,6 +376,7 @@ class _Connection(asyncio.Protocol):
         body = Body(self, request, expect)
         self.current = body
         self.queue.append(body)
+        self.server.receiving[self] = None
         self.body_deadline = self.loop.time() + self.limits.read_timeout + (declared or 0) / MIN_BODY_RATE
         self._arm(self.limits.read_timeout, self._body_timeout)
         if len(self.queue) > 1:
@@ -345,6 +407,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         body = self.current
         self.current = None
+        self.server.receiving.pop(self, None)
         if body is not None:
             self.server.buffered -= body.arriving  # arrived: no longer a body in transit
             body.arriving = 0
@@ -354,12 +417,23 @@ class _Connection(asyncio.Protocol):
 
     # --- bounds ----------------------------------------------------------------------------
     def _check_body_budget(self) -> None:
-        if not self.server.room_for_bodies(0):
+        """Over the bodies' share of memory, a body stops being read until there is room,
+        except the one that started first: it always goes on, so some body completes and
+        frees memory (pausing every one of them would wait forever)."""
+        server = self.server
+        if not server.room_for_bodies(0) and next(iter(server.receiving), self) is not self:
             self._pause_reading()
-            self.server.pause(self)
+            server.pause(self)
+            self._arm(self.limits.queue_timeout, self._paused_too_long)
+
+    def _paused_too_long(self) -> None:
+        self.server.on_error(503, "no memory for the body")
+        self._reply_and_close(503, f"the server had no memory for this body within {self.limits.queue_timeout:g} s "
+                                   "(--queue-timeout; other large requests hold it): retry in a moment")
 
     def _pause_reading(self) -> None:
-        """Stop reading: the client's silence from now on is ours, so its clock stops too."""
+        """Stop reading: the client's silence from now on is ours, so its clock stops too
+        (while a pipelined request waits; the memory budget sets its own limit)."""
         if not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -473,10 +547,22 @@ class _Connection(asyncio.Protocol):
         self.queue.clear()
         self.current = None
         self.closing = True
+        self.discarding = True
+        self.server.paused.discard(self)
+        self.server.receiving.pop(self, None)
         self._write(error_response(status, message), keep_alive=False)
-        self.transport.close()
         self._disarm()
-        self.loop.call_later(self.limits.read_timeout, self.transport.abort)  # if it never reads the reply
+        # A lingering close, as nginx does: end our side, and read (and drop) what the client
+        # still sends for a moment, so it gets the answer instead of a reset mid-upload.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            if self.reading_paused:
+                self.reading_paused = False
+                self.transport.resume_reading()
+            self.loop.call_later(min(LINGER_SECONDS, self.limits.read_timeout), self.transport.abort)
+        else:
+            self.transport.close()
+            self.loop.call_later(self.limits.read_timeout, self.transport.abort)
 
     def close_when_idle(self) -> None:
         self.closing = True

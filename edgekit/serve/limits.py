@@ -5,7 +5,7 @@ request can consume has a bound here, checked *before* it is spent, with the opt
 sets it named in the error the client gets:
 
     resource                          bound                        option
-    one request body / gRPC message   32 MB                        --max-body-mb
+    one request body / gRPC message   16 MB                        --max-body-mb
     request memory, both doors        192 MB (estimated, below)    --max-memory-mb
     predicts decoding or running      2 x interpreters             --max-inflight
     rows per interpreter call         what fits 16 MB of tensors   --max-batch-rows
@@ -24,9 +24,9 @@ cast, the quantized copy, the interpreter's input).
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgekit.errors import BadInput, PayloadTooLarge, ServerBusy
@@ -44,7 +44,7 @@ TENSOR_COPIES = 3
 class Limits:
     """The bounds above; validated once, where they are built (the CLI only fills them in)."""
 
-    max_body_bytes: int = 32 * MB
+    max_body_bytes: int = 16 * MB
     max_memory_bytes: int = 192 * MB
     max_inflight: int = 4
     max_batch_rows: int | None = None  # None: as many rows as fit BATCH_TENSOR_BYTES of tensors
@@ -87,9 +87,13 @@ def _option(field: str) -> str:
 class MemoryBudget:
     """Bytes of request memory in use across both front doors.
 
-    `reserve` (threads) and `reserve_async` (the event loop) wait in one first-come queue,
-    so a large request is not starved by a stream of small ones; `try_reserve` never
-    waits (bodies still arriving use it, and pause their connection when it fails)."""
+    `reserve` waits in one first-come queue, so a large request is not starved by a stream
+    of small ones; `try_reserve` never waits (the event loop's quick path); `force` counts
+    bytes that are already in memory (a body as it arrives).
+
+    Requests wait holding memory (their body). When the first in line could not fit even
+    once every running request is done, because those behind it hold too much, the last in
+    line give up at once (503, retry) rather than all waiting out the queue timeout."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -97,6 +101,9 @@ class MemoryBudget:
         self.peak = 0
         self._lock = threading.Lock()
         self._waiters: collections.deque[_Waiter] = collections.deque()
+        # called (from a worker thread) when a request has to wait: the REST door then drops
+        # bodies it had paused mid-way, which hold memory without progressing
+        self.on_pressure: Callable[[], None] | None = None
 
     def check(self, amount: int, what: str) -> None:
         """A request that could never fit: 413, naming the budget and the way around it."""
@@ -107,97 +114,83 @@ class MemoryBudget:
                 "send fewer rows per request or a binary body (application/x-npy), "
                 "or start the server with a larger --max-memory-mb")
 
-    def try_reserve(self, amount: int, ceiling: int | None = None) -> bool:
-        """Reserve now if it fits under the capacity (or a lower `ceiling` for this kind
-        of use) and nobody is queued first."""
+    def try_reserve(self, amount: int) -> bool:
+        """Reserve now if it fits and nobody is queued first."""
         with self._lock:
-            limit = self.capacity if ceiling is None else min(ceiling, self.capacity)
-            if self._waiters or self.used + amount > limit:
+            if self._waiters or self.used + amount > self.capacity:
                 return False
             self._take(amount)
             return True
 
     def force(self, amount: int) -> None:
-        """Count bytes already in memory (a socket read that arrived before it could be refused)."""
         with self._lock:
             self._take(amount)
 
-    def reserve(self, amount: int, timeout: float) -> None:
-        if self.try_reserve(amount):
-            return
-        waiter = self._enqueue(amount, _Waiter(amount, threading.Event()))
-        if waiter is None:
-            return
-        if not waiter.signal.wait(timeout):
-            self._abandon(waiter)
-
-    async def reserve_async(self, amount: int, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        waiter = self._enqueue(amount, _Waiter(amount, None, loop, future))
-        if waiter is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            self._abandon(waiter)
-        except asyncio.CancelledError:  # the connection closed while it waited
-            if not self._withdraw(waiter):
-                self.release(amount)
-            raise
+    def reserve(self, amount: int, timeout: float, held: int = 0) -> None:
+        """Wait (up to `timeout`) for `amount` more bytes; the caller already holds `held`."""
+        with self._lock:
+            if not self._waiters and self.used + amount <= self.capacity:
+                self._take(amount)
+                return
+            waiter = _Waiter(amount, held)
+            self._waiters.append(waiter)
+            self._preempt()
+        if self.on_pressure is not None:
+            self.on_pressure()
+        granted = waiter.signal.wait(timeout)
+        with self._lock:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                self._grant()
+            elif granted and not waiter.preempted:
+                return
+            elif not waiter.preempted:  # granted just as it gave up: hand it back
+                self.used -= amount
+                self._grant()
+        raise ServerBusy(f"the server is busy: no memory for this request "
+                         f"{'in time' if not waiter.preempted else 'while larger ones wait'} "
+                         f"({self.used / MB:.0f} of {self.capacity / MB:.3g} MB in use by other requests)",
+                         "retry in a moment, send smaller requests, or raise --max-memory-mb")
 
     def release(self, amount: int) -> None:
         with self._lock:
             self.used -= amount
-            while self._waiters and self.used + self._waiters[0].amount <= self.capacity:
-                waiter = self._waiters.popleft()
-                self._take(waiter.amount)
-                waiter.grant()
+            self._grant()
+
+    def deficit(self) -> int:
+        """Bytes that requests waiting in line need beyond what is free (0: none waits)."""
+        with self._lock:
+            if not self._waiters:
+                return 0
+            return max(0, self.used + sum(w.amount for w in self._waiters) - self.capacity)
 
     def _take(self, amount: int) -> None:
         self.used += amount
         self.peak = max(self.peak, self.used)
 
-    def _enqueue(self, amount: int, waiter: _Waiter) -> _Waiter | None:
-        with self._lock:
-            if not self._waiters and self.used + amount <= self.capacity:
-                self._take(amount)
-                return None
-            self._waiters.append(waiter)
-            return waiter
+    def _grant(self) -> None:
+        while self._waiters and self.used + self._waiters[0].amount <= self.capacity:
+            waiter = self._waiters.popleft()
+            self._take(waiter.amount)
+            waiter.signal.set()
 
-    def _withdraw(self, waiter: _Waiter) -> bool:
-        """Take a waiter out of the queue; False when it was granted meanwhile."""
-        with self._lock:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-                return True
-            return False
-
-    def _abandon(self, waiter: _Waiter) -> None:
-        if not self._withdraw(waiter):
-            self.release(waiter.amount)  # granted just as it gave up: hand it back
-        raise ServerBusy(f"the server is busy: no memory for this request within the queue timeout "
-                         f"({self.used / MB:.0f} of {self.capacity / MB:.3g} MB in use by other requests)",
-                         "retry in a moment, send smaller requests, or raise --max-memory-mb")
+    def _preempt(self) -> None:
+        """While the head of the line could not fit even with every running request done,
+        send the last in line away (it raises ServerBusy and frees what it holds)."""
+        while len(self._waiters) > 1:
+            waiting_hold = sum(w.held for w in self._waiters)
+            if self._waiters[0].amount + waiting_hold <= self.capacity:
+                return
+            last = self._waiters.pop()
+            last.preempted = True
+            last.signal.set()
 
 
 class _Waiter:
-    __slots__ = ("amount", "signal", "loop", "future")
+    __slots__ = ("amount", "held", "signal", "preempted")
 
-    def __init__(self, amount, signal, loop=None, future=None):
-        self.amount, self.signal, self.loop, self.future = amount, signal, loop, future
-
-    def grant(self) -> None:
-        if self.signal is not None:
-            self.signal.set()
-        else:
-            self.loop.call_soon_threadsafe(_resolve, self.future)
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
+    def __init__(self, amount: int, held: int):
+        self.amount, self.held, self.signal, self.preempted = amount, held, threading.Event(), False
 
 
 class WouldWait(Exception):

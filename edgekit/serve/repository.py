@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BadInput, EdgekitError, NotFound, Unavailable
+from edgekit.errors import BadInput, EdgekitError, NotFound, PayloadTooLarge, Unavailable
 from edgekit.manifest import MANIFEST_NAME, Manifest
 from edgekit.native_logs import captured_native_output
 from edgekit.runtime import TFLiteModel
+from edgekit.runtime.tflite import DEFAULT_SIGNATURE
 from edgekit.serve.codec import ServingTensor
 from edgekit.serve.limits import WouldWait
 
@@ -44,6 +45,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 # tensors it lists (XNNPACK's own buffers; measured on the digits CNN: 59 MB for 15.6 MB
 # listed), so this holds each interpreter near 16 MB whatever clients send.
 BATCH_TENSOR_BYTES = 4 << 20
+ARENA_FACTOR = 4  # real interpreter memory per listed tensor byte (measured, above)
 # A version whose one-row call takes at most this answers small requests on the event loop
 # itself (no thread hop, which costs more than such a model's inference).
 QUICK_CALL_SECONDS = 0.0005
@@ -185,10 +187,14 @@ class ServedSignature:
     tensor_names: dict[str, str]  # signature key -> the graph tensor behind it (metadata)
     input_names: frozenset[str]
     output_names: tuple[str, ...]
-    batchable: bool  # every input's first axis is free: any number of rows in one call
-    fixed_rows: int  # the batch size the model takes when it is not batchable (1 for scalars)
-    row_values: int  # numbers in one row of all inputs (unknown axes as 1)
+    batched: frozenset[str]  # inputs whose first axis is the batch of examples (others go whole)
+    free_batch: bool  # that axis is free (-1): any number of rows in one call
+    fixed_rows: int  # otherwise, the rows the model takes per call
+    splittable: bool  # every output has the batch first: a batch may run in parts, concatenated
+    row_values: int  # values in one row of the batched inputs (unknown axes as 1)
     output_row_bytes: int  # bytes of one row of all outputs, as float32 or wider
+    outputs_known: bool  # every output axis but the batch is known
+    bytes_per_value: float  # interpreter memory per input value, measured at load (0: nothing scales)
 
 
 def _served_signature(model: TFLiteModel, signature: str) -> ServedSignature:
@@ -196,13 +202,37 @@ def _served_signature(model: TFLiteModel, signature: str) -> ServedSignature:
     outs = [_serving(o) for o in model.outputs(signature)]
     runner = model._runner(signature)
     details = {**runner.get_input_details(), **runner.get_output_details()}
+    free = [t for t in ins if t.shape and t.shape[0] == -1]
+    ranked = [t for t in ins if t.shape]
+    fixed_rows = 0 if free else ranked[0].shape[0] if ranked else 1
+    batched = free or [t for t in ranked if t.shape[0] == fixed_rows]
+    first = -1 if free else fixed_rows
     return ServedSignature(
         inputs=ins, outputs=outs, tensor_names={k: d["name"] for k, d in details.items()},
         input_names=frozenset(t.name for t in ins), output_names=tuple(t.name for t in outs),
-        batchable=bool(ins) and all(t.shape and t.shape[0] == -1 for t in ins),
-        fixed_rows=ins[0].shape[0] if ins and ins[0].shape and ins[0].shape[0] > 0 else 1,
-        row_values=sum(_row_elements(t) for t in ins) or 1,
-        output_row_bytes=sum(_row_elements(t) * max(t.dtype.itemsize, 4) for t in outs))
+        batched=frozenset(t.name for t in batched), free_batch=bool(free), fixed_rows=fixed_rows,
+        splittable=bool(batched) and all(t.shape and t.shape[0] == first for t in outs),
+        row_values=sum(_row_elements(t) for t in batched) or 1,
+        output_row_bytes=sum(_row_elements(t) * max(t.dtype.itemsize, 4) for t in outs),
+        outputs_known=all(d >= 0 for t in outs for d in t.shape[1:]),
+        bytes_per_value=_bytes_per_value(model, signature, ins))
+
+
+def _bytes_per_value(model: TFLiteModel, signature: str, ins: list[ServingTensor]) -> float:
+    """How the interpreter's tensors grow per input value: run once with every unknown axis
+    at 1, once at 2 (activations grow with the inputs, weights do not)."""
+    if all(d >= 0 for t in ins for d in t.shape):
+        return 0.0
+    sizes = []
+    for size in (1, 2):
+        feeds = {t.name: np.zeros([size if d < 0 else d for d in t.shape], t.dtype) for t in ins}
+        try:
+            model.run(feeds, signature)
+        except Exception:  # the model refuses such inputs: count all its tensors against the smallest
+            return model.tensor_bytes() / max(1, sum(v.size for v in feeds.values()))
+        sizes.append((sum(v.size for v in feeds.values()), model.tensor_bytes()))
+    (values_1, bytes_1), (values_2, bytes_2) = sizes
+    return max(0.0, (bytes_2 - bytes_1) / (values_2 - values_1)) if values_2 > values_1 else 0.0
 
 
 def _row_elements(tensor: ServingTensor) -> int:
@@ -211,34 +241,24 @@ def _row_elements(tensor: ServingTensor) -> int:
 
 class LoadedVersion:
     """One version in memory: a pool of interpreters (an interpreter is not thread-safe),
-    and its signatures as clients see them."""
+    and its signatures as clients see them.
+
+    The model is read into memory once and every interpreter runs from that copy: a file
+    overwritten in place (cp or scp over a served version) cannot pull pages from under a
+    running interpreter (with a memory-mapped file that is a SIGBUS)."""
 
     def __init__(self, name: str, version: int, path: Path, threads: int, interpreters: int,
-                 max_batch_rows: int | None = None):
+                 max_batch_rows: int | None = None, max_call_bytes: int = 1 << 62):
         self.name, self.version, self.path = name, version, path
-        self.models = [TFLiteModel(path, num_threads=threads) for _ in range(interpreters)]
+        content = path.read_bytes()
+        self.models = [TFLiteModel(content, num_threads=threads) for _ in range(interpreters)]
         self._pool: queue.SimpleQueue[TFLiteModel] = queue.SimpleQueue()
         for model in self.models:
             self._pool.put(model)
         first = self.models[0]
         self.signatures = {signature: _served_signature(first, signature) for signature in first.signature_names}
-        self.batch_rows = max_batch_rows or self._rows_per_call()
+        self.max_batch_rows, self.max_call_bytes = max_batch_rows, max_call_bytes
         self.call_seconds = 0.0  # the slowest one-row call at warm-up
-
-    def _rows_per_call(self) -> int:
-        """How many rows fit BATCH_TENSOR_BYTES: the tensors' growth from one row to two
-        (activations grow with the batch, weights do not), on the first interpreter."""
-        model, per_row = self.models[0], 0
-        for signature, served in self.signatures.items():
-            if not served.batchable:
-                continue
-            sizes = []
-            for rows in (1, 2):
-                model.run({t.name: np.zeros([rows, *[1 if d < 0 else d for d in t.shape[1:]]], t.dtype)
-                           for t in served.inputs}, signature)
-                sizes.append(model.tensor_bytes())
-            per_row = max(per_row, sizes[1] - sizes[0])
-        return max(1, BATCH_TENSOR_BYTES // max(1, per_row))
 
     def warm_up(self) -> None:
         """Run every interpreter once, so the first client does not pay for lazy setup; then
@@ -255,6 +275,17 @@ class LoadedVersion:
     def quick(self) -> bool:
         return self.call_seconds <= QUICK_CALL_SECONDS
 
+    @property
+    def batch_rows(self) -> int | None:
+        """Rows per interpreter call for the default signature's rows (the `loaded` log line)."""
+        served = self.signatures.get(DEFAULT_SIGNATURE) or next(iter(self.signatures.values()))
+        if not (served.free_batch and served.splittable):
+            return None
+        return self.max_batch_rows or self._rows_per_call(served, served.row_values)
+
+    def _rows_per_call(self, served: ServedSignature, values_per_row: float) -> int:
+        return max(1, int(BATCH_TENSOR_BYTES // max(1.0, served.bytes_per_value * values_per_row)))
+
     def specs(self, signature: str) -> ServedSignature:
         served = self.signatures.get(signature)
         if served is None:
@@ -263,37 +294,59 @@ class LoadedVersion:
         return served
 
     def rows(self, served: ServedSignature, inputs: dict[str, np.ndarray]) -> int:
-        """The batch size of a request: every input has the same rows, at least one, and
-        as many as the model takes when its batch axis is fixed above 1."""
-        counts = {len(v) for v in inputs.values() if v.ndim}
+        """The batch size of a request: the batched inputs have the same rows, at least one,
+        and as many as the model takes when its batch axis is fixed (unless it can take them
+        one call at a time)."""
+        counts = {len(inputs[name]) for name in served.batched if inputs[name].ndim}
         if len(counts) > 1:
-            raise BadInput(f"the inputs have different batch sizes {sorted(counts)}", "give each input the same rows")
+            raise BadInput(f"the inputs have different batch sizes {sorted(counts)}",
+                           "give every input that has a batch axis the same rows: "
+                           + ", ".join(sorted(served.batched)))
         rows = counts.pop() if counts else 1
         if rows < 1:
             raise BadInput("the batch is empty (0 rows)", "send at least one example")
-        if not served.batchable and served.fixed_rows > 1 and rows != served.fixed_rows:
+        if not served.free_batch and rows != served.fixed_rows and not (served.fixed_rows == 1 and served.splittable):
             raise BadInput(f"this model takes batches of exactly {served.fixed_rows}",
-                           f"send {served.fixed_rows} examples")
+                           f"send {served.fixed_rows} examples per request")
         return rows
 
-    def run(self, signature: str, inputs: dict[str, np.ndarray], wait: bool = True) -> dict[str, np.ndarray]:
-        """Run a batch in calls of at most `batch_rows` rows (one row at a time when the
-        batch axis is fixed at 1), so the interpreter's tensors stay small whatever the
-        request's size. Without `wait`, WouldWait when no interpreter is free now."""
-        served = self.specs(signature)
+    def plan(self, served: ServedSignature, inputs: dict[str, np.ndarray]) -> tuple[int, int]:
+        """(rows, rows per interpreter call) for a request, or 413 when one call would need
+        more interpreter memory than a version may take (--max-memory-mb / interpreters)."""
         rows = self.rows(served, inputs)
-        if served.batchable:
-            step = self.batch_rows
+        batched_values = sum(inputs[name].size for name in served.batched)
+        whole_values = sum(v.size for name, v in inputs.items() if name not in served.batched)
+        if served.free_batch and served.splittable:
+            step = self.max_batch_rows or self._rows_per_call(served, batched_values / rows)
+        elif not served.free_batch and served.fixed_rows == 1 and served.splittable:
+            step = 1
         else:
-            step = 1 if served.fixed_rows == 1 and any(v.ndim for v in inputs.values()) else rows
+            step = rows
+        step = min(step, rows)
+        call_bytes = served.bytes_per_value * (batched_values * step / rows + whole_values) * ARENA_FACTOR
+        if call_bytes > self.max_call_bytes:
+            raise PayloadTooLarge(
+                f"this request needs an estimated {call_bytes / 1048576:.0f} MB of interpreter memory for one "
+                f"call of model {self.name}; each interpreter may take {self.max_call_bytes / 1048576:.0f} MB "
+                "(--max-memory-mb / --interpreters)", "send fewer or smaller examples per request")
+        return rows, step
+
+    def run(self, signature: str, inputs: dict[str, np.ndarray], wait: bool = True) -> dict[str, np.ndarray]:
+        """Run a batch in calls of at most the planned rows (one row at a time when the batch
+        axis is fixed at 1), so the interpreter's tensors stay small whatever the request's
+        size. Inputs without a batch axis go whole to every call. Without `wait`,
+        WouldWait when no interpreter is free now."""
+        served = self.specs(signature)
+        rows, step = self.plan(served, inputs)
         try:
             model = self._pool.get(block=wait)
         except queue.Empty:
             raise WouldWait from None
         try:
             if rows <= step:
-                return model.run(inputs, signature)
-            parts = [model.run({k: v[i : i + step] for k, v in inputs.items()}, signature)
+                return _invoke(model, inputs, signature)
+            parts = [_invoke(model, {k: v[i : i + step] if k in served.batched and v.ndim else v
+                                     for k, v in inputs.items()}, signature)
                      for i in range(0, rows, step)]
             return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         finally:
@@ -310,6 +363,17 @@ class LoadedVersion:
                 "method_name": "tensorflow/serving/predict",
             }
         return {"signature_def": {"signature_def": signature_defs}}
+
+
+def _invoke(model: TFLiteModel, inputs: dict[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+    """One interpreter call; what the runtime refuses at run time is the input's fault
+    (a token id beyond the vocabulary, a shape the graph cannot take): 400, with its words."""
+    try:
+        return model.run(inputs, signature)
+    except (RuntimeError, ValueError) as exc:
+        raise BadInput(f"the model cannot run on this input: {str(exc).strip()[:300]}",
+                       "check the values against what the model expects (ids within its vocabulary, sizes it "
+                       "can take)") from None
 
 
 def _serving(info) -> ServingTensor:
@@ -340,10 +404,12 @@ class ModelRepository:
     """Loads, serves and swaps model versions; polled on a background thread."""
 
     def __init__(self, configs: list[ModelConfig], *, threads: int = 1, interpreters: int = 1,
-                 poll_seconds: float = 2.0, on_event: Event | None = None, max_batch_rows: int | None = None):
+                 poll_seconds: float = 2.0, on_event: Event | None = None, max_batch_rows: int | None = None,
+                 max_call_bytes: int = 1 << 62):
         self.configs = {c.name: c for c in configs}
         self.threads, self.interpreters, self.poll_seconds = threads, interpreters, poll_seconds
-        self.max_batch_rows = max_batch_rows
+        self.max_batch_rows, self.max_call_bytes = max_batch_rows, max_call_bytes
+        self._folders: dict[tuple[str, int], Path] = {}  # (model, version) -> its folder (007/ is version 7)
         self._served: dict[str, dict[int, LoadedVersion]] = {name: {} for name in self.configs}
         self._status: dict[str, dict[int, VersionStatus]] = {name: {} for name in self.configs}
         self._failed: dict[tuple[str, int], tuple] = {}  # (model, version) -> folder fingerprint
@@ -385,7 +451,9 @@ class ModelRepository:
                     self._on_event("poll_error", model=config.name, error=f"{type(exc).__name__}: {exc}")
 
     def _poll_model(self, config: ModelConfig) -> None:
-        on_disk = _versions_on_disk(config.base_path, self._on_event, config.name)
+        folders = _versions_on_disk(config.base_path, self._on_event, config.name)
+        self._folders.update({(config.name, version): folder for version, folder in folders.items()})
+        on_disk = list(folders)
         served = self._served[config.name]
         if config.policy.kind == "latest":
             # Newest first until N versions are in: a version that fails to load is passed
@@ -412,7 +480,7 @@ class ModelRepository:
     def _load(self, config: ModelConfig, version: int) -> LoadedVersion | None:
         """Load and warm up one version; None when it fails (reported in its status, and
         not retried until its files change)."""
-        folder = config.base_path / str(version)
+        folder = self._folders.get((config.name, version), config.base_path / str(version))
         fingerprint = _fingerprint(folder)
         if self._failed.get((config.name, version)) == fingerprint:
             return None
@@ -422,8 +490,8 @@ class ModelRepository:
         native = None
         try:
             with captured_native_output() as native:  # LiteRT prints "INFO: Created ... delegate" raw
-                loaded = LoadedVersion(config.name, version, model_file(folder, config.variant),
-                                       self.threads, self.interpreters, self.max_batch_rows)
+                loaded = LoadedVersion(config.name, version, model_file(folder, config.variant), self.threads,
+                                       self.interpreters, self.max_batch_rows, self.max_call_bytes)
                 loaded.warm_up()
         except Exception as exc:  # anything in a version's files fails that version, never the poller
             message = exc.message if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc}"
@@ -484,15 +552,20 @@ class ModelRepository:
         return {name: sorted(versions) for name, versions in self._served.items()}
 
 
-def _versions_on_disk(base: Path, on_event: Event, model: str) -> list[int]:
-    """Version folders: names of digits that fit TF Serving's int64 version numbers."""
+def _versions_on_disk(base: Path, on_event: Event, model: str) -> dict[int, Path]:
+    """Version folders by number: names of digits that fit TF Serving's int64 versions.
+    Where two folders name one version (7/ and 007/), the one without leading zeros wins."""
     try:
         if not base.is_dir():
-            return []
-        return [int(p.name) for p in base.iterdir() if p.name.isdigit() and len(p.name) <= 18 and p.is_dir()]
+            return {}
+        folders: dict[int, Path] = {}
+        for path in sorted(base.iterdir(), key=lambda p: len(p.name), reverse=True):
+            if path.name.isdigit() and len(path.name) <= 18 and path.is_dir():
+                folders[int(path.name)] = path
+        return folders
     except OSError as exc:
         on_event("poll_error", model=model, error=f"cannot list {base}: {exc.strerror}")
-        return []
+        return {}
 
 
 def _fingerprint(folder: Path) -> tuple:

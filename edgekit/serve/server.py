@@ -88,6 +88,10 @@ def read_api_key(path: str | None) -> str | None:
                        "pass a readable text file") from None
     if len(key) < 16:
         raise BadInput("the API key is shorter than 16 characters", "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+        raise BadInput("the API key has characters that HTTP headers and gRPC metadata cannot carry "
+                       "(non-ASCII, spaces or control characters)",
+                       "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
     return key
 
 
@@ -144,15 +148,17 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
 
     sock = bind(host, port)
     malloc.tune()
-    repository = ModelRepository(configs, threads=threads, interpreters=interpreters or default_interpreters(threads),
-                                 poll_seconds=poll_seconds, on_event=on_event, max_batch_rows=limits.max_batch_rows)
+    interpreters = interpreters or default_interpreters(threads)
+    repository = ModelRepository(configs, threads=threads, interpreters=interpreters, poll_seconds=poll_seconds,
+                                 on_event=on_event, max_batch_rows=limits.max_batch_rows,
+                                 max_call_bytes=limits.max_memory_bytes // interpreters)
     service = Service(repository, limits, api_key=api_key, metrics=metrics)
     grpc_server = None
     try:
         if grpc_port:
             from edgekit.serve.grpc import create_server
 
-            grpc_server, grpc_port = create_server(service, host=host, port=grpc_port)
+            grpc_server, grpc_port = create_server(service, host=host, port=grpc_port, workers=max(2, interpreters))
     except BaseException:
         sock.close()
         raise

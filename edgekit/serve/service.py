@@ -55,7 +55,7 @@ class Admission:
                 if not budget.try_reserve(total - self.held):
                     raise WouldWait
             else:
-                budget.reserve(total - self.held, self.service.limits.queue_timeout)
+                budget.reserve(total - self.held, self.service.limits.queue_timeout, self.held)
             self.held = total
 
     def close(self) -> None:
@@ -80,9 +80,9 @@ class Service:
         """`credential`: what the client sent ("Bearer KEY" or the key alone)."""
         if self.api_key is None:
             return
-        given = credential or ""
+        given = (credential or "").strip()
         if given[:7].lower() == "bearer ":
-            given = given[7:]
+            given = given[7:].strip()
         if not hmac.compare_digest(given.encode("utf-8", "replace"), self.api_key.encode()):
             raise Unauthorized("missing or wrong API key", how)
 
@@ -105,16 +105,19 @@ class Service:
         return Admission(self, held)
 
     def json_cost(self, loaded: LoadedVersion, signature: str, body_bytes: int) -> int:
-        """Peak memory for a JSON body: parsing it, plus a JSON reply for as many rows as the
-        body could hold (every number takes at least two characters)."""
+        """Peak memory for a JSON body: parsing it, plus a JSON reply for as many rows (and
+        values) as the body could hold (every number takes at least two characters)."""
         served = loaded.signatures.get(signature) or next(iter(loaded.signatures.values()))
-        rows = body_bytes // (2 * served.row_values) + 1
-        return body_bytes * JSON_PARSE_FACTOR + rows * served.output_row_bytes * JSON_REPLY_FACTOR
+        values = body_bytes // 2 + 1
+        return body_bytes * JSON_PARSE_FACTOR + _output_bytes(served, values // served.row_values + 1,
+                                                              values) * JSON_REPLY_FACTOR
 
-    def tensor_cost(self, served: ServedSignature, message_bytes: int, decoded_bytes: int, rows: int) -> int:
-        """Peak memory for a binary body or gRPC message whose tensors are `decoded_bytes`:
-        the body twice (its pieces, then joined), the tensors' copies, the reply."""
-        return 2 * message_bytes + decoded_bytes * TENSOR_COPIES + rows * served.output_row_bytes * 2
+    def tensor_cost(self, served: ServedSignature, message_bytes: int, decoded_bytes: int, rows: int,
+                    values: int) -> int:
+        """Peak memory for a binary body or gRPC message whose tensors are `decoded_bytes`
+        (`values` numbers): the body twice (its pieces, then joined), the tensors' copies,
+        the outputs and their encoding."""
+        return 2 * message_bytes + decoded_bytes * TENSOR_COPIES + _output_bytes(served, rows, values) * 2
 
     def run(self, loaded: LoadedVersion, signature: str, inputs: dict[str, np.ndarray],
             wait: bool = True) -> dict[str, np.ndarray]:
@@ -169,3 +172,11 @@ class _Slot:
 
     def __exit__(self, *exc_info) -> None:
         self.slots.release()
+
+
+def _output_bytes(served: ServedSignature, rows: int, values: int) -> int:
+    """The outputs' size: from their shapes where only the batch is unknown, else from how
+    the interpreter's tensors grew with the inputs at load (an embedding's [N, L, 64])."""
+    if served.outputs_known:
+        return rows * served.output_row_bytes
+    return int(max(rows * served.output_row_bytes, values * served.bytes_per_value))
