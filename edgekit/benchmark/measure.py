@@ -255,7 +255,7 @@ def _load_eval(eval_data, labels_key: str, manifest: Manifest, spec: SignatureSp
                                    f"{', '.join(archive.files)}",
                                    f"pass --labels-key with one of: {', '.join(others)}")
         if labels is not None and len(labels) != len(next(iter(inputs.values()))):
-            raise BadInput(f"{path.name}: {labels_key!r} has {len(labels)} rows, the inputs "
+            raise BadInput(f"{path.name}: {labels_key or 'y'!r} has {len(labels)} rows, the inputs "
                            f"{len(next(iter(inputs.values())))}", "give one label per row")
         source = str(path.resolve())
     elif manifest.calibration and Path(manifest.calibration["source"]).exists():
@@ -265,8 +265,7 @@ def _load_eval(eval_data, labels_key: str, manifest: Manifest, spec: SignatureSp
         inputs = data.synthetic_samples(spec, 64)
         source = "synthetic (pass --data for real rows)"
     rows = len(next(iter(inputs.values())))
-    return inputs, labels, {"source": source, "rows": rows, "labels": labels is not None,
-                            "labels_key": (labels_key or "y") if labels is not None else None}
+    return inputs, labels, {"source": source, "rows": rows, "labels": labels is not None}
 
 
 def _pick_task(spec: SignatureSpec, labels, task: str | None, output: str | None):
