@@ -75,17 +75,6 @@ def declared(tensor: tensorflow_pb2.TensorProto, where: str = "a tensor") -> tup
     return shape, dtype
 
 
-def _value_count(tensor: tensorflow_pb2.TensorProto, dtype: np.dtype, where: str) -> int:
-    if tensor.dtype == tensorflow_pb2.DT_STRING:
-        return len(tensor.string_val)
-    if tensor.tensor_content:
-        if len(tensor.tensor_content) % dtype.itemsize:
-            raise BadInput(f"{where}: tensor_content holds {len(tensor.tensor_content)} bytes, not a whole number of "
-                           f"{dtype} values", "send shape x itemsize bytes (what tf.make_tensor_proto writes)")
-        return len(tensor.tensor_content) // dtype.itemsize
-    return len(getattr(tensor, _VALUE_FIELD[tensor.dtype]))
-
-
 def to_numpy(tensor: tensorflow_pb2.TensorProto, where: str = "a tensor") -> np.ndarray:
     """A TensorProto's values as an array of its declared shape. A single value is
     broadcast over the shape, as TensorFlow does; any other count must match the shape."""
@@ -93,15 +82,26 @@ def to_numpy(tensor: tensorflow_pb2.TensorProto, where: str = "a tensor") -> np.
 
 
 def _values(tensor: tensorflow_pb2.TensorProto, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
-    count, have = math.prod(shape), _value_count(tensor, dtype, where)
+    # Each read of a bytes field copies it (protobuf's upb): tensor_content is read once.
+    content = tensor.tensor_content if tensor.dtype != tensorflow_pb2.DT_STRING else b""
+    if tensor.dtype == tensorflow_pb2.DT_STRING:
+        have = len(tensor.string_val)
+    elif content:
+        if len(content) % dtype.itemsize:
+            raise BadInput(f"{where}: tensor_content holds {len(content)} bytes, not a whole number of "
+                           f"{dtype} values", "send shape x itemsize bytes (what tf.make_tensor_proto writes)")
+        have = len(content) // dtype.itemsize
+    else:
+        have = len(getattr(tensor, _VALUE_FIELD[tensor.dtype]))
+    count = math.prod(shape)
     if have != count and not (have == 1 and count > 1):
         raise BadInput(f"{where}: the tensor holds {have} values but its shape {list(shape)} needs {count}",
                        "send one value per element (or a single value to fill the shape)")
     if tensor.dtype == tensorflow_pb2.DT_STRING:
         values = np.empty(have, dtype=object)
         values[:] = list(tensor.string_val)
-    elif tensor.tensor_content:
-        values = np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<"))
+    elif content:
+        values = np.frombuffer(content, dtype=dtype.newbyteorder("<"))
     elif tensor.dtype == tensorflow_pb2.DT_HALF:
         bits = np.array(tensor.half_val, dtype=np.int64)
         codec.check_range(bits, np.dtype(np.uint16), f"{where}: half_val (float16 bits)")
