@@ -304,3 +304,25 @@ def test_serving_imports_no_tensorflow(repo):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ANSWERED" in result.stdout and "LOADED []" in result.stdout
+
+
+def test_every_log_line_is_json_and_both_doors_log_their_requests(repo):
+    """LiteRT's own "INFO: Created TensorFlow Lite XNNPACK delegate" is captured at load and
+    logged as a JSON event (at debug level), never printed raw."""
+    import grpc
+
+    from edgekit.serve.grpc import to_tensor
+    from edgekit.serve.protos import serving_pb2, serving_pb2_grpc
+
+    with Server([str(repo / "digits"), "--log-level", "debug"]) as running:
+        assert running.client.predict("/v1/models/digits:predict", {"instances": [[[[0.0]] * 8] * 8]})[0] == 200
+        request = serving_pb2.PredictRequest()
+        request.model_spec.name = "digits"
+        request.inputs["pixels"].CopyFrom(to_tensor(np.zeros((1, 8, 8, 1), np.float32)))
+        stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}"))
+        stub.Predict(request, timeout=10)
+        log = running.stop()
+    events = [json.loads(line)["log"] for line in log.splitlines() if line.strip()]
+    doors = {event.get("door") for event in events if event["event"] == "request"}
+    assert doors == {"rest", "grpc"}
+    assert any(event["event"] == "runtime_output" and "XNNPACK" in event["text"] for event in events)
