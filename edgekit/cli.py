@@ -221,6 +221,15 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     sys.exit(0 if manifest.all_ok else 1)
 
 
+def _read_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read the API key file {path}: {exc}", "pass a readable text file") from None
+
+
 def _thread_counts(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None
@@ -253,10 +262,14 @@ def _thread_counts(text: str | None) -> tuple[int, ...] | None:
 @click.option("--min-agreement", type=float, help="Budget: top-1 agreement with the SavedModel, percent.")
 @click.option("--max-latency-ms", type=float, help="Budget: p50 at batch 1 (best thread count), ms.")
 @click.option("--max-size-mb", type=float, help="Budget: file size, MiB.")
+@click.option("--device", "devices", multiple=True,
+              help="Also measure on a device running `edgekit serve --allow-bench` (http://HOST:PORT); repeatable.")
+@click.option("--api-key-file", type=click.Path(path_type=Path), help="The devices' API key.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_handle_errors
 def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threads_text, tfjs_backends, batch,
-          artifact, json_path, html_path, no_memory, max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb, debug):
+          artifact, json_path, html_path, no_memory, max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb,
+          devices, api_key_file, debug):
     """Measure OUT_DIR's artifacts against the original SavedModel.
 
     Exit status: 0 measured and within every budget given, 1 a budget broken (one line
@@ -275,6 +288,7 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
         warmup=warmup, threads=_thread_counts(threads_text),
         tfjs_backends=tuple(b.strip() for b in tfjs_backends.split(",") if b.strip()), batch=batch, artifact=artifact,
         memory=not no_memory, progress=lambda message: click.echo(message, err=True), quiet=not debug,
+        devices=tuple(devices), api_key=_read_key(api_key_file),
     )
     click.echo(render_table(report))
     if json_path:
@@ -323,12 +337,16 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--variant", help="Which artifact of an edgekit convert OUT_DIR to serve [default: int8 where present].")
 @click.option("--version-policy", type=click.Choice(["latest", "all"]), default="latest", show_default=True,
               help="Serve the newest version, or every version on disk.")
+@click.option("--allow-bench", is_flag=True,
+              help="Turn on POST /v1/bench, for `edgekit bench --device` (needs --api-key-file).")
+@click.option("--bench-max-mb", default=64.0, show_default=True, help="Largest artifact upload the bench endpoint takes.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks of start-up errors.")
 @_handle_errors
 def serve(model_base_path, model_name, model_config, host, port, grpc_port, threads, interpreters, poll_seconds,
           max_body_mb, max_memory_mb, max_inflight, max_batch_rows, max_header_kb, read_timeout, keepalive_timeout,
-          queue_timeout, max_connections, api_key_file, variant, version_policy, log_level, debug):
+          queue_timeout, max_connections, api_key_file, variant, version_policy, allow_bench, bench_max_mb, log_level,
+          debug):
     """Serve TFLite models over TensorFlow Serving's REST and gRPC APIs (LiteRT and numpy only).
 
     MODEL_BASE_PATH holds one folder per version (1/, 2/, ...), each with a
@@ -348,7 +366,8 @@ def serve(model_base_path, model_name, model_config, host, port, grpc_port, thre
                     max_connections=max_connections)
     configs = model_configs(model_base_path, model_name, model_config, variant, VersionPolicy(version_policy))
     run(configs, limits, host=host, port=port, grpc_port=grpc_port, threads=threads, interpreters=interpreters,
-        poll_seconds=poll_seconds, api_key=read_api_key(api_key_file), log_level=log_level)
+        poll_seconds=poll_seconds, api_key=read_api_key(api_key_file), log_level=log_level,
+        bench_max_bytes=int(bench_max_mb * MB) if allow_bench else None)
 
 
 @cli.command("package")

@@ -91,7 +91,8 @@ def package(out_dir: str | Path, platform: str, dest: str | Path, *, variant: st
 def _read_bench(path: str | Path) -> dict:
     try:
         report = json.loads(Path(path).read_text())
-        return {row["name"]: row for row in report["artifacts"]}
+        # rows measured on a device (`bench --device`) are that device's, not the artifact's
+        return {row["name"]: row for row in report["artifacts"] if not row.get("machine")}
     except FileNotFoundError:
         raise BadInput(f"bench report {path} does not exist", "run `edgekit bench OUT_DIR --json FILE`") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:

@@ -41,6 +41,7 @@ class Row:
     latency_ms: dict[str, Latency] = field(default_factory=dict)  # by thread count ("1", "2"; "auto" for TF)
     throughput_rows_per_s: dict[str, float] = field(default_factory=dict)
     memory: dict[str, float] | None = None
+    machine: str | None = None  # where it was measured: None here, else a device's label (see devices)
 
     @property
     def top1_agreement(self) -> float | None:
@@ -63,6 +64,7 @@ class BenchReport:
     settings: dict[str, object]
     reference: Row
     artifacts: list[Row]
+    devices: dict[str, dict] = field(default_factory=dict)  # label -> what the device says it is
 
     def to_dict(self) -> dict:
         return _finite(asdict(self))
@@ -107,6 +109,8 @@ def bench(
     memory: bool = True,
     progress: Progress | None = None,
     quiet: bool = True,
+    devices: tuple[str, ...] = (),
+    api_key: str | None = None,
 ) -> BenchReport:
     """Measure the artifacts in OUT_DIR (or only `artifact`) against the SavedModel.
 
@@ -202,6 +206,12 @@ def bench(
                 runner.close()
         rows.append(row)
 
+    measured_devices = {}
+    for url in devices:
+        measured_devices.update(_bench_on_device(url, api_key, chosen, out_dir, inputs, labels, task, output,
+                                                 reference_outputs, reference, rows, threads, runs, warmup, say))
+    rows = _side_by_side(rows)
+
     return BenchReport(
         schema_version=SCHEMA_VERSION,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -214,7 +224,72 @@ def bench(
                   "batch": batch, "latency_batch": 1, "memory": memory},
         reference=reference,
         artifacts=rows,
+        devices=measured_devices,
     )
+
+
+# Rows sent to a device, at most: the workstation scores them all, the device its share.
+DEVICE_ROW_BYTES = 8 << 20
+
+
+def _bench_on_device(url, api_key, chosen, out_dir, inputs, labels, task, output, reference_outputs, reference,
+                     rows, threads, runs, warmup, say) -> dict[str, dict]:
+    """Each TFLite artifact measured on a device's `edgekit serve --allow-bench`: its latency,
+    memory and outputs there, scored here against the SavedModel on the same rows."""
+    from edgekit.benchmark.remote import DeviceClient
+    from edgekit.benchmark.timing import Latency
+
+    client = DeviceClient(url, api_key)
+    info = client.info()["device"]
+    say(f"device {client.label}: {info.get('model') or info.get('cpu') or info.get('machine')}, "
+        f"{info.get('cpus')} cores, {info.get('runtime')}")
+    total = len(next(iter(inputs.values())))
+    per_row = max(1, sum(v[:1].nbytes for v in inputs.values()))
+    count = max(1, min(total, DEVICE_ROW_BYTES // per_row))
+    subset = {k: v[:count] for k, v in inputs.items()}
+    device_threads = sorted({t for t in threads if t <= (info.get("cpus") or 1)} | {info.get("cpus") or 1})
+    for entry in chosen:
+        if entry.format != "tflite" or entry.file is None or entry.requires_flex or entry.status == "failed":
+            continue
+        say(f"device {client.label}: {entry.name} on {count} rows, threads {device_threads}")
+        row = Row(f"{entry.name}@{client.label}", "litert", "CPU", entry.variant, entry.bytes, "measured",
+                  machine=client.label)
+        try:
+            result, outputs = client.bench(out_dir / entry.file, entry.sha256, entry.signature, subset,
+                                           device_threads, runs, warmup)
+        except EdgekitError as exc:
+            row.status, row.reason = "skipped", exc.message
+            rows.append(row)
+            continue
+        row.engine = (result["device"].get("runtime") or "litert").split()[0]
+        subset_labels = labels[:count] if labels is not None else None
+        _score(row, outputs, {k: v[:count] for k, v in reference_outputs.items()}, subset_labels, task, output,
+               reference if labels is None else _reference_on(reference, reference_outputs, labels, count, task,
+                                                              output))
+        row.latency_ms = {t: Latency(**figures) for t, figures in result["latency_ms"].items()}
+        row.throughput_rows_per_s = {t: 1000.0 / lat.mean_ms for t, lat in row.latency_ms.items() if lat.mean_ms}
+        row.memory = result.get("memory")
+        row.reason = result.get("note") if result.get("served_meanwhile") else None
+        rows.append(row)
+    return {client.label: {**info, "url": url, "rows": count}}
+
+
+def _reference_on(reference: Row, reference_outputs, labels, count: int, task, output) -> Row:
+    """The reference scored on the device's rows only, so an accuracy drop compares like with like."""
+    subset = Row(reference.name, reference.engine, reference.device, None, None, "measured")
+    _score(subset, {k: v[:count] for k, v in reference_outputs.items()}, None, labels[:count], task, output)
+    return subset
+
+
+def _side_by_side(rows: list[Row]) -> list[Row]:
+    """Each artifact's device rows right after its own row."""
+    local = [row for row in rows if row.machine is None]
+    remote = [row for row in rows if row.machine is not None]
+    ordered = []
+    for row in local:
+        ordered.append(row)
+        ordered.extend(r for r in remote if r.name.split("@")[0] == row.name)
+    return ordered + [r for r in remote if r not in ordered]
 
 
 def _row(name: str, runner: Runner, variant: str | None, size: int | None) -> Row:

@@ -69,6 +69,13 @@ def table_rows(report: BenchReport) -> list[list[str]]:
     return rows
 
 
+def describe_device(info: dict) -> str:
+    """A device as its bench rows were measured on it: what it is, its cores, its runtime."""
+    what = info.get("model") or info.get("cpu") or "unknown board"
+    return (f"{what}, {info.get('machine')}, {info.get('cpus')} cores, {info.get('runtime')}; "
+            f"{info.get('rows')} rows scored there")
+
+
 def render_table(report: BenchReport) -> str:
     rows = table_rows(report)
     widths = [max(len(r[i]) for r in [HEADER] + rows if len(r) > i) for i in range(len(HEADER))]
@@ -83,6 +90,7 @@ def render_table(report: BenchReport) -> str:
         if row.status == "measured" and row.reason:  # a thread count or backend that could not run it
             lines.append(f"{row.name}: not measured on {row.reason}")
     settings, data = report.settings, report.data
+    lines.extend(f"@{label}: {describe_device(info)}" for label, info in report.devices.items())
     lines.append(
         f"{data['rows']} rows from {data['source']}; latency at batch 1 over {settings['runs']} runs after "
         f"{settings['warmup']} warm-up; rows/s at batch {settings['batch']}; reference on {report.reference.device}"
@@ -186,6 +194,8 @@ def render_html(report: BenchReport) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
     body = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table_rows(report))
     machine = ", ".join(f"{k}: {v}" for k, v in report.machine.items() if v is not None)
+    devices = "".join(f'<p class="note device">rows named @{html.escape(label)} were measured on that device: '
+                      f"{html.escape(describe_device(info))}</p>" for label, info in report.devices.items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgekit bench</title>
 <style>
@@ -207,6 +217,7 @@ th:first-child, td:first-child {{ text-align: left; }}
 {plot_quality}
 {plot_size}
 </div>
+{devices}
 <p class="note">Red points and the dashed line mark the Pareto front: no other model is both faster and better on that plot.</p>
 </body></html>
 """

@@ -13,6 +13,7 @@ import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 from edgekit.errors import BadInput, EdgekitError, NotFound, NotImplementedHere
@@ -25,8 +26,11 @@ from edgekit.serve.service import Admission, Service, client_message
 MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,127})"
     r"(?:/versions/(?P<version>\d{1,19})|/labels/(?P<label>[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}))?"
-    r"(?:/(?P<metadata>metadata)|:(?P<verb>predict|classify|regress))?$"
+    r"(?:/(?P<metadata>metadata)|:(?P<verb>predict|classify|regress|bench))?$"
 )
+BENCH_PATH = "/v1/bench"
+BENCH_OFF = ("the bench endpoint is off on this server",
+             "start it with --allow-bench (which needs --api-key-file) to bench artifacts on this device")
 QUICK_BODY_BYTES = 16 << 10  # small enough to decode and answer on the event loop (with a quick model)
 KEY_HINT = "send the key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -49,6 +53,11 @@ class RestApp:
             return response
         api, model, version = "status", "-", "-"
         try:
+            if path == BENCH_PATH:
+                api = "bench"
+                response = await self._bench(request, body, None)
+                self._log(request, response, started, api, model, version)
+                return response
             match = MODEL_PATH.match(path)
             if not match:
                 raise NotFound(f"Malformed request: {request.method} {path[:200]}",
@@ -57,7 +66,12 @@ class RestApp:
             model, label = match["name"], match["label"]
             number = self.service.version_number(match["version"])
             version = match["version"] or label or "latest"
-            if match["verb"]:
+            if match["verb"] == "bench":
+                api = "bench"
+                loaded = self.service.resolve(model, number, label)
+                version = str(loaded.version)
+                response = await self._bench(request, body, loaded)
+            elif match["verb"]:
                 api = match["verb"]
                 response, version = await self._predict(request, body, match, number, label)
             elif request.method not in ("GET", "HEAD"):
@@ -132,9 +146,40 @@ class RestApp:
         response.on_sent = admission.close
         return response, str(loaded.version)
 
+    async def _bench(self, request: Request, body: Body, loaded: LoadedVersion | None) -> Response:
+        """GET /v1/bench: this device; POST /v1/bench: an uploaded .tflite (an .npz with
+        `__tflite__`, the file's bytes, and the rows by input name), checked against
+        ?sha256=; POST /v1/models/NAME[/versions/V]:bench: a served version, on the rows."""
+        self._authorize(request)
+        bench = self.service.bench
+        if bench is None:
+            raise NotFound(*BENCH_OFF)
+        if request.method == "GET" and loaded is None:
+            return _json(200, bench.info())
+        if request.method != "POST":
+            raise BadInput(f"bench takes POST (GET {BENCH_PATH} describes the device)", "send the request as POST")
+        data, held = await body.read()
+        admission = self.service.admission(held)
+        query = dict(parse_qsl(request.query[:4096]))
+        work = asyncio.get_running_loop().run_in_executor(self.executor, _bench, self.service, loaded, data, query,
+                                                          admission)
+        try:
+            response = await work
+        except asyncio.CancelledError:
+            work.add_done_callback(lambda done: admission.close())
+            raise
+        admission.close()
+        return response
+
     def _log(self, request: Request, response: Response, started: float, api: str, model: str, version: str) -> None:
         self.service.record("rest", api, model, version, str(response.status), time.perf_counter() - started,
                             method=request.method, path=request.path[:200])
+
+    def body_limit(self, path: str) -> int:
+        """A bench upload may be larger than a predict body (--bench-max-mb)."""
+        if self.service.bench is not None and (path == BENCH_PATH or path.endswith(":bench")):
+            return self.service.bench.max_bytes
+        return self.service.limits.max_body_bytes
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -177,6 +222,28 @@ def _decode_run_encode(service: Service, loaded: LoadedVersion, body: bytes, con
         del document
         outputs = service.run(loaded, signature, decoded.inputs, wait)
         return Response(200, codec.encode_json(outputs, decoded.style))
+
+
+def _bench(service: Service, loaded: LoadedVersion | None, body: bytes, query: dict[str, str],
+           admission: Admission) -> Response:
+    """Read the upload (bounded), run the bench worker, answer its figures: in a worker thread."""
+    try:
+        admission.need(2 * len(body), f"a {len(body)}-byte bench upload")
+        arrays = codec.read_npz(body, max_members=65, max_bytes=2 * service.bench.max_bytes) if body else {}
+        model = loaded.path if loaded is not None else arrays.pop("__tflite__", None)
+        if model is None:
+            raise BadInput("the upload has no __tflite__ member", "np.savez(f, __tflite__=np.frombuffer(tflite_bytes, "
+                                                                  "np.uint8), input_name=rows, ...)")
+        if not isinstance(model, Path):
+            model = model.tobytes()
+        threads = [int(t) for t in query.get("threads", "1").split(",") if t.strip().isdigit()]
+        result = service.bench.run(model, query.get("sha256"), arrays,
+                                   signature=query.get("signature", codec.DEFAULT_SIGNATURE)[:256], threads=threads,
+                                   runs=int(query.get("runs", "50")) if query.get("runs", "50").isdigit() else 0,
+                                   warmup=int(query.get("warmup", "5")) if query.get("warmup", "5").isdigit() else -1)
+        return _json(200, result)
+    except EdgekitError as exc:
+        return error_response(exc.http_status, client_message(exc))
 
 
 def _query_signature(query: str) -> str:

@@ -396,6 +396,31 @@ def _decode_npz(body: bytes, specs: list[ServingTensor], admit: Admit) -> dict[s
         raise BadInput(f"the body is not a readable .npz: {str(exc)[:200]}", "write it with np.savez") from None
 
 
+def read_npz(body: bytes, max_members: int, max_bytes: int) -> dict[str, np.ndarray]:
+    """Any .npz of plain numeric arrays, bounded like a predict body: at most `max_members`
+    members and `max_bytes` unpacked, checked from the directory and headers first."""
+    if not body.startswith(b"PK"):
+        raise BadInput("the body is not a readable .npz (zip) archive", "write it with np.savez")
+    _check_directory_size(body, max_members)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(body))
+        members = archive.infolist()
+        if sum(member.file_size for member in members) > max_bytes:
+            raise BadInput(f"the .npz unpacks to more than {max_bytes} bytes", "send less")
+        arrays = {}
+        for member in members:
+            if not member.filename.endswith(".npy"):
+                raise BadInput(f"the .npz holds {member.filename!r}, which is not an .npy", "write it with np.savez")
+            stream = archive.open(member)
+            shape, dtype, order = _npy_header(stream, f"the .npz member {member.filename!r}")
+            size = math.prod(shape) * dtype.itemsize
+            _check_data_size(member.file_size - stream.tell(), shape, dtype, f"the .npz member {member.filename!r}")
+            arrays[member.filename[:-4]] = np.frombuffer(stream.read(size), dtype).reshape(shape, order=order)
+        return arrays
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise BadInput(f"the body is not a readable .npz: {str(exc)[:200]}", "write it with np.savez") from None
+
+
 # --- encoding -------------------------------------------------------------------------
 
 def _jsonable(name: str, array: np.ndarray) -> Any:

@@ -87,6 +87,7 @@ class Body:
         self.size = 0
         self.held = 0  # bytes of the budget this body holds until read() hands them over
         self.arriving = 0  # of those, bytes of a body not complete yet
+        self.limit = 0  # the most bytes this body may have
         self.complete = False
         self.consumed = False
         self._expect_continue = expect_continue
@@ -115,8 +116,11 @@ class Body:
 class HttpServer:
     """Serves `handler` on a listening socket until `shutdown()`."""
 
-    def __init__(self, handler: Handler, limits: Limits, budget: MemoryBudget, on_error: ErrorHook | None = None):
+    def __init__(self, handler: Handler, limits: Limits, budget: MemoryBudget, on_error: ErrorHook | None = None,
+                 body_limit: Callable[[str], int] | None = None):
         self.handler, self.limits, self.budget = handler, limits, budget
+        # the largest body a path takes (the bench upload's is its own), else --max-body-mb
+        self.body_limit = body_limit or (lambda path: limits.max_body_bytes)
         self.on_error = on_error or (lambda status, message: None)
         self.connections: set[_Connection] = set()
         self.idle: dict[_Connection, None] = {}  # connections between requests, longest idle first
@@ -381,7 +385,8 @@ class _Connection(asyncio.Protocol):
         self._arm(self.limits.read_timeout, self._body_timeout)
         if len(self.queue) > 1:
             self._pause_reading()  # a pipelined request waits its turn: read no further
-        if declared is not None and declared > self.limits.max_body_bytes:
+        body.limit = self.server.body_limit(raw_path)
+        if declared is not None and declared > body.limit:
             self._refuse_oversized(body)
         elif self.task is None:
             self._start_next()
@@ -391,7 +396,7 @@ class _Connection(asyncio.Protocol):
         if body is None or self.transport.is_closing():
             return
         body.size += len(chunk)
-        if body.size > self.limits.max_body_bytes:
+        if body.size > body.limit:
             self.current = None
             self._refuse_oversized(body)
             return
@@ -458,9 +463,10 @@ class _Connection(asyncio.Protocol):
     def _refuse_oversized(self, body: Body) -> None:
         self.server.on_error(413, "body too large")
         size = body.request.content_length or body.size
+        option = "--max-body-mb" if body.limit == self.limits.max_body_bytes else "--bench-max-mb"
         self._reply_and_close(413, f"the body is {'at least ' if body.request.content_length is None else ''}"
                                    f"{size} bytes; this server accepts at most "
-                                   f"{self.limits.max_body_bytes / 1048576:.3g} MB (--max-body-mb)")
+                                   f"{body.limit / 1048576:.3g} MB ({option})")
 
     def _head_timeout(self) -> None:
         self.server.on_error(408, "header timeout")

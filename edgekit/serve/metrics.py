@@ -86,6 +86,11 @@ class ServerMetrics:
         self.loads = Counter("edgekit_model_load_events_total",
                              "Model version load events: loaded, load_failed, unloaded.", ("model", "version", "event"))
 
+    def predicts(self) -> float:
+        """Predict requests answered so far, both doors."""
+        with self.requests._lock:
+            return sum(v for key, v in self.requests._values.items() if key[2] in ("predict", "grpc_predict"))
+
     def render(self, served: dict[str, list[int]], gauges: dict[str, tuple[str, float]] | None = None) -> str:
         """`gauges`: name -> (help, value), read when scraped (request memory, connections)."""
         lines = []

@@ -131,8 +131,12 @@ def is_loopback(host: str) -> bool:
 
 def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", port: int = 8501,
         grpc_port: int = 8500, threads: int = 1, interpreters: int | None = None, poll_seconds: float = 2.0,
-        api_key: str | None = None, log_level: str = "info") -> None:
-    """Serve until SIGTERM: REST on `port`, gRPC on `grpc_port` (0: no gRPC), same models."""
+        api_key: str | None = None, log_level: str = "info", bench_max_bytes: int | None = None) -> None:
+    """Serve until SIGTERM: REST on `port`, gRPC on `grpc_port` (0: no gRPC), same models.
+    `bench_max_bytes` turns the bench endpoint on (device_bench.py); it needs `api_key`."""
+    if bench_max_bytes is not None and api_key is None:
+        raise BadInput("--allow-bench needs --api-key-file: the bench endpoint runs uploaded models",
+                       "start with --allow-bench --api-key-file FILE")
     configure_logging(log_level)
     started = time.perf_counter()
     metrics = ServerMetrics()
@@ -153,6 +157,10 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
                                  on_event=on_event, max_batch_rows=limits.max_batch_rows,
                                  max_call_bytes=limits.max_memory_bytes // interpreters)
     service = Service(repository, limits, api_key=api_key, metrics=metrics)
+    if bench_max_bytes is not None:
+        from edgekit.serve.device_bench import DeviceBench
+
+        service.bench = DeviceBench(bench_max_bytes, metrics.predicts)
     grpc_server = None
     try:
         if grpc_port:
@@ -165,6 +173,7 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
     log.info(json.dumps({"event": "start", "host": host, "port": port, "grpc_port": grpc_port or None,
                          "models": {c.name: str(c.base_path) for c in configs}, "threads": threads,
                          "interpreters": repository.interpreters, "auth": api_key is not None,
+                         "bench_endpoint": bench_max_bytes is not None,
                          "limits": {k: v for k, v in vars(limits).items()}}))
     if api_key is None and not is_loopback(host):
         log.warning(json.dumps({"event": "exposed_without_key", "host": host,
@@ -190,7 +199,7 @@ async def _serve(sock: socket.socket, service: Service, grpc_server) -> None:
     def on_protocol_error(status: int, reason: str) -> None:
         service.record("rest", "http", "-", "-", str(status), 0.0, reason=reason)
 
-    http = HttpServer(app, service.limits, service.budget, on_error=on_protocol_error)
+    http = HttpServer(app, service.limits, service.budget, on_error=on_protocol_error, body_limit=app.body_limit)
     service.connections = lambda: len(http.connections)
     await http.start(sock)
     service.repository.start()  # the poller loads the models; /readyz says when they are in

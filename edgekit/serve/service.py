@@ -74,6 +74,7 @@ class Service:
         self.budget = MemoryBudget(limits.max_memory_bytes)
         self.slots = Slots(limits.max_inflight)
         self.connections = None  # set by the REST door: a callable counting its open connections
+        self.bench = None  # a DeviceBench when the server runs with --allow-bench
 
     # --- who and what ------------------------------------------------------------------------
     def authorize(self, credential: str | None, how: str) -> None:
