@@ -67,7 +67,10 @@ class BenchReport:
     devices: dict[str, dict] = field(default_factory=dict)  # label -> what the device says it is
 
     def to_dict(self) -> dict:
-        return _finite(asdict(self))
+        document = _finite(asdict(self))
+        if not document["devices"]:  # only a bench with --device has devices
+            del document["devices"]
+        return document
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
