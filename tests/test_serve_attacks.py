@@ -116,7 +116,7 @@ HTTP_ATTACKS = {
 @pytest.mark.parametrize("name", HTTP_ATTACKS)
 def test_protocol_abuse_gets_a_4xx_in_tf_servings_shape(server, name):
     data, expected = HTTP_ATTACKS[name]
-    reply = raw_exchange(server.port, data)
+    reply = raw_exchange(server.port, data, wait_for_close=False)  # a 4xx of the app keeps the connection open
     assert status_of(reply) == expected, reply[:300]
     assert error_of(reply), reply[:300]
     alive(server)
@@ -360,14 +360,14 @@ def test_idle_connections_cannot_lock_clients_out(server):
 def test_a_client_that_never_reads_its_replies_is_dropped(server):
     import socket
 
-    body = npy_bytes(np.zeros((20000, 8, 8, 1), np.float32))  # 5 MB in, 800 KB out, again and again
+    body = npy_bytes(np.zeros((5000, 8, 8, 1), np.float32))  # 1.3 MB in, 200 KB out, again and again
     request = (f"POST {PREDICT} HTTP/1.1\r\nContent-Type: application/x-npy\r\nContent-Length: {len(body)}\r\n\r\n"
                ).encode() + body
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(15)
     try:
-        for _ in range(30):
+        for _ in range(120):
             sock.sendall(request)
     except OSError:
         pass  # the server stopped reading, then closed it
