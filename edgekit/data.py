@@ -234,6 +234,8 @@ def synthetic_samples(signature: SignatureSpec, count: int) -> dict[str, np.ndar
             samples[spec.name] = rng.random(shape, dtype=np.float32).astype(np.dtype(spec.dtype))
         elif spec.dtype == "bool":
             samples[spec.name] = np.zeros(shape, dtype=bool)
+        elif spec.dtype in ("string", "object", "bytes"):
+            samples[spec.name] = np.full(shape, b"edgekit", dtype=object)
         else:
             samples[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
     return samples
@@ -248,10 +250,17 @@ def batch_size(signature: SignatureSpec) -> int:
 def run_in_batches(
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], inputs: dict[str, np.ndarray], batch: int
 ) -> dict[str, np.ndarray]:
-    """Call `run` on `batch` rows at a time and join its outputs: any engine, any row count."""
+    """Call `run` on `batch` rows at a time and join its outputs: any engine, any row count.
+    A model whose outputs do not have a row per example (a sum over the batch, a scalar)
+    cannot be run in parts: it gets every row in one call."""
     count = len(next(iter(inputs.values())))
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, count, batch):
-        for name, value in run({k: v[start : start + batch] for k, v in inputs.items()}).items():
+        chunk = {k: v[start : start + batch] for k, v in inputs.items()}
+        outputs = run(chunk)
+        rows = len(next(iter(chunk.values())))
+        if count > batch and any(np.ndim(v) == 0 or len(v) != rows for v in outputs.values()):
+            return {name: np.array(value) for name, value in run(inputs).items()}
+        for name, value in outputs.items():
             parts.setdefault(name, []).append(np.array(value))  # a copy: runtimes reuse buffers
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    return {name: np.concatenate(chunks) if chunks[0].ndim else chunks[0] for name, chunks in parts.items()}

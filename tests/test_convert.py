@@ -195,3 +195,27 @@ def test_same_input_gives_identical_artifacts_and_manifest(tmp_path):
 def test_manifest_round_trips_through_json(digits_out):
     text = (digits_out / "manifest.json").read_text()
     assert Manifest.read(digits_out).to_json() == text
+
+
+def test_an_output_without_a_row_per_example_and_a_string_input_are_handled(tmp_path):
+    """A sum over the batch cannot be checked in parts (it runs whole); a string input gets
+    synthetic text to check with, and the flex refusal says what to do."""
+    import tensorflow as tf
+
+    class Totals(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def serve(self, x):
+            return {"total": tf.reduce_sum(x), "y": x * 2}
+
+    class Lengths(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, text):
+            return {"n": tf.strings.length(text)}
+
+    for name, module in (("totals", Totals()), ("lengths", Lengths())):
+        tf.saved_model.save(module, str(tmp_path / name), signatures={"serving_default": module.serve})
+    manifest = convert(tmp_path / "totals", tmp_path / "totals_out", variants=("float32",), tfjs=(),
+                       check_samples=40)
+    assert manifest.artifact("float32").status == "ok" and manifest.artifact("float32").check.worst_rel_l2 < 1e-6
+    manifest = convert(tmp_path / "lengths", tmp_path / "lengths_out", variants=("float32",), tfjs=())
+    assert manifest.artifact("float32").status == "failed" and "--allow-flex" in manifest.artifact("float32").error
