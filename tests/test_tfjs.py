@@ -20,7 +20,8 @@ from edgekit.runtime import TFLiteModel
 from edgekit.runtime.tfjs import TfjsModel, unavailable_reason
 from edgekit.targets.tfjs import TOLERANCE_REL_L2, VARIANTS
 
-pytestmark = pytest.mark.skipif(unavailable_reason() is not None,
+# Only the tests that run TF.js skip without Node.js and the npm packages; the others run anywhere.
+needs_node = pytest.mark.skipif(unavailable_reason() is not None,
                                 reason=f"TF.js cannot run here: {unavailable_reason()} (run `npm ci`)")
 
 
@@ -32,6 +33,7 @@ def samples_tfjs(tmp_path_factory) -> dict[str, Path]:
             for name, model in (("digits", DIGITS), ("iris", IRIS))}
 
 
+@needs_node
 @pytest.mark.parametrize("sample", ["digits", "iris"])
 def test_every_variant_loads_and_matches_in_node(samples_tfjs, sample):
     manifest = Manifest.read(samples_tfjs[sample])
@@ -48,6 +50,7 @@ def test_every_variant_loads_and_matches_in_node(samples_tfjs, sample):
     assert manifest.versions["tfjs"] == "4.22.0"
 
 
+@needs_node
 def test_cpu_and_wasm_backends_agree_with_litert(samples_tfjs, digits_rows):
     out = samples_tfjs["digits"]
     rows = {"pixels": digits_rows["pixels"][:64]}
@@ -63,6 +66,7 @@ def test_cpu_and_wasm_backends_agree_with_litert(samples_tfjs, digits_rows):
     assert accuracy >= 0.95
 
 
+@needs_node
 def test_uint8_weights_are_a_quarter_of_float32_and_float16_a_half(samples_tfjs):
     manifest = Manifest.read(samples_tfjs["digits"])
 
@@ -73,6 +77,7 @@ def test_uint8_weights_are_a_quarter_of_float32_and_float16_a_half(samples_tfjs)
     assert 0.49 <= shard_bytes("float16") / shard_bytes("float32") <= 0.51
 
 
+@needs_node
 def test_model_json_is_a_graph_model_with_the_signature_and_quantized_weights(samples_tfjs):
     folder = samples_tfjs["iris"] / "tfjs_uint8"
     model = json.loads((folder / "model.json").read_text())
@@ -93,6 +98,7 @@ def test_model_json_is_a_graph_model_with_the_signature_and_quantized_weights(sa
             assert "quantization" not in weight  # int32 shapes and indices stay exact
 
 
+@needs_node
 def test_batchnorm_chains_fold_into_fused_depthwise_and_conv_ops(tmp_path):
     """Keras 3 lowers BatchNormalization to Mul/AddV2: edgekit folds it into the filters."""
     import keras
@@ -123,6 +129,7 @@ def test_batchnorm_chains_fold_into_fused_depthwise_and_conv_ops(tmp_path):
     assert not {"Mul", "Relu6", "DepthwiseConv2dNative", "Conv2D", "BiasAdd"} & set(ops)
 
 
+@needs_node
 def test_ops_tfjs_lacks_are_named_and_tflite_still_converts(lgamma_saved_model, tmp_path):
     manifest = convert(lgamma_saved_model, tmp_path / "out", variants=("float32",))
     for variant in ("float32", "uint8"):
@@ -133,6 +140,7 @@ def test_ops_tfjs_lacks_are_named_and_tflite_still_converts(lgamma_saved_model, 
     assert manifest.artifact("float32").status == "ok", manifest.artifact("float32").error
 
 
+@needs_node
 def test_small_shards_split_the_weights_and_still_load(tmp_path):
     result = CliRunner().invoke(cli, ["convert", str(DIGITS / "saved_model"), "-o", str(tmp_path / "out"),
                                       "--variants", "float32", "--tfjs", "float32", "--tfjs-shard-mb", "0.03"])
@@ -174,6 +182,7 @@ def test_without_node_the_artifact_is_written_unverified_with_a_warning(tmp_path
     assert Manifest.read(tmp_path / "out").versions["tfjs"] == "not run: Node.js is not installed"
 
 
+@needs_node
 def test_the_op_snapshot_matches_the_installed_converter():
     from edgekit.runtime.tfjs import node_modules
     from edgekit.targets.tfjs import OPS_SNAPSHOT, supported_ops
@@ -196,6 +205,7 @@ def test_a_writer_that_dies_becomes_a_clear_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@needs_node
 def test_an_lstm_tflite_cannot_express_runs_in_tfjs_and_bench_names_the_backend_that_cannot(lstm_saved_model,
                                                                                           tmp_path):
     """Control flow stays a While loop over functions: TF.js runs it (tensorflowjs_converter's
@@ -217,6 +227,7 @@ def test_an_lstm_tflite_cannot_express_runs_in_tfjs_and_bench_names_the_backend_
     assert "tfjs_float32: not measured on wasm: " in render_table(report)
 
 
+@needs_node
 def test_integer_inputs_and_outputs_are_int32_in_tfjs_and_match(tmp_path):
     """int64 token ids, uint8 pixels and an int64 argmax: TF.js has no 64-bit or 8-bit
     tensors, so the manifest names them int32 and edgekit feeds them as such. The model is
