@@ -308,7 +308,8 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @cli.command()
 @click.argument("model_base_path", required=False)
 @click.option("--model-name", help="Name clients use [default: the base path's folder name].")
-@click.option("--model-config", type=click.Path(path_type=Path), help="JSON config of several models (see README).")
+@click.option("--model-config", type=click.Path(path_type=Path),
+              help="JSON config of several models (see docs/serve.md, Several models).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes it to the network.")
 @click.option("--port", default=8501, show_default=True, help="REST port (TF Serving's default).")
 @click.option("--grpc-port", default=8500, show_default=True, help="gRPC port (TF Serving's default); 0 turns it off.")
@@ -322,7 +323,8 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--max-inflight", type=int,
               help="Predicts decoding or running at once, both doors together [default: 2 x interpreters].")
 @click.option("--max-batch-rows", type=int,
-              help="Rows per interpreter call; larger batches run in chunks [default: what fits 16 MB of tensors].")
+              help="Rows per interpreter call; larger batches run in chunks [default: what fits 4 MB of the "
+                   "interpreter's tensors, about 16 MB of its memory].")
 @click.option("--max-header-kb", default=16.0, show_default=True, help="Request line and headers (431 beyond).")
 @click.option("--read-timeout", default=10.0, show_default=True,
               help="Seconds a client may go quiet in the middle of a request (408).")

@@ -215,10 +215,11 @@ class Manifest:
         if path.is_dir():
             path = path / MANIFEST_NAME
         if not path.is_file():
-            raise BadInput(
-                f"no {MANIFEST_NAME} at {path}",
-                "pass the OUT_DIR that `edgekit convert` wrote",
-            )
+            versions = sorted((p for p in path.parent.glob(f"*/{MANIFEST_NAME}") if p.parent.name.isdigit()),
+                              key=lambda p: int(p.parent.name))
+            hint = (f"{path.parent} is a model repository: pass a version, e.g. {versions[-1].parent}" if versions
+                    else "pass the OUT_DIR that `edgekit convert` wrote")
+            raise BadInput(f"no {MANIFEST_NAME} at {path}", hint)
         try:
             data = json.loads(path.read_text())
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError

@@ -58,7 +58,8 @@ def package(out_dir: str | Path, platform: str, dest: str | Path, *, variant: st
         raise BadInput(f"unknown pick {pick!r}", "use smallest, fastest or most-accurate")
     out_dir = Path(out_dir)
     manifest = Manifest.read(out_dir)
-    name = name or out_dir.resolve().name
+    folder = out_dir.resolve()
+    name = name or (folder.parent.name if folder.name.isdigit() else folder.name)  # models/digits/1 -> digits
     if not name or "/" in name or name.startswith("."):
         raise BadInput(f"invalid model name {name!r}", "pass --name with a plain folder name")
     bench = _read_bench(bench_json) if bench_json else None
@@ -103,7 +104,8 @@ def _read_labels(path: str | Path) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"cannot read labels {path}: {exc}", "one UTF-8 label per line") from None
+        hint = "pass --labels with an existing file" if isinstance(exc, FileNotFoundError) else "one UTF-8 label per line"
+        raise BadInput(f"cannot read labels {path}: {exc}", hint) from None
     lines = [line.strip() for line in lines if line.strip()]
     if not lines:
         raise BadInput(f"{path} holds no labels", "one label per line, in class order")

@@ -25,8 +25,10 @@ def check_path(path: str | Path) -> Path:
             hint = "export it first: keras.models.load_model(path).export('saved_model_dir')"
         raise BadInput(f"{path} is a file, not a SavedModel folder", hint)
     if not (path / "saved_model.pb").is_file():
+        below = sorted(p.parent for p in path.glob("*/saved_model.pb"))
         raise BadInput(
             f"{path} is not a SavedModel: it has no saved_model.pb",
+            f"did you mean {below[0]}?" if below else
             "save one with tf.saved_model.save(obj, path) or keras_model.export(path)",
         )
     return path

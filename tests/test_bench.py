@@ -174,3 +174,13 @@ def test_bad_input(digits_out, tmp_path):
     assert result.exit_code == 2 and "unknown TF.js backend webgl" in result.output
     result = CliRunner().invoke(cli, ["bench", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "hint:" in result.output and "Traceback" not in result.output
+
+
+def test_top1_agreement_follows_the_named_output():
+    """An embedding's argmax agreeing 77.8% says nothing when --output names the classifier."""
+    from edgekit.benchmark.budgets import top1_agreement
+
+    row = {"agreement": {"probs": {"top1_agreement": 1.0}, "embedding": {"top1_agreement": 0.778}}}
+    assert top1_agreement(row) == 0.778
+    assert top1_agreement({**row, "scored_output": "probs"}) == 1.0
+    assert top1_agreement({**row, "scored_output": "embedding"}) == 0.778

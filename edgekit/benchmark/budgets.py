@@ -42,6 +42,11 @@ def best_p50(row: dict) -> float:
 
 
 def top1_agreement(row: dict) -> float | None:
+    """A row's top-1 agreement: its scored output's (an embedding's argmax means nothing when
+    --output names the classifier), else the worst over its classifier-shaped outputs."""
+    named = row["agreement"].get(row.get("scored_output") or "")
+    if named and named.get("top1_agreement") is not None:
+        return named["top1_agreement"]
     values = [a["top1_agreement"] for a in row["agreement"].values() if a.get("top1_agreement") is not None]
     return min(values) if values else None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import __version__, data, metrics
+from edgekit.benchmark.budgets import top1_agreement
 from edgekit.benchmark.runners import RUNNERS, Runner, TensorFlowRunner
 from edgekit.benchmark.timing import Latency
 from edgekit.errors import BadInput, EdgekitError, NotFound
@@ -42,11 +43,12 @@ class Row:
     throughput_rows_per_s: dict[str, float] = field(default_factory=dict)
     memory: dict[str, float] | None = None
     machine: str | None = None  # where it was measured: None here, else a device's label (see devices)
+    scored_output: str | None = None  # the output the task metric (or --output) names, if any
 
     @property
     def top1_agreement(self) -> float | None:
-        values = [a["top1_agreement"] for a in self.agreement.values() if a.get("top1_agreement") is not None]
-        return min(values) if values else None
+        """The named output's (--output, or the one the labels score), else the worst output's."""
+        return top1_agreement(asdict(self))
 
     @property
     def best_p50_ms(self) -> float | None:
@@ -369,6 +371,7 @@ def _pick_task(spec: SignatureSpec, labels, task: str | None, output: str | None
 
 
 def _score(row: Row, outputs, reference_outputs, labels, task, output, reference: Row | None = None) -> None:
+    row.scored_output = output
     if reference_outputs is not None:
         for name in sorted(reference_outputs):
             check = metrics.compare_output(outputs[name], reference_outputs[name])

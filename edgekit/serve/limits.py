@@ -8,7 +8,7 @@ sets it named in the error the client gets:
     one request body / gRPC message   16 MB                        --max-body-mb
     request memory, both doors        192 MB (estimated, below)    --max-memory-mb
     predicts decoding or running      2 x interpreters             --max-inflight
-    rows per interpreter call         what fits 16 MB of tensors   --max-batch-rows
+    rows per interpreter call         4 MB of tensors (~16 MB)     --max-batch-rows
     request line + headers            16 KB                        --max-header-kb
     a client's silence mid-request    10 s                         --read-timeout
     an idle keep-alive connection     15 s                         --keepalive-timeout

@@ -50,7 +50,8 @@ def model_configs(base_path: str | None, model_name: str | None, config_file: st
     else:
         base = Path(base_path)
         if not base.is_dir():
-            raise BadInput(f"{base} is not a folder", "lay models out as BASE/<version>/model.tflite (or a convert OUT_DIR)")
+            what = "is not a folder" if base.exists() else "does not exist"
+            raise BadInput(f"{base} {what}", "lay models out as BASE/<version>/model.tflite (or a convert OUT_DIR)")
         configs = [ModelConfig(name=check_name(model_name or base.resolve().name), base_path=base, policy=policy,
                                variant=variant)]
     for config in configs:

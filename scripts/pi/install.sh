@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install edgekit's device side on Raspberry Pi OS 64-bit (Debian bookworm, arm64):
-# a virtual environment with edgekit[runtime] (LiteRT, numpy, starlette, uvicorn: no
+# a virtual environment with edgekit[runtime] (LiteRT, numpy, httptools, grpcio: no
 # TensorFlow), a system user, a model repository and the systemd unit.
 #
 #   sudo scripts/pi/install.sh [SOURCE] [--no-systemd]
@@ -27,7 +27,8 @@ python3 -c 'import venv' 2>/dev/null || { apt-get update -qq && apt-get install 
 python3 -m venv "$prefix"
 "$prefix/bin/pip" install --quiet --upgrade pip
 "$prefix/bin/pip" install --quiet "$source[runtime]"
-mkdir -p "$models" /etc/edgekit
+mkdir -p "$models" /etc/edgekit "$prefix/share"
+cp "$here/../../docs/serve.md" "$prefix/share/edgekit-serve.md"  # the unit's Documentation=
 [ -f /etc/edgekit/models.json ] || cat > /etc/edgekit/models.json <<JSON
 {"model_config_list": [
   {"name": "default", "base_path": "$models/default", "model_version_policy": {"latest": {"num_versions": 1}}}
