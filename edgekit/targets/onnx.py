@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import BadInput, ConversionFailed, MissingDependency
+from edgekit.manifest import Artifact, TensorSpec
+from edgekit.targets.base import BuildContext, Pending, Target
 
 # Worst relative L2 error against the SavedModel that the post-conversion check accepts:
 # ONNX keeps float32 weights and activations, like the float32 TFLite variant.
@@ -96,3 +98,47 @@ def convert_onnx(saved_model_dir: Path, signature: str, options: OnnxOptions, ou
         output.unlink(missing_ok=True)
         raise ConversionFailed(f"onnx: the model tf2onnx wrote is not valid ONNX: {exc}") from None
     return opset
+
+
+class OnnxTarget(Target):
+    """onnx/model.onnx by tf2onnx (a subprocess), onnx.checker, then an onnxruntime session
+    for the check. The tensor specs are the signature's: tf2onnx keeps its names."""
+
+    format, engine = "onnx", "onnxruntime"
+
+    def __init__(self, context: BuildContext, options: OnnxOptions):
+        super().__init__(context)
+        self.options = options
+
+    def steps(self) -> list[str]:
+        return ["onnx"]
+
+    def versions(self) -> dict[str, str]:
+        return versions()
+
+    def build(self, step: str) -> Artifact | Pending:
+        import hashlib
+
+        from edgekit.errors import EdgekitError
+        from edgekit.runtime.onnx import OnnxModel
+
+        context = self.context
+        fields = dict(name="onnx", format="onnx", variant="float32", signature=context.signature,
+                      quantization={"weights": "float32", "activations": "float32"})
+        output = context.staging / FILE
+        try:
+            opset = convert_onnx(context.source_dir, context.signature, self.options, output, context.quiet)
+            model = OnnxModel(output, num_threads=os.cpu_count())
+        except EdgekitError as exc:
+            output.unlink(missing_ok=True)  # only what the manifest lists lands in OUT_DIR
+            return Artifact(status="failed", error=str(exc), **fields)
+        content = output.read_bytes()
+        fields.update(file=FILE, bytes=len(content), sha256=hashlib.sha256(content).hexdigest(), opset=opset)
+        specs = {spec.name: spec for spec in [*context.signature_spec.inputs, *context.signature_spec.outputs]}
+
+        def spec(name: str) -> TensorSpec:
+            known = specs.get(name)
+            return TensorSpec(name=name, dtype=known.dtype if known else "float32", shape=known.shape if known else None)
+
+        return Pending("onnx", fields, model, TOLERANCE_REL_L2, [spec(n) for n in model.input_names],
+                       [spec(n) for n in model.output_names])

@@ -15,7 +15,9 @@ from enum import Enum
 import numpy as np
 
 from edgekit.errors import BadInput, ConversionFailed
+from edgekit.manifest import Artifact, TensorSpec
 from edgekit.native_logs import captured_native_output
+from edgekit.targets.base import BuildContext, Pending, Target
 
 
 class Variant(str, Enum):
@@ -211,3 +213,99 @@ def convert_variant(
             "model to use TFLite-friendly ops",
         )
     raise ConversionFailed(f"{variant.value}: TFLite could not convert the model: {_first_error_line(failure)}")
+
+
+# --- the target --------------------------------------------------------------------------
+
+# Checks cost most where LiteRT has only reference kernels (int16x8: ~0.2 s per
+# MobileNetV2 image here). Building those variants first lets their checks overlap the
+# remaining conversions; the manifest keeps the order the user asked for.
+BUILD_ORDER = [Variant.INT16X8, Variant.INT8, Variant.DYNAMIC, Variant.FLOAT32, Variant.FLOAT16]
+
+
+class TFLiteTarget(Target):
+    """Each asked-for variant converted by TFLiteConverter, written as model_<variant>.tflite
+    and opened in LiteRT for its check (or marked unverified when it needs flex ops)."""
+
+    format, engine = "tflite", "LiteRT"
+
+    def __init__(self, context: BuildContext, options: TFLiteOptions):
+        super().__init__(context)
+        self.options = options
+        self.flex_needed = False  # once one variant needed flex, later ones start with it
+        self.runtime = "unknown"
+
+    def steps(self) -> list[str]:
+        return [v.value for v in self.options.variants]
+
+    def build_order(self) -> list[str]:
+        return [v.value for v in sorted(self.options.variants, key=BUILD_ORDER.index)]
+
+    def versions(self) -> dict[str, str]:
+        return {"runtime": self.runtime}
+
+    def build(self, step: str) -> Artifact | Pending:
+        import hashlib
+        import os
+
+        from edgekit.errors import EdgekitError, FlexOpsRequired
+        from edgekit.manifest import Check
+        from edgekit.runtime.tflite import TFLiteModel
+
+        context, variant = self.context, Variant(step)
+        name = f"tflite_{step}"
+        quantization = quantization_record(variant, context.calibration_rows)
+        if VARIANTS[variant].needs_calibration and context.calibration_rows is None:
+            return Artifact(name=name, format="tflite", variant=step, status="skipped", signature=context.signature,
+                            quantization=quantization,
+                            error="no calibration data: pass --calibration with real samples "
+                                  "(.npz keyed by input name, .npy, or a folder of images)")
+        tolerance = VARIANTS[variant].tolerance_rel_l2
+        calibration = _representative(context.calibration_rows) if context.calibration_rows is not None else None
+        try:
+            result = convert_variant(str(context.source_dir), context.signature, variant, self.options, calibration,
+                                     context.quiet, self.flex_needed)
+        except EdgekitError as exc:
+            return Artifact(name=name, format="tflite", variant=step, status="failed", signature=context.signature,
+                            quantization=quantization, error=str(exc))
+        self.flex_needed = self.flex_needed or result.requires_flex
+        file_name = f"model_{step}.tflite"
+        (context.staging / file_name).write_bytes(result.model)
+        fields = dict(name=name, format="tflite", variant=step, signature=context.signature, file=file_name,
+                      bytes=len(result.model), sha256=hashlib.sha256(result.model).hexdigest(),
+                      quantization=quantization, requires_flex=result.requires_flex)
+        try:
+            with captured_native_output(context.quiet):  # LiteRT announces its XNNPACK delegate
+                model = TFLiteModel(result.model, num_threads=os.cpu_count())
+        except FlexOpsRequired as exc:
+            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance,
+                          reason=f"needs flex ops ({', '.join(result.flex_ops)}); {exc.hint}")
+            return Artifact(status="unverified", check=check, **fields)
+        except EdgekitError as exc:
+            return Artifact(status="failed", error=f"LiteRT cannot load it: {exc.message}", **fields)
+        self.runtime = model.runtime
+        return Pending(step, fields, model, tolerance, [_tensor_spec(i) for i in model.inputs(context.signature)],
+                       [_tensor_spec(o) for o in model.outputs(context.signature)])
+
+
+def quantization_record(variant: Variant, calibration_rows: dict[str, np.ndarray] | None) -> dict:
+    spec = VARIANTS[variant]
+    record = {"weights": spec.weights, "activations": spec.activations}
+    if spec.needs_calibration and calibration_rows is not None:
+        record["calibration_samples"] = len(next(iter(calibration_rows.values())))
+    return record
+
+
+def _representative(rows: dict[str, np.ndarray]) -> Samples:
+    count = len(next(iter(rows.values())))
+
+    def samples():
+        for i in range(count):
+            yield {name: array[i : i + 1] for name, array in rows.items()}
+
+    return samples
+
+
+def _tensor_spec(info) -> TensorSpec:
+    return TensorSpec(name=info.name, dtype=info.dtype.name, shape=[None if d < 0 else d for d in info.shape],
+                      quantization=info.quantization_dict())

@@ -1,0 +1,74 @@
+"""The one shape every output format has, so the converter loops over targets instead of
+knowing each.
+
+A target is built for one convert job (a `BuildContext`), says which steps it will take
+(`steps()`: one per variant, in the order the user asked for, and `build_order()`, the
+order that is fastest to build them in), builds a step into an `Artifact` (failed,
+skipped or unverified: nothing to check) or a `Pending` (written, and opened in its
+runtime for the converter to check against the SavedModel), and says which versions of
+its tools went into the manifest. `start()` and `stop()` bracket the job, for a target that
+works in a process of its own (TF.js). `TARGETS` in targets/__init__.py is the registry.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.manifest import Artifact, SignatureSpec, TensorSpec
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every target's build reads from the convert job."""
+
+    source_dir: Path
+    staging: Path  # the temporary OUT_DIR: a target writes its files here
+    signature: str
+    signature_spec: SignatureSpec
+    calibration_rows: dict[str, np.ndarray] | None
+    quiet: bool
+
+
+@dataclass
+class Pending:
+    """A written artifact whose check (in LiteRT, onnxruntime or TF.js) is still to run."""
+
+    label: str  # "int8", "onnx", "tfjs_uint8": for messages
+    fields: dict  # the Artifact's fields so far
+    model: object  # the artifact opened in its runtime: .run(inputs, signature), and .close() where it has one
+    tolerance: float  # the relative L2 error the check accepts
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+
+
+class Target(ABC):
+    format: str  # the manifest's "format": tflite, tfjs, onnx
+    engine: str  # the runtime that checks it, for messages
+
+    def __init__(self, context: BuildContext):
+        self.context = context
+
+    @abstractmethod
+    def steps(self) -> list[str]:
+        """The steps (one per artifact) in the order the user asked for."""
+
+    def build_order(self) -> list[str]:
+        """The order to build them in (the default: as asked)."""
+        return self.steps()
+
+    def start(self) -> None:
+        """Before the first build (a target may start work that overlaps the others')."""
+
+    @abstractmethod
+    def build(self, step: str) -> Artifact | Pending:
+        """Write one artifact to the staging folder and open it for its check."""
+
+    def stop(self) -> None:
+        """After the last build, even when the job failed."""
+
+    def versions(self) -> dict[str, str]:
+        """Tool versions for the manifest's `versions`."""
+        return {}
