@@ -7,29 +7,40 @@ Module names differ from the API's function names (`edgekit.converter` holds
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING
+
+from edgekit._version import __version__
+
+if TYPE_CHECKING:  # the types only: importing edgekit imports none of the jobs
+    from pathlib import Path
+
+    from edgekit.benchmark.measure import BenchReport
+    from edgekit.converter import ConvertOptions
+    from edgekit.manifest import Manifest
+    from edgekit.packaging import PackageResult
 
 __all__ = ["__version__", "bench", "convert", "package"]
 
 
-def convert(*args, **kwargs):
-    """Convert a SavedModel to checked TFLite artifacts; see edgekit.converter.convert."""
+def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOptions | None = None,
+            **settings) -> Manifest:
+    """Convert a SavedModel to checked TFLite (and TF.js, ONNX) artifacts with a manifest.
+    `settings` are ConvertOptions' fields; see edgekit.converter.convert."""
     from edgekit.converter import convert as _convert
 
-    return _convert(*args, **kwargs)
+    return _convert(saved_model, out_dir, options, **settings)
 
 
-
-
-def bench(*args, **kwargs):
-    """Measure a convert OUT_DIR's artifacts against the SavedModel; see edgekit.benchmark.measure.bench."""
+def bench(out_dir: str | Path, **settings) -> BenchReport:
+    """Measure a convert OUT_DIR's artifacts against the SavedModel (and on devices, with
+    `devices=`); see edgekit.benchmark.measure.bench."""
     from edgekit.benchmark.measure import bench as _bench
 
-    return _bench(*args, **kwargs)
+    return _bench(out_dir, **settings)
 
 
-def package(*args, **kwargs):
+def package(out_dir: str | Path, platform: str, dest: str | Path, **settings) -> PackageResult:
     """Lay a chosen artifact out for an Android, iOS or web build; see edgekit.packaging.package."""
     from edgekit.packaging import package as _package
 
-    return _package(*args, **kwargs)
+    return _package(out_dir, platform, dest, **settings)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edgekit import __version__
+from edgekit._version import __version__
 from edgekit.errors import BadInput, EdgekitError, MissingDependency
 
 
@@ -190,18 +190,17 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
 
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgekit.converter import ConvertOptions
     from edgekit.converter import convert as run_convert
     from edgekit.targets.tflite import parse_variants
 
-    chosen = parse_variants(variants) if variants else None
-    printer = _ProgressPrinter()
-    manifest = run_convert(
-        saved_model, out_dir, signature=signature, variants=chosen, calibration=calibration,
+    options = ConvertOptions(
+        signature=signature, variants=parse_variants(variants) if variants else None, calibration=calibration,
         calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
         allow_flex=allow_flex, image_range=image_range, tfjs=tfjs, tfjs_shard_mb=tfjs_shard_mb,
-        onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset,
-        force=force, progress=printer, quiet=not debug,
-    )
+        onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset, force=force)
+    printer = _ProgressPrinter()
+    manifest = run_convert(saved_model, out_dir, options, progress=printer, quiet=not debug)
     if as_json:
         click.echo(manifest.to_json(), nl=False)
     else:

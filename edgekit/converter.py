@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import __version__, data, savedmodel
+from edgekit import data, savedmodel
+from edgekit._version import __version__
 from edgekit.errors import BadInput, EdgekitError
 from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
 from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest
@@ -49,61 +50,67 @@ class Step:
 Progress = Callable[[Step], None]
 
 
-def convert(
-    saved_model: str | Path,
-    out_dir: str | Path,
-    *,
-    signature: str = "serving_default",
-    variants: tuple[Variant | str, ...] | None = None,
-    calibration: str | Path | None = None,
-    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-    check_samples: int = DEFAULT_CHECK_SAMPLES,
-    int8_io: str = "int8",
-    allow_flex: bool = False,
-    image_range: str = "0:255",
-    tfjs: tuple[str, ...] | str = tfjs_target.DEFAULT_VARIANTS,
-    tfjs_shard_mb: float = tfjs_target.DEFAULT_SHARD_MB,
-    onnx: bool = False,
-    onnx_opset: int | None = None,
-    force: bool = False,
-    progress: Progress | None = None,
-    quiet: bool = True,
-) -> Manifest:
-    """Convert `saved_model` into OUT_DIR and return its manifest.
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Every knob of a conversion, validated once, here, before TensorFlow is imported (the
+    CLI only fills it in). `variants=None` means all five TFLite variants; full-integer
+    ones are then skipped (with the reason in the manifest) when no calibration data is
+    given, while naming them explicitly without data is an error. `tfjs` names the TF.js
+    graph-model variants (float32, float16, uint8; "none" or () for none), written to
+    tfjs_<variant>/ in shards of `tfjs_shard_mb` and checked in Node.js when it is there.
+    `onnx=True` also writes onnx/model.onnx (tf2onnx, `onnx_opset` or the newest)."""
 
-    `variants=None` means all five; full-integer ones are then skipped (with the reason in
-    the manifest) when no calibration data is given. Naming them explicitly without data
-    is an error instead. `tfjs` names the TF.js graph-model variants (float32, float16,
-    uint8; "none" or () for none), written to tfjs_<variant>/ in shards of `tfjs_shard_mb`
-    and checked in Node.js when it is installed. `onnx=True` also writes onnx/model.onnx
-    (tf2onnx, `onnx_opset` or the newest it supports). Raises BadInput (nothing written)
-    for unusable input.
-    """
-    explicit_variants = variants is not None
-    tfjs_variants = tfjs_target.parse_variants(tfjs if isinstance(tfjs, str) else ",".join(tfjs) or "none")
-    if not tfjs_shard_mb > 0:
-        raise BadInput(f"--tfjs-shard-mb must be more than 0, not {tfjs_shard_mb}", "e.g. --tfjs-shard-mb 4")
-    onnx_options = OnnxOptions(onnx_opset) if onnx else None
-    if onnx:
-        require_onnx()
-    options = TFLiteOptions(
-        variants=tuple(variants) if variants else tuple(Variant), int8_io=int8_io, allow_flex=allow_flex
-    )
+    signature: str = "serving_default"
+    variants: tuple[Variant | str, ...] | None = None
+    calibration: str | Path | None = None
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
+    check_samples: int = DEFAULT_CHECK_SAMPLES
+    int8_io: str = "int8"
+    allow_flex: bool = False
+    image_range: str = "0:255"
+    tfjs: tuple[str, ...] | str = tfjs_target.DEFAULT_VARIANTS
+    tfjs_shard_mb: float = tfjs_target.DEFAULT_SHARD_MB
+    onnx: bool = False
+    onnx_opset: int | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        tfjs = self.tfjs if isinstance(self.tfjs, str) else ",".join(self.tfjs) or "none"
+        object.__setattr__(self, "tfjs", tfjs_target.parse_variants(tfjs))
+        if not self.tfjs_shard_mb > 0:
+            raise BadInput(f"--tfjs-shard-mb must be more than 0, not {self.tfjs_shard_mb}", "e.g. --tfjs-shard-mb 4")
+        if self.calibration_samples < 1 or self.check_samples < 1:
+            raise BadInput("--calibration-samples and --check-samples must be at least 1", "e.g. 200 and 32")
+        if self.calibration is not None and not Path(self.calibration).exists():
+            raise BadInput(f"calibration data {self.calibration} does not exist",
+                           "pass a .npz, a .npy or an image folder")
+        needing_data = [v.value for v in self.tflite.variants if VARIANTS[v].needs_calibration]
+        if self.variants is not None and needing_data and self.calibration is None:
+            raise BadInput(
+                f"{', '.join(needing_data)} {'needs' if len(needing_data) == 1 else 'need'} "
+                "calibration data, and edgekit never calibrates on random noise",
+                "pass --calibration with real samples (.npz keyed by input name, .npy, or a folder of images)",
+            )
+        if self.onnx:
+            OnnxOptions(self.onnx_opset)
+            require_onnx()
+
+    @property
+    def tflite(self) -> TFLiteOptions:
+        return TFLiteOptions(variants=tuple(self.variants) if self.variants else tuple(Variant),
+                             int8_io=self.int8_io, allow_flex=self.allow_flex)
+
+
+def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOptions | None = None, *,
+            progress: Progress | None = None, quiet: bool = True, **settings) -> Manifest:
+    """Convert `saved_model` into OUT_DIR and return its manifest. The settings are
+    ConvertOptions' fields, as an object or as keyword arguments. Raises BadInput (nothing
+    written) for unusable input."""
+    options = options or ConvertOptions(**settings)
     source_dir = savedmodel.check_path(saved_model)
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, force)
-    if calibration_samples < 1 or check_samples < 1:
-        raise BadInput("--calibration-samples and --check-samples must be at least 1", "e.g. 200 and 32")
-    if calibration is not None and not Path(calibration).exists():
-        raise BadInput(f"calibration data {calibration} does not exist", "pass a .npz, a .npy or an image folder")
-    needing_data = [v.value for v in options.variants if VARIANTS[v].needs_calibration]
-    if explicit_variants and needing_data and calibration is None:
-        raise BadInput(
-            f"{', '.join(needing_data)} {'needs' if len(needing_data) == 1 else 'need'} "
-            "calibration data, and edgekit never calibrates on random noise",
-            "pass --calibration with real samples (.npz keyed by input name, .npy, or a folder of images)",
-        )
-
+    _check_out_dir(out_dir, options.force)
+    signature, calibration = options.signature, options.calibration
     with captured_native_output(quiet):  # importing TensorFlow prints absl/oneDNN notes
         loaded = savedmodel.load(source_dir)
     all_signatures = savedmodel.signatures(loaded)
@@ -111,9 +118,9 @@ def convert(
     calibration_rows = None
     calibration_record = None
     if calibration is not None:
-        calibration_rows = data.load_samples(calibration, spec, image_range)
+        calibration_rows = data.load_samples(calibration, spec, options.image_range)
         available = len(next(iter(calibration_rows.values())))
-        calibration_rows = data.spread_rows(calibration_rows, calibration_samples)
+        calibration_rows = data.spread_rows(calibration_rows, options.calibration_samples)
         calibration_record = {
             "source": str(Path(calibration).resolve()),
             "format": "images" if Path(calibration).is_dir() else Path(calibration).suffix[1:],
@@ -122,10 +129,10 @@ def convert(
             "sha256": sha256_file(Path(calibration)) if Path(calibration).is_file() else sha256_tree(Path(calibration)),
         }
     if calibration_rows is not None:
-        check_inputs = data.spread_rows(calibration_rows, check_samples)
+        check_inputs = data.spread_rows(calibration_rows, options.check_samples)
         check_source = "calibration"
     else:
-        check_inputs = data.synthetic_samples(spec, check_samples)
+        check_inputs = data.synthetic_samples(spec, options.check_samples)
         check_source = "synthetic"
     batch = data.batch_size(spec)
     with captured_native_output(quiet):
@@ -136,11 +143,11 @@ def convert(
     staging = staging_dir(out_dir)
     try:
         context = BuildContext(source_dir, staging, signature, spec, calibration_rows, quiet)
-        targets: list[Target] = [TFLiteTarget(context, options)]
-        if tfjs_variants:
-            targets.append(TfjsTarget(context, tfjs_variants, tfjs_shard_mb))
-        if onnx_options:
-            targets.append(OnnxTarget(context, onnx_options))
+        targets: list[Target] = [TFLiteTarget(context, options.tflite)]
+        if options.tfjs:
+            targets.append(TfjsTarget(context, options.tfjs, options.tfjs_shard_mb))
+        if options.onnx:
+            targets.append(OnnxTarget(context, OnnxOptions(options.onnx_opset)))
         artifacts = _Job(targets, check_inputs, reference, batch, signature).run(progress)
         versions = {"edgekit": __version__, "tensorflow": tf.__version__, "numpy": np.__version__}
         for target in targets:

@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit import __version__
+from edgekit._version import __version__
 from edgekit.benchmark.budgets import Budgets, best_p50, budget_reasons, top1_agreement
 from edgekit.files import replace_dir, sha256_file, staging_dir
 from edgekit.errors import BadInput, EdgekitError

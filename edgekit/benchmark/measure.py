@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import __version__, data, metrics
+from edgekit import data, metrics
+from edgekit._version import __version__
 from edgekit.benchmark.budgets import top1_agreement
 from edgekit.benchmark.runners import RUNNERS, Runner, TensorFlowRunner
 from edgekit.benchmark.timing import Latency

@@ -26,7 +26,7 @@ import numpy as np
 
 def device_info() -> dict[str, object]:
     """What the machine is: enough to tell a Pi 4 from a Pi 5 or a workstation."""
-    from edgekit import __version__
+    from edgekit._version import __version__
     from edgekit.runtime.tflite import interpreter_class
 
     info: dict[str, object] = {"machine": platform.machine(), "cpus": os.cpu_count(), "system": platform.platform(),

@@ -403,7 +403,7 @@ def build(saved_model_dir: Path, signature: str, out: Path, variants: tuple[str,
     import tensorflow as tf
     from google.protobuf import json_format
 
-    from edgekit import __version__
+    from edgekit._version import __version__
 
     graph_def, inputs, outputs = freeze(saved_model_dir, signature)
     keep = {e.tensor.split(":")[0] for e in inputs + outputs}
