@@ -79,3 +79,45 @@ def test_a_missing_file_says_so(tmp_path):
 
     with pytest.raises(BadInput, match="does not exist"):
         TFLiteModel(tmp_path / "nope.tflite")
+
+
+def test_no_device_world_module_imports_tensorflow_or_the_build_world_even_lazily():
+    """Static: every import, at module level or inside a function, of every module a device
+    runs (serve and the LiteRT runtime), followed through edgekit's own modules."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "edgekit"
+    device_world = ["edgekit.runtime", "edgekit.runtime.tflite", *(
+        f"edgekit.serve.{p.stem}" for p in (package / "serve").glob("*.py") if p.stem != "__init__")]
+    forbidden_roots = {"tensorflow", "keras", "tf_keras", "tf2onnx", "onnx", "onnxruntime", "PIL", "sklearn"}
+    build_world = {"edgekit.converter", "edgekit.savedmodel", "edgekit.data", "edgekit.targets",
+                   "edgekit.benchmark.measure", "edgekit.benchmark.runners", "edgekit.runtime.onnx",
+                   "edgekit.runtime.tfjs"}
+
+    def source(module: str) -> Path | None:
+        path = package.parent / Path(*module.split("."))
+        return path / "__init__.py" if (path / "__init__.py").is_file() else path.with_suffix(".py") \
+            if path.with_suffix(".py").is_file() else None
+
+    seen, todo, offenders = set(), list(device_world), []
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = source(module)
+        if path is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+                     if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            for name in names:
+                if name.split(".")[0] in forbidden_roots or any(name == b or name.startswith(b + ".")
+                                                                 for b in build_world):
+                    offenders.append(f"{module} imports {name}")
+                elif name.startswith("edgekit") and source(name) is not None:
+                    todo.append(name)
+    assert not offenders, offenders
+    assert "edgekit.serve.app" in seen and "edgekit.runtime.tflite" in seen
