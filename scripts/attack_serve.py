@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from attacks import (Holders, error_of, long_number_json, nested_json, npy_bytes, npy_header_only,  # noqa: E402
-                     npz_bomb, npz_of, post, raw_exchange, served_ok, status_of)
+from attacks import (Holders, attack_models, error_of, long_number_json, nested_json, npy_bytes,  # noqa: E402
+                     npy_header_only, npz_bomb, npz_of, post, raw_exchange, served_ok, status_of)
+from serving import free_port, memory_mb  # noqa: E402
 
 DIGITS = ROOT / "sample_models" / "digits_cnn"
 PREDICT, HALF = "/v1/models/digits:predict", "/v1/models/half:predict"
@@ -40,42 +41,7 @@ PREDICT, HALF = "/v1/models/digits:predict", "/v1/models/half:predict"
 def build_models(root: Path) -> Path:
     """digits (int8 OUT_DIR) and half_plus_two (float32), and a model config naming both."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    from edgekit import convert
-
-    convert(DIGITS / "saved_model", root / "digits" / "1", calibration=DIGITS / "calibration.npz",
-            variants=("int8",), tfjs=())
-
-    class HalfPlusTwo(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": x * 0.5 + 2.0}
-
-    module = HalfPlusTwo()
-    tf.saved_model.save(module, str(root / "half_sm"), signatures={"serving_default": module.serve})
-    convert(root / "half_sm", root / "half" / "1", variants=("float32",), tfjs=())
-    (root / "models.json").write_text(json.dumps({"model_config_list": [
-        {"name": "digits", "base_path": "digits"}, {"name": "half", "base_path": "half"}]}))
-    return root
-
-
-def memory_mb(pid: int) -> dict:
-    fields = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            key = line.split(":")[0]
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = round(int(line.split()[1]) / 1024, 1)
-    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return attack_models(root)
 
 
 class Target:

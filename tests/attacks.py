@@ -194,3 +194,37 @@ def served_ok(port: int, path: str, body: bytes, content_type: str = "applicatio
     started = time.perf_counter()
     reply = raw_exchange(port, post(path, body, content_type), timeout=timeout, wait_for_close=False)
     return status_of(reply), time.perf_counter() - started
+
+
+# --- the models the attacks are aimed at -------------------------------------------------------
+
+def attack_models(root, digits_out=None):
+    """root/digits/1 (the digits CNN, int8: a convert OUT_DIR, given or converted here),
+    root/half/1 (half_plus_two, float32, input [N]) and root/models.json naming both."""
+    import shutil
+
+    import tensorflow as tf
+
+    from edgekit import convert
+
+    digits = root / "digits" / "1"
+    if digits_out is not None:
+        shutil.copytree(digits_out, digits)
+    else:
+        from pathlib import Path
+
+        samples = Path(__file__).resolve().parents[1] / "sample_models" / "digits_cnn"
+        convert(samples / "saved_model", digits, calibration=samples / "calibration.npz", variants=("int8",),
+                tfjs=())
+
+    class HalfPlusTwo(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": x * 0.5 + 2.0}
+
+    module = HalfPlusTwo()
+    tf.saved_model.save(module, str(root / "half_saved_model"), signatures={"serving_default": module.serve})
+    convert(root / "half_saved_model", root / "half" / "1", variants=("float32",), tfjs=())
+    (root / "models.json").write_text(json.dumps({"model_config_list": [
+        {"name": "digits", "base_path": "digits"}, {"name": "half", "base_path": "half"}]}))
+    return root

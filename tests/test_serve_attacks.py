@@ -14,7 +14,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from attacks import (Holders, error_of, long_number_json, nested_json, npy_bytes, npy_header_only, npz_bomb, npz_of,
+from attacks import (Holders, attack_models, error_of, long_number_json, nested_json, npy_bytes, npy_header_only, npz_bomb, npz_of,
                      post, raw_exchange, served_ok, status_of)
 from conftest import DIGITS
 from hypothesis import HealthCheck, given, settings
@@ -35,24 +35,7 @@ MEMORY_CEILING_MB = 400  # the Pi unit's MemoryMax
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, digits_out):
     """digits (int8, [N, 8, 8, 1]) and half_plus_two (float32, [N]), in one model config."""
-    import tensorflow as tf
-
-    from edgekit import convert
-
-    root = tmp_path_factory.mktemp("attack-models")
-    shutil.copytree(digits_out, root / "digits" / "1")
-
-    class HalfPlusTwo(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": x * 0.5 + 2.0}
-
-    module = HalfPlusTwo()
-    tf.saved_model.save(module, str(root / "half_saved_model"), signatures={"serving_default": module.serve})
-    convert(root / "half_saved_model", root / "half" / "1", variants=("float32",), tfjs=())
-    (root / "models.json").write_text(json.dumps({"model_config_list": [
-        {"name": "digits", "base_path": "digits"}, {"name": "half", "base_path": "half"}]}))
-    return root
+    return attack_models(tmp_path_factory.mktemp("attack-models"), digits_out)
 
 
 @pytest.fixture(scope="module")
