@@ -206,6 +206,8 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     else:
         click.echo(_summary_table(manifest, printer.seconds))
         click.echo(f"wrote {out_dir}/manifest.json")
+    for kind, line in calibration_notes(manifest):
+        click.echo(f"{kind}: {line}", err=True)
     notes = set()  # the TF.js variants share one writer, so they share a failure
     for artifact in manifest.artifacts:
         if artifact.status == "failed" and artifact.format in ("onnx", "tfjs") and artifact.error not in notes:
@@ -227,6 +229,26 @@ def _read_key(path: Path | None) -> str | None:
         return path.read_text().strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"cannot read the API key file {path}: {exc}", "pass a readable text file") from None
+
+
+# Fewer calibration rows than this, and int8 ranges rest on too little of what the model will see.
+FEW_CALIBRATION_SAMPLES = 100
+
+
+def calibration_notes(manifest) -> list[tuple[str, str]]:
+    """What to doubt in a conversion's full-integer figures, as (warning|note, text)."""
+    calibrated = [a for a in manifest.artifacts if a.quantization.get("calibration_samples")]
+    if not calibrated or manifest.calibration is None:
+        return []
+    lines = []
+    samples = manifest.calibration["samples"]
+    if samples < FEW_CALIBRATION_SAMPLES:
+        lines.append(("warning", f"calibrated on {samples} samples only: full-integer accuracy depends on how many; "
+                     f"pass {FEW_CALIBRATION_SAMPLES}-500 real samples with --calibration"))
+    if manifest.check_inputs["source"] == "calibration":
+        lines.append(("note", "the checks ran on rows of the calibration data, which the int8 ranges were fitted "
+                      "to: bench with held-out rows (edgekit bench OUT_DIR --data EVAL.npz) for an honest figure"))
+    return lines
 
 
 def _thread_counts(text: str | None) -> tuple[int, ...] | None:

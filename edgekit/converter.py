@@ -127,6 +127,7 @@ def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOption
             "samples_available": available,
             "samples": len(next(iter(calibration_rows.values()))),
             "sha256": sha256_file(Path(calibration)) if Path(calibration).is_file() else sha256_tree(Path(calibration)),
+            "ranges": data.value_ranges(calibration_rows),
         }
     if calibration_rows is not None:
         check_inputs = data.spread_rows(calibration_rows, options.check_samples)

@@ -241,6 +241,19 @@ def synthetic_samples(signature: SignatureSpec, count: int) -> dict[str, np.ndar
     return samples
 
 
+def value_ranges(rows: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """What the calibration rows span, per input: int8 ranges come from these values, so a
+    reader can judge whether they look like what the model will see."""
+    ranges = {}
+    for name, values in rows.items():
+        if values.dtype.kind not in "fiub" or not values.size:
+            continue
+        flat = values.astype(np.float64).reshape(-1)
+        low, p1, p99, high = np.percentile(flat, [0, 1, 99, 100])
+        ranges[name] = {"min": float(low), "p1": float(p1), "p99": float(p99), "max": float(high)}
+    return ranges
+
+
 def batch_size(signature: SignatureSpec) -> int:
     """Rows per call: the signature's fixed batch size if it has one, else DEFAULT_BATCH."""
     fixed = {spec.shape[0] for spec in signature.inputs if spec.shape and spec.shape[0] is not None}

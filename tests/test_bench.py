@@ -184,3 +184,19 @@ def test_top1_agreement_follows_the_named_output():
     assert top1_agreement(row) == 0.778
     assert top1_agreement({**row, "scored_output": "probs"}) == 1.0
     assert top1_agreement({**row, "scored_output": "embedding"}) == 0.778
+
+
+def test_variants_slower_than_float32_are_flagged_per_machine():
+    from edgekit.benchmark.measure import Row, _flag_slower_than_float32
+    from edgekit.benchmark.timing import summarize
+
+    def row(name: str, variant: str, p50: float, machine: str | None = None) -> Row:
+        measured = Row(name, "litert", "CPU", variant, 1000, "measured", machine=machine)
+        measured.latency_ms = {"1": summarize(p50, [p50] * 5, 0)}
+        return measured
+
+    rows = [row("tflite_float32", "float32", 5.5), row("tflite_dynamic", "dynamic", 8.1),
+            row("tflite_int8", "int8", 3.4), row("tflite_float32@pi", "float32", 40.0, "pi"),
+            row("tflite_dynamic@pi", "dynamic", 30.0, "pi")]
+    _flag_slower_than_float32(rows)
+    assert [r.slower_than_float32 for r in rows] == [None, True, False, None, False]

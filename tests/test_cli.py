@@ -39,6 +39,22 @@ def test_convert_prints_the_summary_table_and_exits_0(tmp_path):
     assert "1.00x" in next(line for line in lines if line.startswith("float32"))
     assert next(line for line in lines if line.startswith("int8")).split()[1] == "ok"
     assert "calibrated on 200 samples" in result.output
+    assert "note: the checks ran on rows of the calibration data" in result.stderr
+    assert "warning:" not in result.stderr  # 200 samples are enough
+
+
+def test_few_calibration_samples_are_warned_about_and_ranges_recorded(tmp_path):
+    with np.load(CALIBRATION) as data:
+        rows = {name: data[name][:40] for name in data.files}
+    np.savez(tmp_path / "few.npz", **rows)
+    result = run(SAVED_MODEL, "-o", tmp_path / "out", "--calibration", tmp_path / "few.npz", "--variants", "int8")
+    assert result.exit_code == 0, result.output
+    assert "warning: calibrated on 40 samples only" in result.stderr and "--calibration" in result.stderr
+    ranges = json.loads((tmp_path / "out" / "manifest.json").read_text())["calibration"]["ranges"]
+    (name, span), = ranges.items()
+    values = next(iter(rows.values()))
+    assert span["min"] == float(values.min()) and span["max"] == float(values.max())
+    assert span["min"] <= span["p1"] <= span["p99"] <= span["max"]
 
 
 def test_json_prints_the_manifest_on_stdout(tmp_path):

@@ -45,6 +45,7 @@ class Row:
     memory: dict[str, float] | None = None
     machine: str | None = None  # where it was measured: None here, else a device's label (see devices)
     scored_output: str | None = None  # the output the task metric (or --output) names, if any
+    slower_than_float32: bool | None = None  # a TFLite variant's best p50 over float32's on the same machine
 
     @property
     def top1_agreement(self) -> float | None:
@@ -217,6 +218,7 @@ def bench(
         measured_devices.update(_bench_on_device(url, api_key, chosen, out_dir, inputs, labels, task, output,
                                                  reference_outputs, reference, rows, threads, runs, warmup, say))
     rows = _side_by_side(rows)
+    _flag_slower_than_float32(rows)
 
     return BenchReport(
         schema_version=SCHEMA_VERSION,
@@ -285,6 +287,23 @@ def _reference_on(reference: Row, reference_outputs, labels, count: int, task, o
     subset = Row(reference.name, reference.engine, reference.device, None, None, "measured")
     _score(subset, {k: v[:count] for k, v in reference_outputs.items()}, None, labels[:count], task, output)
     return subset
+
+
+# A variant is slower than float32 when its best p50 is over this much above float32's.
+SLOWER_MARGIN = 1.05
+
+
+def _flag_slower_than_float32(rows: list[Row]) -> None:
+    """Quantized is not always faster: on x86, dynamic-range runs slower than float32 (its
+    activations are quantized at every call). Flag, per machine, each TFLite variant whose
+    best p50 is above float32's there."""
+    baseline = {row.machine: row.best_p50_ms for row in rows
+                if row.engine != "tfjs" and row.variant == "float32" and row.name.startswith("tflite_")
+                and row.status == "measured" and row.best_p50_ms}
+    for row in rows:
+        if row.name.startswith("tflite_") and row.status == "measured" and row.machine in baseline \
+                and row.variant != "float32" and row.best_p50_ms:
+            row.slower_than_float32 = row.best_p50_ms > baseline[row.machine] * SLOWER_MARGIN
 
 
 def _side_by_side(rows: list[Row]) -> list[Row]:

@@ -89,6 +89,12 @@ def render_table(report: BenchReport) -> str:
     for row in report.artifacts:
         if row.status == "measured" and row.reason:  # a thread count or backend that could not run it
             lines.append(f"{row.name}: not measured on {row.reason}")
+    float32 = {row.machine: row for row in report.artifacts if row.name.split("@")[0] == "tflite_float32"}
+    for row in report.artifacts:
+        if row.slower_than_float32:
+            lines.append(f"{row.name}: slower than float32 on {row.machine or 'this machine'} (p50 "
+                         f"{row.best_p50_ms:.3f} against {float32[row.machine].best_p50_ms:.3f} ms): "
+                         "it saves size, not time, here")
     settings, data = report.settings, report.data
     lines.extend(f"@{label}: {describe_device(info)}" for label, info in report.devices.items())
     lines.append(
