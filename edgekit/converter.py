@@ -22,7 +22,7 @@ from edgekit._version import __version__
 from edgekit.errors import BadInput, EdgekitError
 from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
 from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest
-from edgekit.metrics import compare_output
+from edgekit.metrics import CONFIDENT_MARGIN, compare_output, judge
 from edgekit.native_logs import captured_native_output
 from edgekit.runtime import tfjs as tfjs_runtime
 from edgekit.targets import tfjs as tfjs_target
@@ -260,25 +260,19 @@ class _Job:
                 per_output = run(model)
                 note = f"checked on TF.js's cpu backend: the wasm backend cannot run it ({exc.message})"
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
-            check = Check(status="failed", samples=samples, tolerance_rel_l2=tolerance,
-                          reason=f"{engine} could not run it: {exc}")
+            check = Check(status="failed", samples=samples, tolerance_rel_l2=tolerance.rel_l2,
+                          tolerance_spread=tolerance.spread, reason=f"{engine} could not run it: {exc}")
             artifact = Artifact(status="failed", inputs=inputs, outputs=outputs, check=check,
                                 error=check.reason, **fields)
             return artifact, time.perf_counter() - started
         finally:
             if isinstance(model, tfjs_runtime.TfjsModel):
                 model.close()  # one Node process per check, not one per artifact kept open
-        broken = sorted(name for name, o in per_output.items() if o.rel_l2_error is None)
-        worst = max((o.rel_l2_error for o in per_output.values() if o.rel_l2_error is not None), default=0.0)
-        passed = not broken and worst <= tolerance
-        if broken:
-            reason = f"output {', '.join(broken)} holds NaN or infinite values where the SavedModel's does not"
-        elif not passed:
-            reason = f"relative L2 error {worst:.4g} exceeds the {pending.label} tolerance {tolerance:g}"
-        else:
-            reason = None
-        check = Check(status="passed" if passed else "failed", samples=samples, tolerance_rel_l2=tolerance,
-                      outputs=per_output, reason="; ".join(r for r in (reason, note) if r) or None)
+        reason = judge(per_output, tolerance, pending.label)
+        passed = reason is None
+        check = Check(status="passed" if passed else "failed", samples=samples, tolerance_rel_l2=tolerance.rel_l2,
+                      tolerance_spread=tolerance.spread, confident_margin=CONFIDENT_MARGIN, outputs=per_output,
+                      reason="; ".join(r for r in (reason, note) if r) or None)
         artifact = Artifact(status="ok" if passed else "failed", inputs=inputs, outputs=outputs, check=check,
                             error=reason, **fields)
         return artifact, time.perf_counter() - started

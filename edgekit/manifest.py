@@ -73,6 +73,24 @@ class OutputCheck:
     max_abs_error: float | None  # None: the artifact's output holds NaN or Inf
     rel_l2_error: float | None  # norm(artifact - reference) / norm(reference); None as above
     top1_agreement: float | None  # only for classifier-shaped outputs [batch, classes]
+    rms_over_std: float | None = None  # rms error / the reference's spread over rows (metrics.spread_errors)
+    # Only for outputs whose rows are probabilities: rows where the reference's top class leads the
+    # runner-up by at least Check.confident_margin, and the top-1 agreement over those rows.
+    confident_rows: int | None = None
+    confident_top1_agreement: float | None = None
+
+
+def top1_over_outputs(outputs: dict[str, dict], named: str | None = None) -> float | None:
+    """The one top-1 agreement to show for an artifact's outputs (OutputCheck fields as dicts):
+    the named output's (the one labels score, or --output) if it has one; else the worst over
+    the probability outputs when there are any (an embedding's argmax means nothing); else the
+    worst over every classifier-shaped output."""
+    chosen = outputs.get(named or "")
+    if chosen and chosen.get("top1_agreement") is not None:
+        return chosen["top1_agreement"]
+    decisions = [o for o in outputs.values() if o.get("confident_rows") is not None] or list(outputs.values())
+    values = [o["top1_agreement"] for o in decisions if o.get("top1_agreement") is not None]
+    return min(values) if values else None
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,8 @@ class Check:
     tolerance_rel_l2: float
     outputs: dict[str, OutputCheck] = field(default_factory=dict)
     reason: str | None = None  # why failed or skipped; for TF.js, also a backend it fell back to
+    tolerance_spread: float | None = None  # the rms_over_std accepted on outputs that are not probabilities
+    confident_margin: float | None = None  # no decision this confident may flip
 
     @property
     def worst_rel_l2(self) -> float | None:
@@ -96,8 +116,7 @@ class Check:
 
     @property
     def top1_agreement(self) -> float | None:
-        values = [o.top1_agreement for o in self.outputs.values() if o.top1_agreement is not None]
-        return min(values) if values else None
+        return top1_over_outputs({name: dataclasses.asdict(o) for name, o in self.outputs.items()})
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def test_json_report_round_trips_and_keeps_its_schema(digits_report):
     assert set(row["latency_ms"]["1"]) == {"cold_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms",
                                            "std_ms", "runs", "warmup"}
     assert set(row["agreement"]["probs"]) == {"max_abs_error", "rel_l2_error", "top1_agreement", "rms_over_std",
-                                              "sqnr_db", "finite"}
+                                              "sqnr_db", "finite", "confident_rows", "confident_top1_agreement"}
 
 
 def test_table_puts_the_reference_first_then_one_row_per_artifact_and_thread(digits_report):
@@ -184,6 +184,16 @@ def test_top1_agreement_follows_the_named_output():
     assert top1_agreement(row) == 0.778
     assert top1_agreement({**row, "scored_output": "probs"}) == 1.0
     assert top1_agreement({**row, "scored_output": "embedding"}) == 0.778
+
+
+def test_top1_agreement_prefers_probability_outputs_over_embeddings():
+    """Rows that are probabilities are decisions; an embedding's argmax is not (iris int8: 75%)."""
+    from edgekit.benchmark.budgets import top1_agreement
+
+    row = {"agreement": {"probs": {"top1_agreement": 0.97, "confident_rows": 31},
+                         "embedding": {"top1_agreement": 0.75, "confident_rows": None}}}
+    assert top1_agreement(row) == 0.97
+    assert top1_agreement({**row, "scored_output": "embedding"}) == 0.75
 
 
 def test_variants_slower_than_float32_are_flagged_per_machine():

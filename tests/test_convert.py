@@ -23,7 +23,7 @@ def test_digits_every_variant_converts_and_passes_its_check(digits_out):
     for artifact in tflite:
         assert artifact.status == "ok", artifact.error
         assert artifact.check.status == "passed"
-        assert artifact.check.worst_rel_l2 <= VARIANTS[Variant(artifact.variant)].tolerance_rel_l2
+        assert artifact.check.worst_rel_l2 <= VARIANTS[Variant(artifact.variant)].tolerance.rel_l2
         assert artifact.check.top1_agreement >= 0.95
         assert artifact.requires_flex is False
 
@@ -219,3 +219,35 @@ def test_an_output_without_a_row_per_example_and_a_string_input_are_handled(tmp_
     assert manifest.artifact("float32").status == "ok" and manifest.artifact("float32").check.worst_rel_l2 < 1e-6
     manifest = convert(tmp_path / "lengths", tmp_path / "lengths_out", variants=("float32",), tfjs=())
     assert manifest.artifact("float32").status == "failed" and "--allow-flex" in manifest.artifact("float32").error
+
+
+def test_int8_that_loses_an_offset_output_to_rounding_fails_on_spread(tmp_path):
+    """y = 1000 + x . w: TFLite's int8 range must hold 0, so its step is about 4 while y varies
+    by about 0.4. Relative L2 (0.001) would call that fine; against the spread it is not."""
+    import tensorflow as tf
+
+    class Offset(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.reduce_sum(x * tf.constant([1.0, 0.5]), axis=1, keepdims=True) + 1000.0}
+
+    module = Offset()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures={"serving_default": module.serve})
+    np.savez(tmp_path / "calibration.npz", x=np.random.default_rng(0).random((200, 2), dtype=np.float32))
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32", "int8"), tfjs=(),
+                       calibration=tmp_path / "calibration.npz", int8_io="float")
+    float32, int8 = manifest.artifacts
+    assert float32.status == "ok" and float32.check.outputs["y"].rms_over_std < 0.01
+    assert int8.status == "failed" and int8.check.status == "failed"
+    assert int8.check.outputs["y"].rel_l2_error < VARIANTS[Variant.INT8].tolerance.rel_l2
+    assert int8.check.outputs["y"].rms_over_std > 0.5
+    assert "of the output's spread" in int8.error and "int8 tolerance 5%" in int8.error
+    assert (tmp_path / "out" / int8.file).is_file()  # kept, with its figures
+
+
+def test_digits_checks_count_confident_decisions(digits_out):
+    for artifact in Manifest.read(digits_out).artifacts:
+        if artifact.check and artifact.check.status == "passed":
+            probs = artifact.check.outputs["probs"]
+            assert probs.confident_rows >= 16 and probs.confident_top1_agreement == 1.0
+            assert artifact.check.confident_margin == 0.5

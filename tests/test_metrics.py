@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.metrics import compare_output
+from edgekit.metrics import Tolerance, compare_output, judge
 
 
 def test_identical_outputs_have_no_error_and_full_agreement():
@@ -39,3 +39,64 @@ def test_shape_mismatch_is_an_error():
 def test_non_finite_outputs_have_no_error_figures():
     check = compare_output(np.array([[np.nan, 1.0]]), np.array([[0.5, 0.5]]))
     assert check.max_abs_error is None and check.rel_l2_error is None and check.top1_agreement is None
+
+
+def test_spread_error_is_measured_against_how_much_the_output_varies():
+    reference = 1000 + np.arange(8, dtype=np.float64)  # a large offset: relative L2 hides the error
+    actual = reference + np.array([1, -1] * 4)
+    check = compare_output(actual, reference)
+    assert check.rel_l2_error < 0.002
+    assert check.rms_over_std == pytest.approx(1 / np.std(reference))
+    assert check.confident_rows is None  # not probabilities
+
+
+def test_confident_rows_are_those_the_reference_decided_clearly():
+    reference = np.array([[0.9, 0.05, 0.05], [0.45, 0.4, 0.15], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
+    actual = np.array([[0.9, 0.05, 0.05], [0.35, 0.5, 0.15], [0.5, 0.4, 0.1], [0.3, 0.3, 0.4]])
+    check = compare_output(actual, reference)
+    assert check.top1_agreement == 0.5  # rows 2 and 3 flipped
+    assert check.confident_rows == 2 and check.confident_top1_agreement == 0.5  # rows 1 and 3 are confident
+
+
+@pytest.mark.parametrize("reference", [np.array([[2.0, -1.0], [0.5, 3.0]]),  # logits
+                                       np.array([[0.5, 0.6], [0.2, 0.3]]),  # rows that do not sum to 1
+                                       np.array([[1.2, -0.2], [0.5, 0.5]])])  # negative entries
+def test_only_probability_rows_get_confident_figures(reference):
+    check = compare_output(reference, reference)
+    assert check.top1_agreement == 1.0 and check.confident_rows is None
+
+
+TOLERANCE = Tolerance(rel_l2=0.15, spread=0.05)
+
+
+def test_judge_passes_close_calls_that_flip_and_fails_a_flipped_confident_decision():
+    reference = np.array([[0.9, 0.1]] * 50 + [[0.45, 0.55]] * 50)
+    close_calls_flipped = reference.copy()
+    close_calls_flipped[50:] = [0.55, 0.45]
+    assert judge({"probs": compare_output(close_calls_flipped, reference)}, TOLERANCE, "int8") is None
+    confident_flipped = reference.copy()
+    confident_flipped[0] = [0.4, 0.6]
+    reason = judge({"probs": compare_output(confident_flipped, reference)}, TOLERANCE, "int8")
+    assert reason == "1 of 50 confident decisions flipped (rows where the SavedModel's top class led by at least 0.5)"
+
+
+def test_judge_fails_an_error_that_is_small_against_the_values_but_large_against_their_spread():
+    reference = np.stack([1000 + np.arange(8.0), np.arange(8.0)], axis=1)  # two columns: not probabilities
+    actual = reference + 0.2 * np.array([1, -1] * 8).reshape(8, 2)
+    reason = judge({"box": compare_output(actual, reference), "ok": compare_output(reference, reference)},
+                   TOLERANCE, "int8")
+    assert reason.startswith("output box: error is ") and "of the output's spread" in reason
+    assert "over the int8 tolerance 5%" in reason
+
+
+def test_judge_names_non_finite_outputs_and_relative_l2_over_tolerance():
+    reference = np.array([[0.5, 0.5]])
+    assert "holds NaN" in judge({"y": compare_output(np.array([[np.nan, 1.0]]), reference)}, TOLERANCE, "int8")
+    reason = judge({"y": compare_output(np.array([[1.0, 0.0]]), reference)}, TOLERANCE, "int8")
+    assert reason.startswith("relative L2 error 1 exceeds the int8 tolerance 0.15")
+
+
+def test_a_constant_reference_has_no_spread_figure_and_is_judged_by_relative_l2():
+    check = compare_output(np.full(4, 2.001), np.full(4, 2.0))
+    assert check.rms_over_std is None
+    assert judge({"y": check}, TOLERANCE, "int8") is None

@@ -18,7 +18,7 @@ from edgekit.cli import cli
 from edgekit.manifest import Manifest
 from edgekit.runtime import TFLiteModel
 from edgekit.runtime.tfjs import TfjsModel, unavailable_reason
-from edgekit.targets.tfjs import TOLERANCE_REL_L2, VARIANTS
+from edgekit.targets.tfjs import TOLERANCES, VARIANTS
 
 # Only the tests that run TF.js skip without Node.js and the npm packages; the others run anywhere.
 needs_node = pytest.mark.skipif(unavailable_reason() is not None,
@@ -43,7 +43,7 @@ def test_every_variant_loads_and_matches_in_node(samples_tfjs, sample):
     for artifact in tfjs:
         assert artifact.status == "ok" and artifact.verified, artifact.error
         assert artifact.check.samples == 32
-        assert artifact.check.worst_rel_l2 <= TOLERANCE_REL_L2[artifact.variant]
+        assert artifact.check.worst_rel_l2 <= TOLERANCES[artifact.variant].rel_l2
         assert sorted(artifact.check.outputs) == sorted(o.name for o in spec.outputs)
         assert [t.name for t in artifact.inputs] == sorted(i.name for i in spec.inputs)
         assert all(t.node for t in artifact.inputs + artifact.outputs)

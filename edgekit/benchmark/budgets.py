@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from edgekit.errors import BadInput
+from edgekit.manifest import top1_over_outputs
 
 if TYPE_CHECKING:  # package checks budgets without loading bench's pipeline
     from edgekit.benchmark.measure import BenchReport
@@ -42,13 +43,8 @@ def best_p50(row: dict) -> float:
 
 
 def top1_agreement(row: dict) -> float | None:
-    """A row's top-1 agreement: its scored output's (an embedding's argmax means nothing when
-    --output names the classifier), else the worst over its classifier-shaped outputs."""
-    named = row["agreement"].get(row.get("scored_output") or "")
-    if named and named.get("top1_agreement") is not None:
-        return named["top1_agreement"]
-    values = [a["top1_agreement"] for a in row["agreement"].values() if a.get("top1_agreement") is not None]
-    return min(values) if values else None
+    """A report row's top-1 agreement (see manifest.top1_over_outputs)."""
+    return top1_over_outputs(row["agreement"], row.get("scored_output"))
 
 
 def budget_reasons(budgets: Budgets, size_bytes: int | None, row: dict | None) -> list[str]:

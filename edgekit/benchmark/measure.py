@@ -396,9 +396,8 @@ def _score(row: Row, outputs, reference_outputs, labels, task, output, reference
         for name in sorted(reference_outputs):
             check = metrics.compare_output(outputs[name], reference_outputs[name])
             finite = check.rel_l2_error is not None
-            spread = metrics.spread_errors(outputs[name], reference_outputs[name]) if finite else {
-                "rms_over_std": None, "sqnr_db": None}
-            row.agreement[name] = {**asdict(check), **spread, "finite": finite}
+            sqnr_db = metrics.spread_errors(outputs[name], reference_outputs[name])["sqnr_db"] if finite else None
+            row.agreement[name] = {**asdict(check), "sqnr_db": sqnr_db, "finite": finite}
     if labels is None:
         return
     if task == "classification":

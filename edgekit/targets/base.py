@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.manifest import Artifact, SignatureSpec, TensorSpec
+from edgekit.metrics import Tolerance
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Pending:
     label: str  # "int8", "onnx", "tfjs_uint8": for messages
     fields: dict  # the Artifact's fields so far
     model: object  # the artifact opened in its runtime: .run(inputs, signature), and .close() where it has one
-    tolerance: float  # the relative L2 error the check accepts
+    tolerance: Tolerance  # what the check accepts
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
 

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from edgekit.errors import BadInput, ConversionFailed, MissingDependency
 from edgekit.manifest import Artifact, TensorSpec
+from edgekit.metrics import Tolerance
 from edgekit.targets.base import BuildContext, Pending, Target
 
-# Worst relative L2 error against the SavedModel that the post-conversion check accepts:
-# ONNX keeps float32 weights and activations, like the float32 TFLite variant.
-TOLERANCE_REL_L2 = 1e-3
+# What the post-conversion check accepts: ONNX keeps float32 weights and activations, like
+# the float32 TFLite variant.
+TOLERANCE = Tolerance(1e-3, 0.01)
 FILE = "onnx/model.onnx"
 
 
@@ -140,5 +141,5 @@ class OnnxTarget(Target):
             known = specs.get(name)
             return TensorSpec(name=name, dtype=known.dtype if known else "float32", shape=known.shape if known else None)
 
-        return Pending("onnx", fields, model, TOLERANCE_REL_L2, [spec(n) for n in model.input_names],
+        return Pending("onnx", fields, model, TOLERANCE, [spec(n) for n in model.input_names],
                        [spec(n) for n in model.output_names])

@@ -30,15 +30,16 @@ import numpy as np
 
 from edgekit.errors import BadInput, ConversionFailed
 from edgekit.manifest import Artifact, TensorSpec
+from edgekit.metrics import Tolerance
 from edgekit.targets.base import BuildContext, Pending, Target
 
 VARIANTS = ("float32", "float16", "uint8")
 DEFAULT_VARIANTS = ("float32", "uint8")
 DEFAULT_SHARD_MB = 4.0
-# Worst relative L2 error against the SavedModel that the check in TF.js accepts. uint8
-# stores each weight tensor with one affine step of (max - min) / 255, coarser than
-# TFLite's per-channel int8 weights (dynamic: 0.05).
-TOLERANCE_REL_L2 = {"float32": 1e-3, "float16": 0.01, "uint8": 0.1}
+# What the check in TF.js accepts against the SavedModel (see metrics.judge). uint8 stores
+# each weight tensor with one affine step of (max - min) / 255, coarser than TFLite's
+# per-channel int8 weights (dynamic: 0.05).
+TOLERANCES = {"float32": Tolerance(1e-3, 0.01), "float16": Tolerance(0.01, 0.02), "uint8": Tolerance(0.1, 0.1)}
 FUSABLE = {"Conv2D": "_FusedConv2D", "DepthwiseConv2dNative": "FusedDepthwiseConv2dNative", "MatMul": "_FusedMatMul"}
 ACTIVATIONS = {"Relu", "Relu6", "Elu", "Sigmoid", "LeakyRelu"}  # the ones TF.js's fused kernels take
 OPS_SNAPSHOT = Path(__file__).with_name("tfjs_ops.json")  # from @tensorflow/tfjs-converter, see supported_ops()
@@ -596,10 +597,10 @@ class TfjsTarget(Target):
                               node=endpoint["tensor"].split(":")[0])
 
         inputs, outputs = [spec(e) for e in summary["inputs"]], [spec(e) for e in summary["outputs"]]
-        tolerance = TOLERANCE_REL_L2[variant]
+        tolerance = TOLERANCES[variant]
         reason = tfjs_runtime.unavailable_reason()
         if reason is not None:
-            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance,
+            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance.rel_l2, tolerance_spread=tolerance.spread,
                           reason=f"{reason}, so TF.js could not run it; {tfjs_runtime.SETUP_HINT}")
             return Artifact(status="unverified", inputs=inputs, outputs=outputs, check=check, **fields)
         try:

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgekit.errors import BadInput, ConversionFailed
 from edgekit.manifest import Artifact, TensorSpec
+from edgekit.metrics import Tolerance
 from edgekit.native_logs import captured_native_output
 from edgekit.targets.base import BuildContext, Pending, Target
 
@@ -33,23 +34,24 @@ class VariantSpec:
     weights: str
     activations: str
     needs_calibration: bool
-    # Worst relative L2 error (norm(tflite - savedmodel) / norm(savedmodel)) over the
-    # signature's outputs that the post-conversion check accepts.
-    tolerance_rel_l2: float
+    # What the post-conversion check accepts: relative L2 error (norm(tflite - savedmodel) /
+    # norm(savedmodel)) on every output, error relative to the spread on outputs that are not
+    # probabilities (see metrics.judge).
+    tolerance: Tolerance
     summary: str
 
 
 VARIANTS: dict[Variant, VariantSpec] = {
-    Variant.FLOAT32: VariantSpec("float32", "float32", False, 1e-3, "no quantization"),
+    Variant.FLOAT32: VariantSpec("float32", "float32", False, Tolerance(1e-3, 0.01), "no quantization"),
     Variant.DYNAMIC: VariantSpec(
-        "int8", "float32", False, 0.05, "int8 weights, activations quantized at run time"
+        "int8", "float32", False, Tolerance(0.05, 0.05), "int8 weights, activations quantized at run time"
     ),
-    Variant.FLOAT16: VariantSpec("float16", "float32", False, 0.01, "float16 weights"),
+    Variant.FLOAT16: VariantSpec("float16", "float32", False, Tolerance(0.01, 0.02), "float16 weights"),
     Variant.INT8: VariantSpec(
-        "int8", "int8", True, 0.15, "full integer, calibrated; int8 I/O unless --int8-io float"
+        "int8", "int8", True, Tolerance(0.15, 0.05), "full integer, calibrated; int8 I/O unless --int8-io float"
     ),
     Variant.INT16X8: VariantSpec(
-        "int8", "int16", True, 0.05, "int16 activations, int8 weights, calibrated; float I/O"
+        "int8", "int16", True, Tolerance(0.05, 0.05), "int16 activations, int8 weights, calibrated; float I/O"
     ),
 }
 
@@ -260,7 +262,7 @@ class TFLiteTarget(Target):
                             quantization=quantization,
                             error="no calibration data: pass --calibration with real samples "
                                   "(.npz keyed by input name, .npy, or a folder of images)")
-        tolerance = VARIANTS[variant].tolerance_rel_l2
+        tolerance = VARIANTS[variant].tolerance
         calibration = _representative(context.calibration_rows) if context.calibration_rows is not None else None
         try:
             result = convert_variant(str(context.source_dir), context.signature, variant, self.options, calibration,
@@ -278,7 +280,7 @@ class TFLiteTarget(Target):
             with captured_native_output(context.quiet):  # LiteRT announces its XNNPACK delegate
                 model = TFLiteModel(result.model, num_threads=os.cpu_count())
         except FlexOpsRequired as exc:
-            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance,
+            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance.rel_l2, tolerance_spread=tolerance.spread,
                           reason=f"needs flex ops ({', '.join(result.flex_ops)}); {exc.hint}")
             return Artifact(status="unverified", check=check, **fields)
         except EdgekitError as exc:
