@@ -164,6 +164,8 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
               help="How many samples to compare each artifact with the SavedModel on.")
 @click.option("--int8-io", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
               help="Input/output tensor type of the int8 variant.")
+@click.option("--range-method", type=click.Choice(["auto", "minmax", "percentile", "mse"]), default="auto",
+              show_default=True, help="How int8 sets each activation's range; auto tries all, keeps the best check.")
 @click.option("--image-range", type=click.Choice(["0:255", "0:1", "-1:1"]), default="0:255",
               show_default=True, help="Pixel scale for an image-folder calibration set.")
 @click.option("--allow-flex", is_flag=True,
@@ -178,7 +180,7 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own logs.")
 @_handle_errors
 def convert(saved_model, out_dir, signature, variants, calibration, calibration_samples,
-            check_samples, int8_io, image_range, allow_flex, tfjs, tfjs_shard_mb, onnx, onnx_opset, force, as_json,
+            check_samples, int8_io, range_method, image_range, allow_flex, tfjs, tfjs_shard_mb, onnx, onnx_opset, force, as_json,
             debug):
     """Convert SAVED_MODEL to TFLite variants and TF.js graph models, check each against
     it (LiteRT; TF.js in Node.js), write a manifest.
@@ -197,7 +199,7 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     options = ConvertOptions(
         signature=signature, variants=parse_variants(variants) if variants else None, calibration=calibration,
         calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
-        allow_flex=allow_flex, image_range=image_range, tfjs=tfjs, tfjs_shard_mb=tfjs_shard_mb,
+        range_method=range_method, allow_flex=allow_flex, image_range=image_range, tfjs=tfjs, tfjs_shard_mb=tfjs_shard_mb,
         onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset, force=force)
     printer = _ProgressPrinter()
     manifest = run_convert(saved_model, out_dir, options, progress=printer, quiet=not debug)

@@ -66,6 +66,7 @@ class ConvertOptions:
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     check_samples: int = DEFAULT_CHECK_SAMPLES
     int8_io: str = "int8"
+    range_method: str = "auto"  # int8 activation ranges: auto, minmax, percentile or mse
     allow_flex: bool = False
     image_range: str = "0:255"
     tfjs: tuple[str, ...] | str = tfjs_target.DEFAULT_VARIANTS
@@ -98,7 +99,7 @@ class ConvertOptions:
     @property
     def tflite(self) -> TFLiteOptions:
         return TFLiteOptions(variants=tuple(self.variants) if self.variants else tuple(Variant),
-                             int8_io=self.int8_io, allow_flex=self.allow_flex)
+                             int8_io=self.int8_io, allow_flex=self.allow_flex, range_method=self.range_method)
 
 
 def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOptions | None = None, *,
@@ -143,7 +144,7 @@ def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOption
 
     staging = staging_dir(out_dir)
     try:
-        context = BuildContext(source_dir, staging, signature, spec, calibration_rows, quiet)
+        context = BuildContext(source_dir, staging, signature, spec, calibration_rows, quiet, batch)
         targets: list[Target] = [TFLiteTarget(context, options.tflite)]
         if options.tfjs:
             targets.append(TfjsTarget(context, options.tfjs, options.tfjs_shard_mb))

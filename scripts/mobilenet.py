@@ -23,11 +23,12 @@ def smooth_images(count: int, size: int = 224, seed: int = 0) -> np.ndarray:
     return np.clip(images, -1, 1)
 
 
-def export_mobilenet_v2(path: Path, batch: np.ndarray) -> Path:
+def export_mobilenet_v2(path: Path, batch: np.ndarray, classifier_activation: str | None = "softmax") -> Path:
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(weights=None, input_shape=batch.shape[1:])
+    model = keras.applications.MobileNetV2(weights=None, input_shape=batch.shape[1:],
+                                           classifier_activation=classifier_activation)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.0

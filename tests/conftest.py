@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 DIGITS = SAMPLES / "digits_cnn"
 IRIS = SAMPLES / "iris_two_inputs"
+ONET = SAMPLES / "mtcnn_onet"
 
 
 @pytest.fixture(scope="session")

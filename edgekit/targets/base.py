@@ -31,6 +31,7 @@ class BuildContext:
     signature_spec: SignatureSpec
     calibration_rows: dict[str, np.ndarray] | None
     quiet: bool
+    batch: int = 1  # rows per call: the signature's fixed batch size, if it has one
 
 
 @dataclass

@@ -38,8 +38,9 @@ DEFAULT_VARIANTS = ("float32", "uint8")
 DEFAULT_SHARD_MB = 4.0
 # What the check in TF.js accepts against the SavedModel (see metrics.judge). uint8 stores
 # each weight tensor with one affine step of (max - min) / 255, coarser than TFLite's
-# per-channel int8 weights (dynamic: 0.05).
-TOLERANCES = {"float32": Tolerance(1e-3, 0.01), "float16": Tolerance(0.01, 0.02), "uint8": Tolerance(0.1, 0.1)}
+# per-channel int8 weights (dynamic: 0.05), so its relative L2 may be larger; against the
+# spread, every quantized variant is held to the same 5%.
+TOLERANCES = {"float32": Tolerance(1e-3, 0.01), "float16": Tolerance(0.01, 0.02), "uint8": Tolerance(0.1, 0.05)}
 FUSABLE = {"Conv2D": "_FusedConv2D", "DepthwiseConv2dNative": "FusedDepthwiseConv2dNative", "MatMul": "_FusedMatMul"}
 ACTIVATIONS = {"Relu", "Relu6", "Elu", "Sigmoid", "LeakyRelu"}  # the ones TF.js's fused kernels take
 OPS_SNAPSHOT = Path(__file__).with_name("tfjs_ops.json")  # from @tensorflow/tfjs-converter, see supported_ops()

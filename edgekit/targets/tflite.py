@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
@@ -18,6 +19,7 @@ from edgekit.errors import BadInput, ConversionFailed
 from edgekit.manifest import Artifact, TensorSpec
 from edgekit.metrics import Tolerance
 from edgekit.native_logs import captured_native_output
+from edgekit.targets import activation_ranges
 from edgekit.targets.base import BuildContext, Pending, Target
 
 
@@ -83,6 +85,7 @@ class TFLiteOptions:
     variants: tuple[Variant, ...] = tuple(Variant)
     int8_io: str = "int8"  # "int8": int8 input/output tensors; "float": float I/O
     allow_flex: bool = False
+    range_method: str = "auto"  # int8's activation ranges: activation_ranges.CHOICES
 
     def __post_init__(self) -> None:
         if self.int8_io not in INT8_IO_CHOICES:
@@ -90,6 +93,9 @@ class TFLiteOptions:
                 f"--int8-io must be one of {', '.join(INT8_IO_CHOICES)}, not {self.int8_io!r}",
                 "int8 gives int8 input/output tensors; float keeps float I/O",
             )
+        if self.range_method not in activation_ranges.CHOICES:
+            raise BadInput(f"--range-method must be one of {', '.join(activation_ranges.CHOICES)}, "
+                           f"not {self.range_method!r}", "auto tries every method and keeps the best one")
         object.__setattr__(self, "variants", tuple(Variant(v) for v in self.variants))
 
 
@@ -180,9 +186,11 @@ def convert_variant(
     calibration: Samples | None,
     quiet: bool = True,
     start_with_flex: bool = False,
+    picker: activation_ranges.RangePicker | None = None,
 ) -> TFLiteResult:
     """One variant's .tflite bytes. Tries builtin ops first; falls back to SELECT_TF_OPS
-    only when allowed, and says which TensorFlow ops forced it."""
+    only when allowed, and says which TensorFlow ops forced it. `picker` chooses int8's
+    activation ranges (see quantizing_with)."""
     import tensorflow as tf
 
     if VARIANTS[variant].needs_calibration and calibration is None:
@@ -195,7 +203,7 @@ def convert_variant(
     for flex in attempts:
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[signature])
         _configure(converter, variant, options, calibration, flex)
-        with captured_native_output(quiet) as captured:
+        with captured_native_output(quiet) as captured, quantizing_with(picker):
             try:
                 model = converter.convert()
             except Exception as exc:  # ConverterError, or RuntimeError/ValueError from calibration
@@ -215,6 +223,30 @@ def convert_variant(
             "model to use TFLite-friendly ops",
         )
     raise ConversionFailed(f"{variant.value}: TFLite could not convert the model: {_first_error_line(failure)}")
+
+
+@contextmanager
+def quantizing_with(picker: activation_ranges.RangePicker | None) -> Iterator[None]:
+    """TFLiteConverter calibrates, then hands the calibrated float model to
+    `lite._mlir_quantize`. Standing in for that one call lets `picker` quantize it under
+    several range methods and return the best, while the converter's own finishing steps
+    (I/O types, buffer dedup, metadata) still apply. If a TensorFlow release renames the
+    call, the picker is never called and the manifest says TFLite's min/max was used."""
+    if picker is None:
+        yield
+        return
+    from tensorflow.lite.python import lite
+
+    original = lite._mlir_quantize
+
+    def quantize(calibrated, *args, **kwargs):
+        return picker(calibrated, lambda model: original(model, *args, **kwargs))
+
+    lite._mlir_quantize = quantize
+    try:
+        yield
+    finally:
+        lite._mlir_quantize = original
 
 
 # --- the target --------------------------------------------------------------------------
@@ -263,13 +295,21 @@ class TFLiteTarget(Target):
                             error="no calibration data: pass --calibration with real samples "
                                   "(.npz keyed by input name, .npy, or a folder of images)")
         tolerance = VARIANTS[variant].tolerance
-        calibration = _representative(context.calibration_rows) if context.calibration_rows is not None else None
+        samples = _representative(context.calibration_rows) if context.calibration_rows is not None else None
+        picker = None
+        if variant is Variant.INT8:
+            methods = activation_ranges.METHODS if self.options.range_method == "auto" else (self.options.range_method,)
+            picker = activation_ranges.RangePicker(methods, context.calibration_rows, context.signature,
+                                                   context.batch, tolerance)
         try:
-            result = convert_variant(str(context.source_dir), context.signature, variant, self.options, calibration,
-                                     context.quiet, self.flex_needed)
+            result = convert_variant(str(context.source_dir), context.signature, variant, self.options, samples,
+                                     context.quiet, self.flex_needed, picker)
         except EdgekitError as exc:
             return Artifact(name=name, format="tflite", variant=step, status="failed", signature=context.signature,
                             quantization=quantization, error=str(exc))
+        if picker is not None:
+            quantization["ranges"] = picker.record or {
+                "method": "minmax", "note": "TFLite's own: this TensorFlow never handed edgekit the calibrated model"}
         self.flex_needed = self.flex_needed or result.requires_flex
         file_name = f"model_{step}.tflite"
         (context.staging / file_name).write_bytes(result.model)
@@ -280,8 +320,8 @@ class TFLiteTarget(Target):
             with captured_native_output(context.quiet):  # LiteRT announces its XNNPACK delegate
                 model = TFLiteModel(result.model, num_threads=os.cpu_count())
         except FlexOpsRequired as exc:
-            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance.rel_l2, tolerance_spread=tolerance.spread,
-                          reason=f"needs flex ops ({', '.join(result.flex_ops)}); {exc.hint}")
+            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance.rel_l2,
+                          tolerance_spread=tolerance.spread, reason=f"needs flex ops ({', '.join(result.flex_ops)}); {exc.hint}")
             return Artifact(status="unverified", check=check, **fields)
         except EdgekitError as exc:
             return Artifact(status="failed", error=f"LiteRT cannot load it: {exc.message}", **fields)

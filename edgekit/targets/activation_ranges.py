@@ -1,0 +1,195 @@
+"""Per-tensor int8 ranges chosen from the calibration data, not only its min and max.
+
+TFLiteConverter calibrates with plain min/max: one outlier activation widens a tensor's range
+and coarsens its int8 step for every other value. Here the calibrated (still float) model runs
+once over the calibration rows to histogram every activation it recorded a range for, and each
+method proposes a range per tensor:
+
+- `minmax`: TFLite's own;
+- `percentile`: the 0.01th and 99.99th percentiles, so rare outliers clip;
+- `mse`: the range that minimises the expected squared error of clipping plus rounding over
+  the histogram, searched per tensor (what TensorRT and ONNX Runtime offer beside min/max).
+
+The signature's inputs keep their min/max range: clipping them would clip real data.
+The int8 target quantizes under each method and keeps the candidate closest to the float
+model on all the calibration rows (tflite.py); convert's check then judges the one kept.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekit import data
+from edgekit.errors import EdgekitError
+from edgekit.metrics import Tolerance, compare_output, judge
+
+METHODS = ("minmax", "percentile", "mse")
+CHOICES = ("auto", *METHODS)  # auto: try every method, keep the best on the check
+BINS = 2048
+TAIL = 1e-4  # percentile: the share of values clipped at each end (99.99th percentile)
+SCALES = np.linspace(0.25, 1.0, 31)  # mse: the fractions of each end of the min/max range tried
+
+
+@dataclass
+class Histogram:
+    low: float  # the min/max range widened to hold 0, as int8 ranges must
+    high: float
+    counts: np.ndarray  # BINS counts over [low, high]
+
+    def centres(self) -> np.ndarray:
+        edges = np.linspace(self.low, self.high, BINS + 1)
+        return (edges[:-1] + edges[1:]) / 2
+
+
+def recorded_ranges(calibrated: bytes) -> dict[int, tuple[float, float]]:
+    """The min/max range the calibrator recorded for each tensor of the model's first subgraph
+    (the signature's, for the models convert takes; tensors in other subgraphs keep min/max)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    ranges = {}
+    for index, tensor in enumerate(model.subgraphs[0].tensors):
+        quantization = tensor.quantization
+        if quantization is not None and quantization.min is not None and len(quantization.min) == 1:
+            ranges[index] = (float(quantization.min[0]), float(quantization.max[0]))
+    return ranges
+
+
+def profile(calibrated: bytes, rows: dict[str, np.ndarray],
+            signature: str) -> tuple[dict[int, Histogram], dict[str, np.ndarray]]:
+    """Run the calibrated (float) model over `rows`, one row at a time: a histogram of each
+    activation that has a recorded range, and the model's outputs, against which candidates
+    are scored. Tensors the interpreter cannot hand back are left out (they keep min/max)."""
+    from edgekit.runtime.tflite import interpreter_class
+
+    ranges = recorded_ranges(calibrated)
+    interpreter_cls, _ = interpreter_class()
+    interpreter = interpreter_cls(model_content=calibrated, experimental_preserve_all_tensors=True)
+    runner = interpreter.get_signature_runner(signature)
+    details = runner.get_input_details()
+    inputs = {detail["index"] for detail in details.values()}
+    histograms = {index: Histogram(min(low, 0.0), max(high, 0.0), np.zeros(BINS, np.int64))
+                  for index, (low, high) in ranges.items() if index not in inputs and high > low}
+    count = len(next(iter(rows.values())))
+    outputs: dict[str, list[np.ndarray]] = {}
+    for row in range(count):
+        results = runner(**{name: np.asarray(rows[name][row:row + 1], detail["dtype"])
+                            for name, detail in details.items()})
+        for name, value in results.items():
+            outputs.setdefault(name, []).append(np.array(value))
+        for index, histogram in list(histograms.items()):
+            try:
+                values = np.asarray(interpreter.get_tensor(index), np.float64).ravel()
+            except ValueError:
+                del histograms[index]
+                continue
+            scaled = (values - histogram.low) * (BINS / (histogram.high - histogram.low))
+            bins = np.clip(scaled.astype(np.int64), 0, BINS - 1)
+            histogram.counts += np.bincount(bins, minlength=BINS)
+    return histograms, {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+def choose_ranges(histograms: dict[int, Histogram], method: str) -> dict[int, tuple[float, float]]:
+    """Each tensor's range under `method` (minmax: none changed)."""
+    if method == "minmax":
+        return {}
+    choose = {"percentile": _percentile_range, "mse": _mse_range}[method]
+    return {index: choose(histogram) for index, histogram in histograms.items() if histogram.counts.sum()}
+
+
+def _percentile_range(histogram: Histogram) -> tuple[float, float]:
+    centres = histogram.centres()
+    cumulative = np.cumsum(histogram.counts) / histogram.counts.sum()
+    low = centres[np.searchsorted(cumulative, TAIL)] if histogram.low < 0 else 0.0
+    high = centres[min(np.searchsorted(cumulative, 1 - TAIL), BINS - 1)] if histogram.high > 0 else 0.0
+    return float(min(low, 0.0)), float(max(high, 0.0))
+
+
+def _mse_range(histogram: Histogram) -> tuple[float, float]:
+    """The (low, high) among fractions of the min/max ends that minimises the expected squared
+    error of int8 quantization (255 steps, clipping outside) over the histogram."""
+    centres, counts = histogram.centres(), histogram.counts.astype(np.float64)
+    lows = histogram.low * SCALES if histogram.low < 0 else np.zeros(1)
+    highs = histogram.high * SCALES if histogram.high > 0 else np.zeros(1)
+    low, high = (grid[..., None] for grid in np.meshgrid(lows, highs, indexing="ij"))
+    step = (high - low) / 255
+    clipped = np.clip(centres, low, high)
+    error = ((centres - (np.round((clipped - low) / step) * step + low)) ** 2) @ counts
+    best = np.unravel_index(np.argmin(error), error.shape)
+    return float(lows[best[0]]), float(highs[best[1]])
+
+
+def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> bytes:
+    """The calibrated model with `ranges` written over the ranges it recorded."""
+    if not ranges:
+        return calibrated
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    tensors = model.subgraphs[0].tensors
+    for index, (low, high) in ranges.items():
+        tensors[index].quantization.min = [low]
+        tensors[index].quantization.max = [high]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+class RangePicker:
+    """Handed the calibrated model and the converter's own quantize step (see
+    tflite.quantizing_with): quantizes under each method, runs each candidate in LiteRT on
+    every calibration row against the float model's outputs (more rows than convert's check,
+    so the choice is steadier), and returns the best. `record` says what it did, for the
+    manifest; it stays None if the converter never called it."""
+
+    def __init__(self, methods: tuple[str, ...], rows: dict[str, np.ndarray], signature: str, batch: int,
+                 tolerance: Tolerance):
+        self.methods, self.rows, self.signature, self.batch, self.tolerance = methods, rows, signature, batch, tolerance
+        self.record: dict | None = None
+
+    def __call__(self, calibrated: bytes, quantize: Callable[[bytes], bytes]) -> bytes:
+        if self.methods == ("minmax",):
+            self.record = {"method": "minmax"}
+            return quantize(calibrated)
+        try:
+            histograms, expected = profile(calibrated, self.rows, self.signature)
+        except (RuntimeError, ValueError, KeyError) as exc:  # LiteRT cannot run the calibrated model
+            self.record = {"method": "minmax", "note": f"TFLite's own: the calibrated model could not be profiled "
+                                                       f"({str(exc).strip().splitlines()[0][:200]})"}
+            return quantize(calibrated)
+        candidates = []
+        for method in self.methods:
+            model = quantize(with_ranges(calibrated, choose_ranges(histograms, method)))
+            candidates.append((method, model, self._score(model, expected)))
+        best = min(range(len(candidates)), key=lambda i: (candidates[i][2]["loss"], i))
+        self.record = {
+            "method": candidates[best][0],
+            "tensors": len(histograms),
+            "scored_on_rows": len(next(iter(self.rows.values()))),
+            "candidates": [{"method": method, "bytes": len(model), **{k: v for k, v in score.items() if k != "loss"}}
+                           for method, model, score in candidates],
+        }
+        return candidates[best][1]
+
+    def _score(self, model: bytes, expected: dict[str, np.ndarray]) -> dict:
+        """How a candidate does against the float model: failing the check's rules ranks after
+        passing, then the worst output's error (against its spread, or relative L2 for
+        probabilities)."""
+        from edgekit.runtime.tflite import TFLiteModel
+
+        try:
+            runtime = TFLiteModel(model)
+            outputs = data.run_in_batches(lambda feed: runtime.run(feed, self.signature), self.rows, self.batch)
+        except (RuntimeError, ValueError, EdgekitError) as exc:  # a candidate LiteRT cannot run loses
+            return {"error": str(exc), "loss": (True, float("inf"))}
+        per_output = {name: compare_output(outputs[name], expected[name]) for name in expected}
+        worst = max((_error(check) for check in per_output.values()), default=0.0)
+        reason = judge(per_output, self.tolerance, "int8")
+        return {"passes": reason is None, "worst_error": worst, "loss": (reason is not None, worst)}
+
+
+def _error(check) -> float:
+    """One output's error: against its spread, or relative L2 for probabilities (whose
+    decisions the check judges apart)."""
+    value = check.rel_l2_error if check.confident_rows is not None or check.rms_over_std is None else check.rms_over_std
+    return float("inf") if value is None else value

@@ -1,0 +1,106 @@
+"""int8 under each activation-range method, against plain min/max and dynamic range, on held-out rows.
+
+    python scripts/bench_range_methods.py [--json results/range_methods.json] [--models onet,mobilenet_v2,digits]
+
+For each model, `edgekit convert --variants int8 --range-method M` for M in minmax, percentile,
+mse and auto (which tries the three and keeps the best on convert's check rows), plus the
+dynamic-range variant for comparison; then `edgekit bench` on held-out rows that calibration
+never saw: per output, error against the output's spread (rms_over_std) or, for probabilities,
+top-1 agreement over all rows and over confident ones; bytes; p50 latency at 1 thread; and the
+seconds convert took (for auto, the extra over minmax is the range search).
+
+Models: sample_models/mtcnn_onet (trained; 200 calibration rows, 300 held out),
+MobileNetV2(weights=None) as scripts/mobilenet.py builds it, with a logits head (synthetic
+images: 100 calibration, 100 held out), and sample_models/digits_cnn.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+METHODS = ("minmax", "percentile", "mse", "auto")
+
+
+def models(work: Path, names: list[str]) -> dict[str, tuple[Path, Path, Path]]:
+    """name -> (saved_model, calibration.npz, held-out eval.npz)."""
+    chosen = {}
+    if "onet" in names:
+        onet = ROOT / "sample_models" / "mtcnn_onet"
+        chosen["onet"] = (onet / "saved_model", onet / "calibration.npz", onet / "eval.npz")
+    if "mobilenet_v2" in names:
+        from mobilenet import export_mobilenet_v2, smooth_images
+
+        images = smooth_images(232, seed=1)
+        # Logits, not softmax: a random-weight head's 1000-way softmax is near uniform, finer than
+        # int8's 1/256 output step, so only the logits say how far the int8 network drifts.
+        saved_model = export_mobilenet_v2(work / "mobilenet_v2", images[:32], classifier_activation=None)
+        np.savez(work / "mobilenet_calibration.npz", keras_tensor=images[32:132])
+        np.savez(work / "mobilenet_eval.npz", keras_tensor=images[132:])
+        chosen["mobilenet_v2"] = (saved_model, work / "mobilenet_calibration.npz", work / "mobilenet_eval.npz")
+    if "digits" in names:
+        digits = ROOT / "sample_models" / "digits_cnn"
+        chosen["digits"] = (digits / "saved_model", digits / "calibration.npz", digits / "eval.npz")
+    return chosen
+
+
+def figures(row) -> dict:
+    outputs = {}
+    for name, a in row.agreement.items():
+        if a["confident_rows"] is not None:
+            outputs[name] = {"top1_agreement": a["top1_agreement"], "confident_rows": a["confident_rows"],
+                             "confident_top1_agreement": a["confident_top1_agreement"]}
+        else:
+            outputs[name] = {"rms_over_std": round(a["rms_over_std"], 4)}
+    return {"bytes": row.bytes, "p50_ms_1_thread": round(row.latency_ms["1"].p50_ms, 3), "outputs": outputs}
+
+
+def measure(name: str, saved_model: Path, calibration: Path, eval_data: Path, work: Path) -> dict:
+    from edgekit import bench, convert
+
+    result = {}
+    for method in (*METHODS, "dynamic"):
+        out = work / f"{name}_{method}"
+        started = time.perf_counter()
+        variant = "dynamic" if method == "dynamic" else "int8"
+        manifest = convert(saved_model, out, variants=(variant,), tfjs=(), calibration=calibration,
+                           range_method="auto" if method == "dynamic" else method)
+        seconds = time.perf_counter() - started
+        artifact = manifest.artifacts[0]
+        report = bench(out, eval_data=eval_data, runs=50, warmup=5, threads=(1,), memory=False)
+        row = next(r for r in report.artifacts if r.name == artifact.name)
+        entry = {"convert_seconds": round(seconds, 1), "check": artifact.status, **figures(row)}
+        if method != "dynamic":
+            ranges = artifact.quantization["ranges"]
+            entry["method_kept"] = ranges["method"]
+        result[method] = entry
+        print(f"{name:13s} {method:10s} {json.dumps(entry)}", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=Path("results/range_methods.json"))
+    parser.add_argument("--models", default="onet,mobilenet_v2,digits")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edgekit-ranges-"))
+    results = {"machine": {"cpus": os.cpu_count()}, "held_out": "rows calibration never saw", "models": {}}
+    for name, (saved_model, calibration, eval_data) in models(work, args.models.split(",")).items():
+        results["models"][name] = measure(name, saved_model, calibration, eval_data, work)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
