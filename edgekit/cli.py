@@ -166,6 +166,8 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
               help="Input/output tensor type of the int8 variant.")
 @click.option("--range-method", type=click.Choice(["auto", "minmax", "percentile", "mse"]), default="auto",
               show_default=True, help="How int8 sets each activation's range; auto tries all, keeps the best check.")
+@click.option("--diagnose", is_flag=True,
+              help="Record int8's per-layer errors even when it passes (always done when it does not).")
 @click.option("--image-range", type=click.Choice(["0:255", "0:1", "-1:1"]), default="0:255",
               show_default=True, help="Pixel scale for an image-folder calibration set.")
 @click.option("--allow-flex", is_flag=True,
@@ -180,7 +182,7 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own logs.")
 @_handle_errors
 def convert(saved_model, out_dir, signature, variants, calibration, calibration_samples,
-            check_samples, int8_io, range_method, image_range, allow_flex, tfjs, tfjs_shard_mb, onnx, onnx_opset, force, as_json,
+            check_samples, int8_io, range_method, diagnose, image_range, allow_flex, tfjs, tfjs_shard_mb, onnx, onnx_opset, force, as_json,
             debug):
     """Convert SAVED_MODEL to TFLite variants and TF.js graph models, check each against
     it (LiteRT; TF.js in Node.js), write a manifest.
@@ -199,7 +201,7 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     options = ConvertOptions(
         signature=signature, variants=parse_variants(variants) if variants else None, calibration=calibration,
         calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
-        range_method=range_method, allow_flex=allow_flex, image_range=image_range, tfjs=tfjs, tfjs_shard_mb=tfjs_shard_mb,
+        range_method=range_method, diagnose=diagnose, allow_flex=allow_flex, image_range=image_range, tfjs=tfjs, tfjs_shard_mb=tfjs_shard_mb,
         onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset, force=force)
     printer = _ProgressPrinter()
     manifest = run_convert(saved_model, out_dir, options, progress=printer, quiet=not debug)
@@ -210,6 +212,10 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
         click.echo(f"wrote {out_dir}/manifest.json")
     for kind, line in calibration_notes(manifest):
         click.echo(f"{kind}: {line}", err=True)
+    for artifact in manifest.artifacts:
+        layers = (artifact.quantization.get("ranges") or {}).get("layers")
+        if layers:
+            click.echo(f"{artifact.variant}: {layer_summary(layers)}", err=True)
     notes = set()  # the TF.js variants share one writer, so they share a failure
     for artifact in manifest.artifacts:
         if artifact.status == "failed" and artifact.format in ("onnx", "tfjs") and artifact.error not in notes:
@@ -251,6 +257,20 @@ def calibration_notes(manifest) -> list[tuple[str, str]]:
         lines.append(("note", "the checks ran on rows of the calibration data, which the int8 ranges were fitted "
                       "to: bench with held-out rows (edgekit bench OUT_DIR --data EVAL.npz) for an honest figure"))
     return lines
+
+
+def layer_summary(layers: list[dict], worst: int = 3) -> str:
+    """Where an int8 model drifts (the manifest's per-layer errors) and what to try."""
+    measured = [layer for layer in layers if layer["rms_over_tensor_std"] is not None]
+    if not measured:
+        return "no layer could be compared with the float model"
+    peak = max(measured, key=lambda layer: layer["rms_over_tensor_std"])
+    largest = sorted(measured, key=lambda layer: -layer["added"])[:worst]
+    return (f"error against a layer's spread reaches {peak['rms_over_tensor_std']:.1%} at {peak['tensor']}; "
+            "the layers that add most: "
+            + ", ".join(f"{layer['tensor']} ({layer['op']}, +{layer['added']:.1%})" for layer in largest)
+            + ". Try: more or more typical --calibration rows, --variants dynamic (float activations), or int16x8 "
+            "where its ops allow; every layer's figures are in the manifest (quantization.ranges.layers)")
 
 
 def _thread_counts(text: str | None) -> tuple[int, ...] | None:

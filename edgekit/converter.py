@@ -67,6 +67,7 @@ class ConvertOptions:
     check_samples: int = DEFAULT_CHECK_SAMPLES
     int8_io: str = "int8"
     range_method: str = "auto"  # int8 activation ranges: auto, minmax, percentile or mse
+    diagnose: bool = False  # per-layer int8 errors in the manifest even when its check passes
     allow_flex: bool = False
     image_range: str = "0:255"
     tfjs: tuple[str, ...] | str = tfjs_target.DEFAULT_VARIANTS
@@ -99,7 +100,8 @@ class ConvertOptions:
     @property
     def tflite(self) -> TFLiteOptions:
         return TFLiteOptions(variants=tuple(self.variants) if self.variants else tuple(Variant),
-                             int8_io=self.int8_io, allow_flex=self.allow_flex, range_method=self.range_method)
+                             int8_io=self.int8_io, allow_flex=self.allow_flex, range_method=self.range_method,
+                             diagnose=self.diagnose)
 
 
 def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOptions | None = None, *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ONET
+from conftest import DIGITS, ONET
 
 from edgekit import convert
 from edgekit.targets.activation_ranges import BINS, Histogram, choose_ranges
@@ -73,3 +73,39 @@ def test_plain_int8_of_o_net_fails_its_check_on_the_spread_of_its_box(onet_int8)
     """Still over 5% with the best ranges: a failed check is a result, kept with its figures."""
     for artifact in onet_int8.values():
         assert artifact.status == "failed" and "output box: error is" in artifact.error
+
+
+def test_an_int8_that_misses_its_check_says_which_layers_add_the_error(onet_int8):
+    layers = onet_int8["auto"].quantization["ranges"]["layers"]
+    assert {"CONV_2D", "PRELU", "MAX_POOL_2D", "FULLY_CONNECTED"} <= {layer["op"] for layer in layers}
+    first = layers[0]
+    assert first["op"] == "CONV_2D" and 0.2 < first["rms_over_scale"] < 1  # little more than rounding
+    assert first["range"][0] < 0 < first["range"][1] and first["scale"] > 0
+    worst = max(layers, key=lambda layer: layer["added"])
+    assert worst["tensor"] == "StatefulPartitionedCall:0"  # the box head amplifies what reaches it
+    assert "layers" not in onet_int8["minmax"].quantization["ranges"]  # minmax alone is not scored
+
+
+def test_diagnose_prints_where_int8_drifts_and_what_to_try(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    result = CliRunner().invoke(cli, ["convert", str(ONET / "saved_model"), "-o", str(tmp_path / "out"),
+                                      "--variants", "int8", "--tfjs", "none", "--range-method", "minmax",
+                                      "--diagnose", "--calibration", str(ONET / "calibration.npz")])
+    assert result.exit_code == 1, result.output  # the check failed: a result, not a crash
+    line = next(line for line in result.stderr.splitlines() if line.startswith("int8: "))
+    assert "the layers that add most: StatefulPartitionedCall:0 (FULLY_CONNECTED" in line
+    assert "--variants dynamic" in line and "quantization.ranges.layers" in line
+
+
+def test_a_passing_int8_gets_its_layers_only_when_asked(tmp_path):
+    def ranges(diagnose: bool) -> dict:
+        manifest = convert(DIGITS / "saved_model", tmp_path / str(diagnose), variants=("int8",), tfjs=(),
+                           calibration=DIGITS / "calibration.npz", diagnose=diagnose)
+        assert manifest.artifacts[0].status == "ok"
+        return manifest.artifacts[0].quantization["ranges"]
+
+    assert "layers" not in ranges(False)
+    assert [layer["op"] for layer in ranges(True)["layers"]][:2] == ["CONV_2D", "CONV_2D"]

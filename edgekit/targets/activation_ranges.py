@@ -135,22 +135,104 @@ def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> by
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+DIAGNOSIS_ROWS = 50  # rows the per-layer diagnosis runs both models on
+
+
+def layer_errors(calibrated: bytes, quantized: bytes, rows: dict[str, np.ndarray], signature: str) -> list[dict]:
+    """Where the int8 model drifts from the float one, layer by layer (whole-model: each runs
+    on its own, so a layer's figure includes what came before it). For each quantized op
+    output, in graph order: the op, the tensor, its scale, the float range seen, rms error
+    over the scale (about 0.29 is plain rounding), rms error over the standard deviation of
+the tensor's float values, and how much of that the op added (`added`: its figure less the
+largest of its inputs')."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgekit.runtime.tflite import interpreter_class
+
+    op_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
+    graph = model.subgraphs[0]
+    float_index = {t.name: i for i, t in enumerate(flatbuffer_utils.convert_bytearray_to_object(
+        bytearray(calibrated)).subgraphs[0].tensors)}
+    def op_name(op) -> str:
+        code = model.operatorCodes[op.opcodeIndex]
+        return op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+
+    # With float I/O an output's int8 tensor is renamed and a DEQUANTIZE takes the float name.
+    float_names = {op.inputs[0]: graph.tensors[op.outputs[0]].name for op in graph.operators
+                   if op_name(op) == "DEQUANTIZE"}
+    layers = []
+    for op in graph.operators:
+        tensor = graph.tensors[op.outputs[0]]
+        name = float_names.get(op.outputs[0], tensor.name)
+        quantization = tensor.quantization
+        if quantization is None or quantization.scale is None or len(quantization.scale) != 1:
+            continue
+        if name not in float_index:
+            continue
+        layers.append({"op": op_name(op), "tensor": name.decode().split(";")[0], "index": op.outputs[0],
+                       "float_index": float_index[name], "scale": float(quantization.scale[0]),
+                       "zero_point": int(quantization.zeroPoint[0]), "inputs": list(op.inputs)})
+    interpreter_cls, _ = interpreter_class()
+    runs = [interpreter_cls(model_content=content, experimental_preserve_all_tensors=True)
+            for content in (calibrated, quantized)]
+    runners = [interpreter.get_signature_runner(signature) for interpreter in runs]
+    sums = {i: np.zeros(4) for i in range(len(layers))}  # noise, sum, sum of squares, count
+    low, high = np.full(len(layers), np.inf), np.full(len(layers), -np.inf)
+    count = min(DIAGNOSIS_ROWS, len(next(iter(rows.values()))))
+    for row in range(count):
+        for interpreter, runner in zip(runs, runners):
+            feeds = {}
+            for name, detail in runner.get_input_details().items():
+                value = np.asarray(rows[name][row:row + 1], np.float64)
+                scale, zero_point = detail["quantization"]
+                if np.issubdtype(detail["dtype"], np.integer) and scale:
+                    info = np.iinfo(detail["dtype"])
+                    value = np.clip(np.round(value / scale + zero_point), info.min, info.max)
+                feeds[name] = value.astype(detail["dtype"])
+            runner(**feeds)
+        for i, layer in enumerate(layers):
+            real = runs[0].get_tensor(layer["float_index"]).astype(np.float64)
+            approx = (runs[1].get_tensor(layer["index"]).astype(np.float64) - layer["zero_point"]) * layer["scale"]
+            sums[i] += [np.sum((approx - real) ** 2), real.sum(), np.sum(real**2), real.size]
+            low[i], high[i] = min(low[i], real.min()), max(high[i], real.max())
+    result, by_tensor = [], {}
+    for i, layer in enumerate(layers):
+        noise, total, squares, size = sums[i]
+        variance = squares / size - (total / size) ** 2
+        rms = np.sqrt(noise / size)
+        relative = float(rms / np.sqrt(variance)) if variance > 0 else None
+        before = max((by_tensor.get(index) or 0.0 for index in layer["inputs"]), default=0.0)
+        by_tensor[layer["index"]] = relative
+        result.append({"op": layer["op"], "tensor": layer["tensor"], "scale": layer["scale"],
+                       "range": [float(low[i]), float(high[i])], "rms_over_scale": round(float(rms / layer["scale"]), 3),
+                       "rms_over_tensor_std": None if relative is None else round(relative, 4),
+                       "added": None if relative is None else round(relative - before, 4)})
+    return result
+
+
 class RangePicker:
     """Handed the calibrated model and the converter's own quantize step (see
     tflite.quantizing_with): quantizes under each method, runs each candidate in LiteRT on
     every calibration row against the float model's outputs (more rows than convert's check,
     so the choice is steadier), and returns the best. `record` says what it did, for the
-    manifest; it stays None if the converter never called it."""
+    manifest; it stays None if the converter never called it. With `diagnose`, or when even
+    the best candidate breaks a check rule, the record also holds its per-layer errors."""
 
     def __init__(self, methods: tuple[str, ...], rows: dict[str, np.ndarray], signature: str, batch: int,
-                 tolerance: Tolerance):
+                 tolerance: Tolerance, diagnose: bool = False):
         self.methods, self.rows, self.signature, self.batch, self.tolerance = methods, rows, signature, batch, tolerance
+        self.diagnose = diagnose
         self.record: dict | None = None
 
     def __call__(self, calibrated: bytes, quantize: Callable[[bytes], bytes]) -> bytes:
         if self.methods == ("minmax",):
             self.record = {"method": "minmax"}
-            return quantize(calibrated)
+            model = quantize(calibrated)
+            if self.diagnose:
+                self._add_layers(calibrated, model)
+            return model
         try:
             histograms, expected = profile(calibrated, self.rows, self.signature)
         except (RuntimeError, ValueError, KeyError) as exc:  # LiteRT cannot run the calibrated model
@@ -169,7 +251,15 @@ class RangePicker:
             "candidates": [{"method": method, "bytes": len(model), **{k: v for k, v in score.items() if k != "loss"}}
                            for method, model, score in candidates],
         }
+        if self.diagnose or not candidates[best][2].get("passes"):
+            self._add_layers(calibrated, candidates[best][1])
         return candidates[best][1]
+
+    def _add_layers(self, calibrated: bytes, quantized: bytes) -> None:
+        try:
+            self.record["layers"] = layer_errors(calibrated, quantized, self.rows, self.signature)
+        except (RuntimeError, ValueError, KeyError) as exc:  # a diagnosis must not cost the artifact
+            self.record["layers_error"] = str(exc).strip().splitlines()[0][:200]
 
     def _score(self, model: bytes, expected: dict[str, np.ndarray]) -> dict:
         """How a candidate does against the float model: failing the check's rules ranks after

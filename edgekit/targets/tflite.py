@@ -86,6 +86,7 @@ class TFLiteOptions:
     int8_io: str = "int8"  # "int8": int8 input/output tensors; "float": float I/O
     allow_flex: bool = False
     range_method: str = "auto"  # int8's activation ranges: activation_ranges.CHOICES
+    diagnose: bool = False  # per-layer int8 errors in the manifest even when the check passes
 
     def __post_init__(self) -> None:
         if self.int8_io not in INT8_IO_CHOICES:
@@ -300,7 +301,7 @@ class TFLiteTarget(Target):
         if variant is Variant.INT8:
             methods = activation_ranges.METHODS if self.options.range_method == "auto" else (self.options.range_method,)
             picker = activation_ranges.RangePicker(methods, context.calibration_rows, context.signature,
-                                                   context.batch, tolerance)
+                                                   context.batch, tolerance, self.options.diagnose)
         try:
             result = convert_variant(str(context.source_dir), context.signature, variant, self.options, samples,
                                      context.quiet, self.flex_needed, picker)
