@@ -146,7 +146,8 @@ def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOption
 
     staging = staging_dir(out_dir)
     try:
-        context = BuildContext(source_dir, staging, signature, spec, calibration_rows, quiet, batch)
+        context = BuildContext(source_dir, staging, signature, spec, calibration_rows, quiet, batch,
+                               savedmodel.control_flow(loaded, signature))
         targets: list[Target] = [TFLiteTarget(context, options.tflite)]
         if options.tfjs:
             targets.append(TfjsTarget(context, options.tfjs, options.tfjs_shard_mb))

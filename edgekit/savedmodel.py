@@ -92,6 +92,16 @@ def pick_signature(available: dict[str, SignatureSpec], name: str) -> SignatureS
     return available[name]
 
 
+def control_flow(loaded: Any, signature: str) -> tuple[str, ...]:
+    """The control-flow op types (While, If) in the signature's graph and the functions it calls."""
+    from edgekit.targets.tflite_isolated import CONTROL_FLOW_OPS
+
+    graph = loaded.signatures[signature].graph.as_graph_def()
+    ops = {node.op for node in graph.node}
+    ops.update(node.op for function in graph.library.function for node in function.node_def)
+    return tuple(sorted(ops & CONTROL_FLOW_OPS))
+
+
 def run_reference(
     loaded: Any, signature: str, inputs: dict[str, np.ndarray], batch: int
 ) -> dict[str, np.ndarray]:

@@ -58,6 +58,32 @@ def lgamma_saved_model(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def while_loop_saved_model(tmp_path_factory) -> Path:
+    """Three steps of h = tanh(h w + x) in a tf.while_loop: TFLite converts it with WHILE, and
+    TensorFlow 2.21's calibrator dies (SIGSEGV) on it."""
+    import tensorflow as tf
+
+    class Loop(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal([4, 4], seed=[0, 1]) * 0.3)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            def step(i, h):
+                return i + 1, tf.nn.tanh(tf.matmul(h, self.w) + x)
+
+            _, h = tf.while_loop(lambda i, h: i < 3, step, [tf.constant(0), x])
+            return {"y": h}
+
+    module = Loop()
+    path = tmp_path_factory.mktemp("loop") / "saved_model"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    np.savez(path.parent / "calibration.npz", x=np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32))
+    return path
+
+
 def deploy_version(base: Path, number: int, tflite: Path, staging: Path) -> None:
     """A new model version, staged aside and renamed in, as a deploy should do."""
     import shutil

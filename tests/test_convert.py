@@ -251,3 +251,23 @@ def test_digits_checks_count_confident_decisions(digits_out):
             probs = artifact.check.outputs["probs"]
             assert probs.confident_rows >= 16 and probs.confident_top1_agreement == 1.0
             assert artifact.check.confident_margin == 0.5
+
+
+def test_a_calibrator_crash_fails_that_variant_and_the_others_land(while_loop_saved_model, tmp_path):
+    """TFLite's calibrator segfaults on this while loop; calibrated variants of models with
+    control flow convert in a child process, so the crash is that variant's failure."""
+    manifest = convert(while_loop_saved_model, tmp_path / "out", variants=("float32", "int8"), tfjs=(),
+                       calibration=while_loop_saved_model.parent / "calibration.npz")
+    float32, int8 = manifest.artifacts
+    assert float32.status == "ok"
+    assert int8.status == "failed" and int8.file is None
+    assert "crashed (signal SIGSEGV) while calibrating" in int8.error and "control flow (While)" in int8.error
+    assert "ship dynamic or float16" in int8.error
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_control_flow_is_found_in_the_signature_graph(while_loop_saved_model):
+    from edgekit import savedmodel
+
+    assert savedmodel.control_flow(savedmodel.load(while_loop_saved_model), "serving_default") == ("While",)
+    assert savedmodel.control_flow(savedmodel.load(DIGITS / "saved_model"), "serving_default") == ()

@@ -32,6 +32,7 @@ class BuildContext:
     calibration_rows: dict[str, np.ndarray] | None
     quiet: bool
     batch: int = 1  # rows per call: the signature's fixed batch size, if it has one
+    control_flow: tuple[str, ...] = ()  # While/If ops in the signature's graph (see tflite_isolated)
 
 
 @dataclass

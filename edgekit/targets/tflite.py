@@ -19,7 +19,7 @@ from edgekit.errors import BadInput, ConversionFailed
 from edgekit.manifest import Artifact, TensorSpec
 from edgekit.metrics import Tolerance
 from edgekit.native_logs import captured_native_output
-from edgekit.targets import activation_ranges
+from edgekit.targets import activation_ranges, tflite_isolated
 from edgekit.targets.base import BuildContext, Pending, Target
 
 
@@ -296,15 +296,20 @@ class TFLiteTarget(Target):
                             error="no calibration data: pass --calibration with real samples "
                                   "(.npz keyed by input name, .npy, or a folder of images)")
         tolerance = VARIANTS[variant].tolerance
-        samples = _representative(context.calibration_rows) if context.calibration_rows is not None else None
         picker = None
         if variant is Variant.INT8:
             methods = activation_ranges.METHODS if self.options.range_method == "auto" else (self.options.range_method,)
             picker = activation_ranges.RangePicker(methods, context.calibration_rows, context.signature,
                                                    context.batch, tolerance, self.options.diagnose)
         try:
-            result = convert_variant(str(context.source_dir), context.signature, variant, self.options, samples,
-                                     context.quiet, self.flex_needed, picker)
+            if VARIANTS[variant].needs_calibration and context.control_flow:
+                result = tflite_isolated.convert(str(context.source_dir), context.signature, variant, self.options,
+                                                 context.calibration_rows, context.quiet, self.flex_needed, picker,
+                                                 context.control_flow)
+            else:
+                samples = representative(context.calibration_rows) if context.calibration_rows is not None else None
+                result = convert_variant(str(context.source_dir), context.signature, variant, self.options, samples,
+                                         context.quiet, self.flex_needed, picker)
         except EdgekitError as exc:
             return Artifact(name=name, format="tflite", variant=step, status="failed", signature=context.signature,
                             quantization=quantization, error=str(exc))
@@ -339,7 +344,7 @@ def quantization_record(variant: Variant, calibration_rows: dict[str, np.ndarray
     return record
 
 
-def _representative(rows: dict[str, np.ndarray]) -> Samples:
+def representative(rows: dict[str, np.ndarray]) -> Samples:
     count = len(next(iter(rows.values())))
 
     def samples():
