@@ -182,8 +182,8 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own logs.")
 @_handle_errors
 def convert(saved_model, out_dir, signature, variants, calibration, calibration_samples,
-            check_samples, int8_io, range_method, diagnose, image_range, allow_flex, tfjs, tfjs_shard_mb, onnx, onnx_opset, force, as_json,
-            debug):
+            check_samples, int8_io, range_method, diagnose, image_range, allow_flex, tfjs, tfjs_shard_mb, onnx,
+            onnx_opset, force, as_json, debug):
     """Convert SAVED_MODEL to TFLite variants and TF.js graph models, check each against
     it (LiteRT; TF.js in Node.js), write a manifest.
 
@@ -201,8 +201,8 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     options = ConvertOptions(
         signature=signature, variants=parse_variants(variants) if variants else None, calibration=calibration,
         calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
-        range_method=range_method, diagnose=diagnose, allow_flex=allow_flex, image_range=image_range, tfjs=tfjs, tfjs_shard_mb=tfjs_shard_mb,
-        onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset, force=force)
+        range_method=range_method, diagnose=diagnose, allow_flex=allow_flex, image_range=image_range, tfjs=tfjs,
+        tfjs_shard_mb=tfjs_shard_mb, onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset, force=force)
     printer = _ProgressPrinter()
     manifest = run_convert(saved_model, out_dir, options, progress=printer, quiet=not debug)
     if as_json:
