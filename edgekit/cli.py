@@ -213,9 +213,12 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     for kind, line in calibration_notes(manifest):
         click.echo(f"{kind}: {line}", err=True)
     for artifact in manifest.artifacts:
-        layers = (artifact.quantization.get("ranges") or {}).get("layers")
-        if layers:
-            click.echo(f"{artifact.variant}: {layer_summary(layers)}", err=True)
+        ranges = artifact.quantization.get("ranges") or {}
+        if ranges.get("note"):
+            click.echo(f"note: {artifact.variant}: ranges by {ranges['method']}, {ranges['note']}", err=True)
+        if "layers" in ranges:
+            click.echo(f"{artifact.variant}: {layer_summary(ranges['layers'], ranges.get('layers_unmatched', []))}",
+                       err=True)
     notes = set()  # the TF.js variants share one writer, so they share a failure
     for artifact in manifest.artifacts:
         if artifact.status == "failed" and artifact.format in ("onnx", "tfjs") and artifact.error not in notes:
@@ -241,6 +244,8 @@ def _read_key(path: Path | None) -> str | None:
 
 # Fewer calibration rows than this, and int8 ranges rest on too little of what the model will see.
 FEW_CALIBRATION_SAMPLES = 100
+FEW_CHECK_SAMPLES = 8  # fewer check rows than this, and an output's spread means little
+OUTLIER_SPREAD = 20  # a calibration input whose extremes span this many times its middle 98% has outliers
 
 
 def calibration_notes(manifest) -> list[tuple[str, str]]:
@@ -251,25 +256,36 @@ def calibration_notes(manifest) -> list[tuple[str, str]]:
     lines = []
     samples = manifest.calibration["samples"]
     if samples < FEW_CALIBRATION_SAMPLES:
-        lines.append(("warning", f"calibrated on {samples} samples only: full-integer accuracy depends on how many; "
-                     f"pass {FEW_CALIBRATION_SAMPLES}-500 real samples with --calibration"))
+        lines.append(("warning", f"calibrated on {samples} sample{'s' if samples != 1 else ''} only: full-integer "
+                     f"accuracy depends on how many; pass {FEW_CALIBRATION_SAMPLES}-500 real samples with --calibration"))
+    for name, span in manifest.calibration.get("ranges", {}).items():
+        bulk = span["p99"] - span["p1"]
+        if bulk > 0 and span["max"] - span["min"] > OUTLIER_SPREAD * bulk:
+            lines.append(("warning", f"input {name!r} of the calibration data spans {span['min']:g} to {span['max']:g} "
+                          f"while 98% of its values lie within {span['p1']:g} to {span['p99']:g}: int8's input range "
+                          "follows the extremes, so most values get a coarse step; clean out the outliers"))
+    if manifest.check_inputs["samples"] < FEW_CHECK_SAMPLES:
+        lines.append(("warning", f"the checks ran on {manifest.check_inputs['samples']} rows only: too few to "
+                      "measure errors against an output's spread; give more calibration rows, or --check-samples"))
     if manifest.check_inputs["source"] == "calibration":
         lines.append(("note", "the checks ran on rows of the calibration data, which the int8 ranges were fitted "
                       "to: bench with held-out rows (edgekit bench OUT_DIR --data EVAL.npz) for an honest figure"))
     return lines
 
 
-def layer_summary(layers: list[dict], worst: int = 3) -> str:
+def layer_summary(layers: list[dict], unmatched: list[str], worst: int = 3) -> str:
     """Where an int8 model drifts (the manifest's per-layer errors) and what to try."""
     measured = [layer for layer in layers if layer["rms_over_tensor_std"] is not None]
+    left_out = f" ({len(unmatched)} quantized tensors had no float twin to compare: {', '.join(unmatched[:3])})" \
+        if unmatched else ""
     if not measured:
-        return "no layer could be compared with the float model"
+        return "no layer could be compared with the float model" + left_out
     peak = max(measured, key=lambda layer: layer["rms_over_tensor_std"])
-    largest = sorted(measured, key=lambda layer: -layer["added"])[:worst]
+    largest = sorted((layer for layer in measured if layer["added"] > 0), key=lambda layer: -layer["added"])[:worst]
     return (f"error against a layer's spread reaches {peak['rms_over_tensor_std']:.1%} at {peak['tensor']}; "
             "the layers that add most: "
             + ", ".join(f"{layer['tensor']} ({layer['op']}, +{layer['added']:.1%})" for layer in largest)
-            + ". Try: more or more typical --calibration rows, --variants dynamic (float activations), or int16x8 "
+            + left_out + ". Try: more or more typical --calibration rows, --variants dynamic (float activations), or int16x8 "
             "where its ops allow; every layer's figures are in the manifest (quantization.ranges.layers)")
 
 

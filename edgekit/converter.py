@@ -121,9 +121,9 @@ def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOption
     calibration_rows = None
     calibration_record = None
     if calibration is not None:
-        calibration_rows = data.load_samples(calibration, spec, options.image_range)
-        available = len(next(iter(calibration_rows.values())))
-        calibration_rows = data.spread_rows(calibration_rows, options.calibration_samples)
+        all_rows = data.load_samples(calibration, spec, options.image_range)
+        available = len(next(iter(all_rows.values())))
+        calibration_rows = data.spread_rows(all_rows, options.calibration_samples)
         calibration_record = {
             "source": str(Path(calibration).resolve()),
             "format": "images" if Path(calibration).is_dir() else Path(calibration).suffix[1:],
@@ -133,7 +133,9 @@ def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOption
             "ranges": data.value_ranges(calibration_rows),
         }
     if calibration_rows is not None:
-        check_inputs = data.spread_rows(calibration_rows, options.check_samples)
+        # Spread over every row given, not just the calibration subset: with --calibration-samples 1
+        # the check must not shrink to the one row the ranges were fitted to.
+        check_inputs = data.spread_rows(all_rows, options.check_samples)
         check_source = "calibration"
     else:
         check_inputs = data.synthetic_samples(spec, options.check_samples)
@@ -272,7 +274,7 @@ class _Job:
         finally:
             if isinstance(model, tfjs_runtime.TfjsModel):
                 model.close()  # one Node process per check, not one per artifact kept open
-        reason = judge(per_output, tolerance, pending.label)
+        reason = "; ".join(r for r in (judge(per_output, tolerance, pending.label), pending.known_failure) if r) or None
         passed = reason is None
         check = Check(status="passed" if passed else "failed", samples=samples, tolerance_rel_l2=tolerance.rel_l2,
                       tolerance_spread=tolerance.spread, confident_margin=CONFIDENT_MARGIN, outputs=per_output,

@@ -203,6 +203,12 @@ def fit_to_signature(
         target = np.float32 if spec.dtype == "bfloat16" else (
             np.dtype(spec.dtype) if spec.dtype != "string" else array.dtype
         )
+        if array.dtype.kind in "iu" and np.dtype(target).kind in "iu" and array.size:
+            limits = np.iinfo(target)
+            if array.min() < limits.min or array.max() > limits.max:
+                raise BadInput(f"{where} holds {array.dtype} values from {array.min()} to {array.max()}, outside "
+                               f"the {spec.dtype} input's range [{limits.min}, {limits.max}]",
+                               f"save values that fit {spec.dtype}: a cast would wrap them silently")
         fitted[spec.name] = array.astype(target, copy=False)
         counts.add(len(array))
     if len(counts) > 1:

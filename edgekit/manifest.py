@@ -78,6 +78,8 @@ class OutputCheck:
     # runner-up by at least Check.confident_margin, and the top-1 agreement over those rows.
     confident_rows: int | None = None
     confident_top1_agreement: float | None = None
+    # rms error in float32 steps (ulps) at the reference's values: a few is float32's own rounding
+    float32_ulps: float | None = None
 
 
 def top1_over_outputs(outputs: dict[str, dict], named: str | None = None) -> float | None:

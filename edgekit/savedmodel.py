@@ -102,6 +102,14 @@ def control_flow(loaded: Any, signature: str) -> tuple[str, ...]:
     return tuple(sorted(ops & CONTROL_FLOW_OPS))
 
 
+def _op_error_line(exc) -> str:
+    """The line of a TensorFlow op error that says what was wrong, not where it was raised."""
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[", "Traceback", "Stack trace")
+    lines = [line.strip() for line in (exc.message or "").splitlines()]
+    useful = [line for line in lines if line and not line.startswith(noise)]
+    return (useful[0] if useful else type(exc).__name__)[:300]
+
+
 def run_reference(
     loaded: Any, signature: str, inputs: dict[str, np.ndarray], batch: int
 ) -> dict[str, np.ndarray]:
@@ -113,4 +121,9 @@ def run_reference(
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in function(**{n: tf.constant(a) for n, a in feed.items()}).items()}
 
-    return run_in_batches(run, inputs, batch)
+    try:
+        return run_in_batches(run, inputs, batch)
+    except tf.errors.OpError as exc:  # the data holds values the model refuses (an id past its vocabulary)
+        raise BadInput(f"the SavedModel cannot run on these rows: {_op_error_line(exc)}",
+                       "check the data's values against what the model takes (token ids within its vocabulary, "
+                       "indices within their ranges)") from None

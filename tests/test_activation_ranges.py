@@ -7,6 +7,7 @@ import pytest
 from conftest import DIGITS, ONET
 
 from edgekit import convert
+from edgekit.manifest import Manifest
 from edgekit.targets.activation_ranges import BINS, Histogram, choose_ranges
 
 
@@ -78,7 +79,8 @@ def test_plain_int8_of_o_net_fails_its_check_on_the_spread_of_its_box(onet_int8)
 def test_an_int8_that_misses_its_check_says_which_layers_add_the_error(onet_int8):
     layers = onet_int8["auto"].quantization["ranges"]["layers"]
     assert {"CONV_2D", "PRELU", "MAX_POOL_2D", "FULLY_CONNECTED"} <= {layer["op"] for layer in layers}
-    first = layers[0]
+    quantize, first = layers[0], layers[1]  # the float input, quantized; then the first conv
+    assert quantize["op"] == "QUANTIZE" and quantize["rms_over_scale"] == 0  # whole pixels, step 1: exact
     assert first["op"] == "CONV_2D" and 0.2 < first["rms_over_scale"] < 1  # little more than rounding
     assert first["range"][0] < 0 < first["range"][1] and first["scale"] > 0
     worst = max(layers, key=lambda layer: layer["added"])
@@ -108,4 +110,28 @@ def test_a_passing_int8_gets_its_layers_only_when_asked(tmp_path):
         return manifest.artifacts[0].quantization["ranges"]
 
     assert "layers" not in ranges(False)
-    assert [layer["op"] for layer in ranges(True)["layers"]][:2] == ["CONV_2D", "CONV_2D"]
+    assert [layer["op"] for layer in ranges(True)["layers"]][:3] == ["INPUT", "CONV_2D", "CONV_2D"]
+
+
+def test_a_rule_broken_on_the_calibration_rows_fails_int8_even_when_the_check_rows_pass(tmp_path):
+    """One calibration row of 50s (pixels are 0..1) coarsens the input step: the 32 check rows
+    still agree, but confident decisions flip on the calibration rows, so int8 is not `ok`."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    with np.load(DIGITS / "calibration.npz") as archive:
+        pixels = archive["pixels"][:200].copy()
+    pixels[0] = 50.0
+    np.savez(tmp_path / "outlier.npz", pixels=pixels)
+    result = CliRunner().invoke(cli, ["convert", str(DIGITS / "saved_model"), "-o", str(tmp_path / "out"),
+                                      "--variants", "int8", "--tfjs", "none", "--check-samples", "4",
+                                      "--calibration", str(tmp_path / "outlier.npz")])
+    assert result.exit_code == 1, result.output
+    int8 = Manifest.read(tmp_path / "out").artifacts[0]
+    assert int8.status == "failed" and int8.check.outputs["probs"].confident_top1_agreement == 1.0
+    assert int8.error.startswith("on the 200 calibration rows, against the float model: ")
+    assert "confident decisions flipped" in int8.error
+    assert "warning: input 'pixels' of the calibration data spans 0 to 50 while 98% of its values lie within" \
+        in result.stderr
+    assert "warning: the checks ran on 4 rows only" in result.stderr

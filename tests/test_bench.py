@@ -76,7 +76,8 @@ def test_json_report_round_trips_and_keeps_its_schema(digits_report):
     assert set(row["latency_ms"]["1"]) == {"cold_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms",
                                            "std_ms", "runs", "warmup"}
     assert set(row["agreement"]["probs"]) == {"max_abs_error", "rel_l2_error", "top1_agreement", "rms_over_std",
-                                              "sqnr_db", "finite", "confident_rows", "confident_top1_agreement"}
+                                              "sqnr_db", "finite", "confident_rows", "confident_top1_agreement",
+                                              "float32_ulps"}
 
 
 def test_table_puts_the_reference_first_then_one_row_per_artifact_and_thread(digits_report):

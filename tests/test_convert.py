@@ -271,3 +271,34 @@ def test_control_flow_is_found_in_the_signature_graph(while_loop_saved_model):
 
     assert savedmodel.control_flow(savedmodel.load(while_loop_saved_model), "serving_default") == ("While",)
     assert savedmodel.control_flow(savedmodel.load(DIGITS / "saved_model"), "serving_default") == ()
+
+
+def test_integer_rows_that_would_wrap_in_the_inputs_dtype_are_refused():
+    from edgekit.data import fit_to_signature
+    from edgekit.errors import BadInput
+    from edgekit.manifest import SignatureSpec, TensorSpec
+
+    spec = SignatureSpec(inputs=[TensorSpec(name="ids", dtype="int32", shape=[None, 2])], outputs=[])
+    assert fit_to_signature({"ids": np.array([[1, 2**31 - 1]], np.int64)}, spec, "rows.npz")["ids"].dtype == np.int32
+    with pytest.raises(BadInput, match=r"outside the int32 input's range") as raised:
+        fit_to_signature({"ids": np.array([[1, 2**40]], np.int64)}, spec, "rows.npz")
+    assert "wrap" in raised.value.hint
+
+
+def test_rows_the_savedmodel_refuses_are_bad_input_with_the_reason(tmp_path):
+    """Token ids past the vocabulary: TensorFlow's error becomes exit 2 with its one useful line."""
+    import keras
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    model = keras.Model(ids, keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.Embedding(10, 4)(ids))))
+    model.export(str(tmp_path / "saved_model"), verbose=False)
+    np.savez(tmp_path / "rows.npz", ids=np.array([[1, 2, 3], [4, 99, 5]], np.int32))
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path / "saved_model"), "-o", str(tmp_path / "out"),
+                                      "--variants", "float32", "--tfjs", "none", "--calibration",
+                                      str(tmp_path / "rows.npz")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "the SavedModel cannot run on these rows: " in result.output and "99" in result.output
+    assert "token ids within its vocabulary" in result.output and not (tmp_path / "out").exists()

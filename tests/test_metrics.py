@@ -100,3 +100,13 @@ def test_a_constant_reference_has_no_spread_figure_and_is_judged_by_relative_l2(
     check = compare_output(np.full(4, 2.001), np.full(4, 2.0))
     assert check.rms_over_std is None
     assert judge({"y": check}, TOLERANCE, "int8") is None
+
+
+def test_float32_rounding_of_a_large_offset_is_not_a_failure_against_the_spread():
+    reference = (1e6 + np.linspace(0, 1, 64)).astype(np.float32).astype(np.float64)  # spread 0.29, step 0.0625
+    rounded = reference + 0.0625 * np.array([1, -1] * 32)  # one float32 step off everywhere
+    check = compare_output(rounded, reference)
+    assert check.rms_over_std > 0.05 and check.float32_ulps == 1.0
+    assert judge({"y": check}, Tolerance(1e-3, 0.01), "float32") is None
+    far = compare_output(reference + 2.0 * np.array([1, -1] * 32), reference)  # 32 steps: a real error
+    assert "of the output's spread" in judge({"y": far}, Tolerance(1e-3, 0.01), "float32")

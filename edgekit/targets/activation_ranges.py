@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit import data
 from edgekit.errors import EdgekitError
 from edgekit.metrics import Tolerance, compare_output, judge
 
@@ -57,11 +56,26 @@ def recorded_ranges(calibrated: bytes) -> dict[int, tuple[float, float]]:
     return ranges
 
 
-def profile(calibrated: bytes, rows: dict[str, np.ndarray],
-            signature: str) -> tuple[dict[int, Histogram], dict[str, np.ndarray]]:
-    """Run the calibrated (float) model over `rows`, one row at a time: a histogram of each
-    activation that has a recorded range, and the model's outputs, against which candidates
-    are scored. Tensors the interpreter cannot hand back are left out (they keep min/max)."""
+def chunks(rows: dict[str, np.ndarray], batch: int):
+    """`rows` in parts of `batch` rows, the way convert's check feeds a model."""
+    count = len(next(iter(rows.values())))
+    for start in range(0, count, batch):
+        yield {name: array[start:start + batch] for name, array in rows.items()}
+
+
+def join(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """Outputs per part, joined: rows concatenated, or one value per part stacked (a model
+    whose output is a scalar, a sum over its batch)."""
+    return {name: np.concatenate(values) if all(np.ndim(v) for v in values) else np.stack(values)
+            for name, values in parts.items()}
+
+
+def profile(calibrated: bytes, rows: dict[str, np.ndarray], signature: str,
+            batch: int) -> tuple[dict[int, Histogram], dict[str, np.ndarray]]:
+    """Run the calibrated (float) model over `rows`, `batch` rows at a time (as the check
+    does, so a graph that mixes rows gives the same outputs): a histogram of each activation
+    that has a recorded range, and the model's outputs, against which candidates are scored.
+    Tensors the interpreter cannot hand back are left out (they keep min/max)."""
     from edgekit.runtime.tflite import interpreter_class
 
     ranges = recorded_ranges(calibrated)
@@ -72,11 +86,9 @@ def profile(calibrated: bytes, rows: dict[str, np.ndarray],
     inputs = {detail["index"] for detail in details.values()}
     histograms = {index: Histogram(min(low, 0.0), max(high, 0.0), np.zeros(BINS, np.int64))
                   for index, (low, high) in ranges.items() if index not in inputs and high > low}
-    count = len(next(iter(rows.values())))
     outputs: dict[str, list[np.ndarray]] = {}
-    for row in range(count):
-        results = runner(**{name: np.asarray(rows[name][row:row + 1], detail["dtype"])
-                            for name, detail in details.items()})
+    for part in chunks(rows, batch):
+        results = runner(**{name: np.asarray(part[name], detail["dtype"]) for name, detail in details.items()})
         for name, value in results.items():
             outputs.setdefault(name, []).append(np.array(value))
         for index, histogram in list(histograms.items()):
@@ -88,7 +100,7 @@ def profile(calibrated: bytes, rows: dict[str, np.ndarray],
             scaled = (values - histogram.low) * (BINS / (histogram.high - histogram.low))
             bins = np.clip(scaled.astype(np.int64), 0, BINS - 1)
             histogram.counts += np.bincount(bins, minlength=BINS)
-    return histograms, {name: np.concatenate(values) for name, values in outputs.items()}
+    return histograms, join(outputs)
 
 
 def choose_ranges(histograms: dict[int, Histogram], method: str) -> dict[int, tuple[float, float]]:
@@ -100,10 +112,10 @@ def choose_ranges(histograms: dict[int, Histogram], method: str) -> dict[int, tu
 
 
 def _percentile_range(histogram: Histogram) -> tuple[float, float]:
-    centres = histogram.centres()
+    edges = np.linspace(histogram.low, histogram.high, BINS + 1)  # outer edges: values in a bin stay inside
     cumulative = np.cumsum(histogram.counts) / histogram.counts.sum()
-    low = centres[np.searchsorted(cumulative, TAIL)] if histogram.low < 0 else 0.0
-    high = centres[min(np.searchsorted(cumulative, 1 - TAIL), BINS - 1)] if histogram.high > 0 else 0.0
+    low = edges[np.searchsorted(cumulative, TAIL)] if histogram.low < 0 else 0.0
+    high = edges[min(np.searchsorted(cumulative, 1 - TAIL), BINS - 1) + 1] if histogram.high > 0 else 0.0
     return float(min(low, 0.0)), float(max(high, 0.0))
 
 
@@ -138,13 +150,15 @@ def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> by
 DIAGNOSIS_ROWS = 50  # rows the per-layer diagnosis runs both models on
 
 
-def layer_errors(calibrated: bytes, quantized: bytes, rows: dict[str, np.ndarray], signature: str) -> list[dict]:
+def layer_errors(calibrated: bytes, quantized: bytes, rows: dict[str, np.ndarray], signature: str,
+                 batch: int) -> dict:
     """Where the int8 model drifts from the float one, layer by layer (whole-model: each runs
-    on its own, so a layer's figure includes what came before it). For each quantized op
-    output, in graph order: the op, the tensor, its scale, the float range seen, rms error
-    over the scale (about 0.29 is plain rounding), rms error over the standard deviation of
-the tensor's float values, and how much of that the op added (`added`: its figure less the
-largest of its inputs')."""
+    on its own, so a layer's figure includes what came before it). `layers`: for the quantized
+    inputs and each quantized op output, in graph order, the op (INPUT for an int8 input
+    tensor, QUANTIZE for a float one), the tensor, its scale, the float range seen, rms error
+    over the scale (about 0.29 is plain rounding), rms error over the standard deviation of the
+    tensor's float values, and how much of that the op added (`added`: its figure less the
+    largest of its inputs'). `unmatched`: quantized outputs with no float tensor to compare."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -155,41 +169,48 @@ largest of its inputs')."""
     graph = model.subgraphs[0]
     float_index = {t.name: i for i, t in enumerate(flatbuffer_utils.convert_bytearray_to_object(
         bytearray(calibrated)).subgraphs[0].tensors)}
+
     def op_name(op) -> str:
         code = model.operatorCodes[op.opcodeIndex]
         return op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
 
-    # With float I/O an output's int8 tensor is renamed and a DEQUANTIZE takes the float name.
-    float_names = {op.inputs[0]: graph.tensors[op.outputs[0]].name for op in graph.operators
+    # With float I/O an output's int8 tensor may be renamed, a DEQUANTIZE taking the float name;
+    # a QUANTIZE's int8 output stands for its float input.
+    other_names = {op.inputs[0]: graph.tensors[op.outputs[0]].name for op in graph.operators
                    if op_name(op) == "DEQUANTIZE"}
-    layers = []
-    for op in graph.operators:
-        tensor = graph.tensors[op.outputs[0]]
-        name = float_names.get(op.outputs[0], tensor.name)
+    other_names.update({op.outputs[0]: graph.tensors[op.inputs[0]].name for op in graph.operators
+                        if op_name(op) == "QUANTIZE"})
+    produced = [("INPUT", index, []) for index in graph.inputs]
+    produced += [(op_name(op), op.outputs[0], list(op.inputs)) for op in graph.operators]
+    layers, unmatched = [], []
+    for op, index, inputs in produced:
+        tensor = graph.tensors[index]
         quantization = tensor.quantization
         if quantization is None or quantization.scale is None or len(quantization.scale) != 1:
             continue
-        if name not in float_index:
+        name = next((n for n in (tensor.name, other_names.get(index)) if n in float_index), None)
+        if name is None:
+            unmatched.append(f"{tensor.name.decode().split(';')[0]} ({op})")
             continue
-        layers.append({"op": op_name(op), "tensor": name.decode().split(";")[0], "index": op.outputs[0],
+        layers.append({"op": op, "tensor": name.decode().split(";")[0], "index": index,
                        "float_index": float_index[name], "scale": float(quantization.scale[0]),
-                       "zero_point": int(quantization.zeroPoint[0]), "inputs": list(op.inputs)})
+                       "zero_point": int(quantization.zeroPoint[0]), "inputs": inputs})
     interpreter_cls, _ = interpreter_class()
     runs = [interpreter_cls(model_content=content, experimental_preserve_all_tensors=True)
             for content in (calibrated, quantized)]
     runners = [interpreter.get_signature_runner(signature) for interpreter in runs]
-    sums = {i: np.zeros(4) for i in range(len(layers))}  # noise, sum, sum of squares, count
+    sums = np.zeros((len(layers), 4))  # noise, sum, sum of squares, count
     low, high = np.full(len(layers), np.inf), np.full(len(layers), -np.inf)
-    count = min(DIAGNOSIS_ROWS, len(next(iter(rows.values()))))
-    for row in range(count):
-        for interpreter, runner in zip(runs, runners):
+    first = {name: array[:DIAGNOSIS_ROWS] for name, array in rows.items()}
+    for part in chunks(first, batch):
+        for runner in runners:
             feeds = {}
             for name, detail in runner.get_input_details().items():
-                value = np.asarray(rows[name][row:row + 1], np.float64)
+                value = np.asarray(part[name], np.float64)
                 scale, zero_point = detail["quantization"]
                 if np.issubdtype(detail["dtype"], np.integer) and scale:
-                    info = np.iinfo(detail["dtype"])
-                    value = np.clip(np.round(value / scale + zero_point), info.min, info.max)
+                    limits = np.iinfo(detail["dtype"])
+                    value = np.clip(np.round(value / scale + zero_point), limits.min, limits.max)
                 feeds[name] = value.astype(detail["dtype"])
             runner(**feeds)
         for i, layer in enumerate(layers):
@@ -209,7 +230,7 @@ largest of its inputs')."""
                        "range": [float(low[i]), float(high[i])], "rms_over_scale": round(float(rms / layer["scale"]), 3),
                        "rms_over_tensor_std": None if relative is None else round(relative, 4),
                        "added": None if relative is None else round(relative - before, 4)})
-    return result
+    return {"layers": result, "unmatched": unmatched}
 
 
 class RangePicker:
@@ -225,6 +246,7 @@ class RangePicker:
         self.methods, self.rows, self.signature, self.batch, self.tolerance = methods, rows, signature, batch, tolerance
         self.diagnose = diagnose
         self.record: dict | None = None
+        self.reason: str | None = None  # why the kept candidate breaks a check rule on the calibration rows
 
     def __call__(self, calibrated: bytes, quantize: Callable[[bytes], bytes]) -> bytes:
         if self.methods == ("minmax",):
@@ -234,7 +256,7 @@ class RangePicker:
                 self._add_layers(calibrated, model)
             return model
         try:
-            histograms, expected = profile(calibrated, self.rows, self.signature)
+            histograms, expected = profile(calibrated, self.rows, self.signature, self.batch)
         except (RuntimeError, ValueError, KeyError) as exc:  # LiteRT cannot run the calibrated model
             self.record = {"method": "minmax", "note": f"TFLite's own: the calibrated model could not be profiled "
                                                        f"({str(exc).strip().splitlines()[0][:200]})"}
@@ -251,15 +273,20 @@ class RangePicker:
             "candidates": [{"method": method, "bytes": len(model), **{k: v for k, v in score.items() if k != "loss"}}
                            for method, model, score in candidates],
         }
+        self.reason = candidates[best][2].get("reason")
         if self.diagnose or not candidates[best][2].get("passes"):
             self._add_layers(calibrated, candidates[best][1])
         return candidates[best][1]
 
     def _add_layers(self, calibrated: bytes, quantized: bytes) -> None:
         try:
-            self.record["layers"] = layer_errors(calibrated, quantized, self.rows, self.signature)
+            found = layer_errors(calibrated, quantized, self.rows, self.signature, self.batch)
         except (RuntimeError, ValueError, KeyError) as exc:  # a diagnosis must not cost the artifact
             self.record["layers_error"] = str(exc).strip().splitlines()[0][:200]
+            return
+        self.record["layers"] = found["layers"]
+        if found["unmatched"]:
+            self.record["layers_unmatched"] = found["unmatched"]
 
     def _score(self, model: bytes, expected: dict[str, np.ndarray]) -> dict:
         """How a candidate does against the float model: failing the check's rules ranks after
@@ -269,13 +296,17 @@ class RangePicker:
 
         try:
             runtime = TFLiteModel(model)
-            outputs = data.run_in_batches(lambda feed: runtime.run(feed, self.signature), self.rows, self.batch)
-        except (RuntimeError, ValueError, EdgekitError) as exc:  # a candidate LiteRT cannot run loses
+            parts: dict[str, list[np.ndarray]] = {}
+            for part in chunks(self.rows, self.batch):
+                for name, value in runtime.run(part, self.signature).items():
+                    parts.setdefault(name, []).append(np.array(value))
+            per_output = {name: compare_output(value, expected[name]) for name, value in join(parts).items()}
+        except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:  # a candidate LiteRT cannot run loses
             return {"error": str(exc), "loss": (True, float("inf"))}
-        per_output = {name: compare_output(outputs[name], expected[name]) for name in expected}
         worst = max((_error(check) for check in per_output.values()), default=0.0)
         reason = judge(per_output, self.tolerance, "int8")
-        return {"passes": reason is None, "worst_error": worst, "loss": (reason is not None, worst)}
+        score = {"passes": reason is None, "worst_error": worst, "loss": (reason is not None, worst)}
+        return score if reason is None else {**score, "reason": reason}
 
 
 def _error(check) -> float:

@@ -332,8 +332,12 @@ class TFLiteTarget(Target):
         except EdgekitError as exc:
             return Artifact(status="failed", error=f"LiteRT cannot load it: {exc.message}", **fields)
         self.runtime = model.runtime
+        known_failure = None
+        if picker is not None and picker.reason:
+            rows = len(next(iter(context.calibration_rows.values())))
+            known_failure = f"on the {rows} calibration rows, against the float model: {picker.reason}"
         return Pending(step, fields, model, tolerance, [_tensor_spec(i) for i in model.inputs(context.signature)],
-                       [_tensor_spec(o) for o in model.outputs(context.signature)])
+                       [_tensor_spec(o) for o in model.outputs(context.signature)], known_failure)
 
 
 def quantization_record(variant: Variant, calibration_rows: dict[str, np.ndarray] | None) -> dict:
