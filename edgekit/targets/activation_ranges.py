@@ -70,12 +70,13 @@ def join(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
             for name, values in parts.items()}
 
 
-def profile(calibrated: bytes, rows: dict[str, np.ndarray], signature: str,
-            batch: int) -> tuple[dict[int, Histogram], dict[str, np.ndarray]]:
-    """Run the calibrated (float) model over `rows`, `batch` rows at a time (as the check
-    does, so a graph that mixes rows gives the same outputs): a histogram of each activation
-    that has a recorded range, and the model's outputs, against which candidates are scored.
-    Tensors the interpreter cannot hand back are left out (they keep min/max)."""
+def profile(calibrated: bytes, rows: dict[str, np.ndarray], signature: str, batch: int,
+            histogram_batch: int | None = None) -> tuple[dict[int, Histogram], dict[str, np.ndarray]]:
+    """Run the calibrated (float) model over `rows`: a histogram of each activation that has a
+    recorded range (`histogram_batch` rows at a time, since every intermediate tensor is kept),
+    and the model's outputs, `batch` rows at a time (the candidates are scored the same way, so
+    a graph that mixes rows compares like with like). Tensors the interpreter cannot hand back
+    are left out (they keep min/max)."""
     from edgekit.runtime.tflite import interpreter_class
 
     ranges = recorded_ranges(calibrated)
@@ -86,8 +87,9 @@ def profile(calibrated: bytes, rows: dict[str, np.ndarray], signature: str,
     inputs = {detail["index"] for detail in details.values()}
     histograms = {index: Histogram(min(low, 0.0), max(high, 0.0), np.zeros(BINS, np.int64))
                   for index, (low, high) in ranges.items() if index not in inputs and high > low}
+    histogram_batch = histogram_batch or batch
     outputs: dict[str, list[np.ndarray]] = {}
-    for part in chunks(rows, batch):
+    for part in chunks(rows, histogram_batch):
         results = runner(**{name: np.asarray(part[name], detail["dtype"]) for name, detail in details.items()})
         for name, value in results.items():
             outputs.setdefault(name, []).append(np.array(value))
@@ -100,7 +102,21 @@ def profile(calibrated: bytes, rows: dict[str, np.ndarray], signature: str,
             scaled = (values - histogram.low) * (BINS / (histogram.high - histogram.low))
             bins = np.clip(scaled.astype(np.int64), 0, BINS - 1)
             histogram.counts += np.bincount(bins, minlength=BINS)
+    if histogram_batch != batch:
+        return histograms, run_in_chunks(calibrated, rows, signature, batch)
     return histograms, join(outputs)
+
+
+def run_in_chunks(model: bytes, rows: dict[str, np.ndarray], signature: str, batch: int) -> dict[str, np.ndarray]:
+    """The model's outputs over `rows`, fed `batch` rows at a time as convert's check does."""
+    from edgekit.runtime.tflite import TFLiteModel
+
+    runtime = TFLiteModel(model)
+    parts: dict[str, list[np.ndarray]] = {}
+    for part in chunks(rows, batch):
+        for name, value in runtime.run(part, signature).items():
+            parts.setdefault(name, []).append(np.array(value))
+    return join(parts)
 
 
 def choose_ranges(histograms: dict[int, Histogram], method: str) -> dict[int, tuple[float, float]]:
@@ -242,8 +258,9 @@ class RangePicker:
     the best candidate breaks a check rule, the record also holds its per-layer errors."""
 
     def __init__(self, methods: tuple[str, ...], rows: dict[str, np.ndarray], signature: str, batch: int,
-                 tolerance: Tolerance, diagnose: bool = False):
+                 tolerance: Tolerance, diagnose: bool = False, histogram_batch: int | None = None):
         self.methods, self.rows, self.signature, self.batch, self.tolerance = methods, rows, signature, batch, tolerance
+        self.histogram_batch = histogram_batch or batch
         self.diagnose = diagnose
         self.record: dict | None = None
         self.reason: str | None = None  # why the kept candidate breaks a check rule on the calibration rows
@@ -256,8 +273,8 @@ class RangePicker:
                 self._add_layers(calibrated, model)
             return model
         try:
-            histograms, expected = profile(calibrated, self.rows, self.signature, self.batch)
-        except (RuntimeError, ValueError, KeyError) as exc:  # LiteRT cannot run the calibrated model
+            histograms, expected = profile(calibrated, self.rows, self.signature, self.batch, self.histogram_batch)
+        except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:  # LiteRT cannot run the calibrated model
             self.record = {"method": "minmax", "note": f"TFLite's own: the calibrated model could not be profiled "
                                                        f"({str(exc).strip().splitlines()[0][:200]})"}
             return quantize(calibrated)
@@ -280,7 +297,7 @@ class RangePicker:
 
     def _add_layers(self, calibrated: bytes, quantized: bytes) -> None:
         try:
-            found = layer_errors(calibrated, quantized, self.rows, self.signature, self.batch)
+            found = layer_errors(calibrated, quantized, self.rows, self.signature, self.histogram_batch)
         except (RuntimeError, ValueError, KeyError) as exc:  # a diagnosis must not cost the artifact
             self.record["layers_error"] = str(exc).strip().splitlines()[0][:200]
             return
@@ -295,12 +312,8 @@ class RangePicker:
         from edgekit.runtime.tflite import TFLiteModel
 
         try:
-            runtime = TFLiteModel(model)
-            parts: dict[str, list[np.ndarray]] = {}
-            for part in chunks(self.rows, self.batch):
-                for name, value in runtime.run(part, self.signature).items():
-                    parts.setdefault(name, []).append(np.array(value))
-            per_output = {name: compare_output(value, expected[name]) for name, value in join(parts).items()}
+            found = run_in_chunks(model, self.rows, self.signature, self.batch)
+            per_output = {name: compare_output(value, expected[name]) for name, value in found.items()}
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:  # a candidate LiteRT cannot run loses
             return {"error": str(exc), "loss": (True, float("inf"))}
         worst = max((_error(check) for check in per_output.values()), default=0.0)

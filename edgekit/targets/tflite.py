@@ -299,8 +299,12 @@ class TFLiteTarget(Target):
         picker = None
         if variant is Variant.INT8:
             methods = activation_ranges.METHODS if self.options.range_method == "auto" else (self.options.range_method,)
+            # Histograms one row per call, unless the signature fixes its batch: a batch of 224x224
+            # images with every intermediate tensor kept would need gigabytes.
+            fixed = any(spec.shape and spec.shape[0] is not None for spec in context.signature_spec.inputs)
             picker = activation_ranges.RangePicker(methods, context.calibration_rows, context.signature,
-                                                   context.batch, tolerance, self.options.diagnose)
+                                                   context.batch, tolerance, self.options.diagnose,
+                                                   histogram_batch=context.batch if fixed else 1)
         try:
             if VARIANTS[variant].needs_calibration and context.control_flow:
                 result = tflite_isolated.convert(str(context.source_dir), context.signature, variant, self.options,
