@@ -168,6 +168,9 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
               show_default=True, help="How int8 sets each activation's range; auto tries all, keeps the best check.")
 @click.option("--diagnose", is_flag=True,
               help="Record int8's per-layer errors even when it passes (always done when it does not).")
+@click.option("--float-layers", default="",
+              help="Comma-separated int8 ops to keep in float, a last resort: tensor names as --diagnose lists "
+                   "them, or op types (FULLY_CONNECTED); the manifest gives the byte cost.")
 @click.option("--image-range", type=click.Choice(["0:255", "0:1", "-1:1"]), default="0:255",
               show_default=True, help="Pixel scale for an image-folder calibration set.")
 @click.option("--allow-flex", is_flag=True,
@@ -182,8 +185,8 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own logs.")
 @_handle_errors
 def convert(saved_model, out_dir, signature, variants, calibration, calibration_samples,
-            check_samples, int8_io, range_method, diagnose, image_range, allow_flex, tfjs, tfjs_shard_mb, onnx,
-            onnx_opset, force, as_json, debug):
+            check_samples, int8_io, range_method, diagnose, float_layers, image_range, allow_flex, tfjs,
+            tfjs_shard_mb, onnx, onnx_opset, force, as_json, debug):
     """Convert SAVED_MODEL to TFLite variants and TF.js graph models, check each against
     it (LiteRT; TF.js in Node.js), write a manifest.
 
@@ -201,8 +204,9 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     options = ConvertOptions(
         signature=signature, variants=parse_variants(variants) if variants else None, calibration=calibration,
         calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
-        range_method=range_method, diagnose=diagnose, allow_flex=allow_flex, image_range=image_range, tfjs=tfjs,
-        tfjs_shard_mb=tfjs_shard_mb, onnx=onnx or onnx_opset is not None, onnx_opset=onnx_opset, force=force)
+        range_method=range_method, diagnose=diagnose, float_layers=float_layers, allow_flex=allow_flex,
+        image_range=image_range, tfjs=tfjs, tfjs_shard_mb=tfjs_shard_mb, onnx=onnx or onnx_opset is not None,
+        onnx_opset=onnx_opset, force=force)
     printer = _ProgressPrinter()
     manifest = run_convert(saved_model, out_dir, options, progress=printer, quiet=not debug)
     if as_json:
@@ -219,6 +223,8 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
         if "layers" in ranges:
             click.echo(f"{artifact.variant}: {layer_summary(ranges['layers'], ranges.get('layers_unmatched', []))}",
                        err=True)
+        if "float_layers" in ranges:
+            click.echo(f"{artifact.variant}: {float_layers_summary(ranges['float_layers'])}", err=True)
     notes = set()  # the TF.js variants share one writer, so they share a failure
     for artifact in manifest.artifacts:
         if artifact.status == "failed" and artifact.format in ("onnx", "tfjs") and artifact.error not in notes:
@@ -281,12 +287,25 @@ def layer_summary(layers: list[dict], unmatched: list[str], worst: int = 3) -> s
     if not measured:
         return "no layer could be compared with the float model" + left_out
     peak = max(measured, key=lambda layer: layer["rms_over_tensor_std"])
-    largest = sorted((layer for layer in measured if layer["added"] > 0), key=lambda layer: -layer["added"])[:worst]
+    largest = sorted((layer for layer in measured if (layer["added"] or 0) > 0),
+                     key=lambda layer: -layer["added"])[:worst]
     return (f"error against a layer's spread reaches {peak['rms_over_tensor_std']:.1%} at {peak['tensor']}; "
             "the layers that add most: "
             + ", ".join(f"{layer['tensor']} ({layer['op']}, +{layer['added']:.1%})" for layer in largest)
-            + left_out + ". Try: more or more typical --calibration rows, --variants dynamic (float activations), or int16x8 "
-            "where its ops allow; every layer's figures are in the manifest (quantization.ranges.layers)")
+            + left_out + ". Try: more or more typical --calibration rows, --variants dynamic (float activations), int16x8 "
+            "where its ops allow, or, at a byte cost, --float-layers for the worst; every layer's figures are in the "
+            "manifest (quantization.ranges.layers)")
+
+
+def float_layers_summary(kept: dict) -> str:
+    """What --float-layers cost and bought (the manifest's quantization.ranges.float_layers)."""
+    named = kept["ops_kept_float"] + [name.split(";")[0] for name in kept["tensors_kept_float"]]
+    line = (f"keeping {', '.join(named)} in float costs {kept['byte_cost']:.2f}x the bytes "
+            f"({kept['bytes']:,} against {kept['bytes_all_int8']:,} all int8)")
+    if kept.get("worst_error") is not None and kept.get("worst_error_all_int8") is not None:
+        line += (f"; the worst output's error on the calibration rows goes from {kept['worst_error_all_int8']:.1%} "
+                 f"to {kept['worst_error']:.1%}")
+    return line
 
 
 def _thread_counts(text: str | None) -> tuple[int, ...] | None:

@@ -68,6 +68,7 @@ class ConvertOptions:
     int8_io: str = "int8"
     range_method: str = "auto"  # int8 activation ranges: auto, minmax, percentile or mse
     diagnose: bool = False  # per-layer int8 errors in the manifest even when its check passes
+    float_layers: tuple[str, ...] | str = ()  # int8 ops kept float (tensor names or op types), last resort
     allow_flex: bool = False
     image_range: str = "0:255"
     tfjs: tuple[str, ...] | str = tfjs_target.DEFAULT_VARIANTS
@@ -93,6 +94,15 @@ class ConvertOptions:
                 "calibration data, and edgekit never calibrates on random noise",
                 "pass --calibration with real samples (.npz keyed by input name, .npy, or a folder of images)",
             )
+        if isinstance(self.float_layers, str):
+            object.__setattr__(self, "float_layers", tuple(p.strip() for p in self.float_layers.split(",") if p.strip()))
+        int8_only = [flag for flag, given in (("--float-layers", self.float_layers), ("--diagnose", self.diagnose),
+                                             (f"--range-method {self.range_method}", self.range_method != "auto"))
+                     if given]
+        if int8_only and self.variants is not None and Variant.INT8 not in self.tflite.variants:
+            raise BadInput(f"{', '.join(int8_only)} only {'applies' if len(int8_only) == 1 else 'apply'} to the "
+                           "int8 variant, which this run does not build",
+                           f"add int8 to --variants, or drop {'it' if len(int8_only) == 1 else 'them'}")
         if self.onnx:
             OnnxOptions(self.onnx_opset)
             require_onnx()
@@ -101,7 +111,7 @@ class ConvertOptions:
     def tflite(self) -> TFLiteOptions:
         return TFLiteOptions(variants=tuple(self.variants) if self.variants else tuple(Variant),
                              int8_io=self.int8_io, allow_flex=self.allow_flex, range_method=self.range_method,
-                             diagnose=self.diagnose)
+                             diagnose=self.diagnose, float_layers=self.float_layers)
 
 
 def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOptions | None = None, *,

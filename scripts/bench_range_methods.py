@@ -2,9 +2,11 @@
 
     python scripts/bench_range_methods.py [--json results/range_methods.json] [--models onet,mobilenet_v2,digits]
 
+It prints the markdown table docs/convert.md shows.
+
 For each model, `edgekit convert --variants int8 --range-method M` for M in minmax, percentile,
-mse and auto (which tries the three and keeps the best on convert's check rows), plus the
-dynamic-range variant for comparison; then `edgekit bench` on held-out rows that calibration
+mse and auto (which tries the three and keeps the best on convert's check rows), auto with
+some ops kept float (--float-layers, O-Net only), plus the dynamic-range variant for comparison; then `edgekit bench` on held-out rows that calibration
 never saw: per output, error against the output's spread (rms_over_std) or, for probabilities,
 top-1 agreement over all rows and over confident ones; bytes; p50 latency at 1 thread; and the
 seconds convert took (for auto, the extra over minmax is the range search).
@@ -30,6 +32,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 METHODS = ("minmax", "percentile", "mse", "auto")
+# Mixed precision, the last resort: auto ranges with these ops kept float (--float-layers).
+FLOAT_LAYERS = {"onet": {"float box head": "StatefulPartitionedCall:0", "float fully-connected": "FULLY_CONNECTED"}}
 
 
 def models(work: Path, names: list[str]) -> dict[str, tuple[Path, Path, Path]]:
@@ -69,12 +73,14 @@ def measure(name: str, saved_model: Path, calibration: Path, eval_data: Path, wo
     from edgekit import bench, convert
 
     result = {}
-    for method in (*METHODS, "dynamic"):
-        out = work / f"{name}_{method}"
+    kept_float = FLOAT_LAYERS.get(name, {})
+    for method in (*METHODS, *kept_float, "dynamic"):
+        out = work / f"{name}_{method.replace(' ', '_')}"
         started = time.perf_counter()
         variant = "dynamic" if method == "dynamic" else "int8"
         manifest = convert(saved_model, out, variants=(variant,), tfjs=(), calibration=calibration,
-                           range_method="auto" if method == "dynamic" else method)
+                           range_method=method if method in METHODS else "auto",
+                           float_layers=kept_float.get(method, ()))
         seconds = time.perf_counter() - started
         artifact = manifest.artifacts[0]
         report = bench(out, eval_data=eval_data, runs=50, warmup=5, threads=(1,), memory=False)
@@ -83,9 +89,38 @@ def measure(name: str, saved_model: Path, calibration: Path, eval_data: Path, wo
         if method != "dynamic":
             ranges = artifact.quantization["ranges"]
             entry["method_kept"] = ranges["method"]
+            if "float_layers" in ranges:
+                entry["float_layers"] = {key: ranges["float_layers"][key] for key in ("asked", "byte_cost")}
         result[method] = entry
         print(f"{name:13s} {method:10s} {json.dumps(entry)}", flush=True)
     return result
+
+
+LABELS = {"onet": "mtcnn_onet (300 rows)", "mobilenet_v2": "MobileNetV2 random weights, logits (100 rows)",
+          "digits": "digits_cnn (539 rows)"}
+
+
+def markdown(results: dict) -> str:
+    """The table docs/convert.md shows, from the JSON."""
+    lines = ["| model | artifact | held-out error (against spread; probabilities: top-1 agreement) | bytes "
+             "| p50 1 thread | convert |", "| --- | --- | --- | --- | --- | --- |"]
+    for model, runs in results["models"].items():
+        for i, (method, run) in enumerate(runs.items()):
+            errors = [f"{name} top-1 {o['top1_agreement']:.1%} (confident {o['confident_top1_agreement']:.0%} of "
+                      f"{o['confident_rows']})" if "top1_agreement" in o else f"{name} {o['rms_over_std']:.1%}"
+                      for name, o in run["outputs"].items()]
+            if method == "dynamic":
+                label = "dynamic"
+            elif method == "auto":
+                label = f"int8 auto (kept {run['method_kept']})"
+            elif method in METHODS:
+                label = f"int8 {method}"
+            else:
+                kept = run["float_layers"]
+                label = f"int8 auto, {method} (`{','.join(kept['asked'])}`, {kept['byte_cost']:.2f}x bytes)"
+            lines.append(f"| {LABELS.get(model, model) if i == 0 else ''} | {label} | {', '.join(errors)} "
+                         f"| {run['bytes']:,} | {run['p50_ms_1_thread']:g} ms | {run['convert_seconds']} s |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -99,6 +134,7 @@ def main() -> None:
         results["models"][name] = measure(name, saved_model, calibration, eval_data, work)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
     print(f"wrote {args.json}")
 
 

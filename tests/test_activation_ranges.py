@@ -135,3 +135,62 @@ def test_a_rule_broken_on_the_calibration_rows_fails_int8_even_when_the_check_ro
     assert "warning: input 'pixels' of the calibration data spans 0 to 50 while 98% of its values lie within" \
         in result.stderr
     assert "warning: the checks ran on 4 rows only" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def digits_float_head(tmp_path_factory):
+    """digits int8 with its fully-connected ops and its first layer (named as --diagnose lists it)
+    kept float."""
+    out = tmp_path_factory.mktemp("float_layers")
+    plain = convert(DIGITS / "saved_model", out / "plain", variants=("int8",), tfjs=(),
+                    calibration=DIGITS / "calibration.npz", diagnose=True).artifacts[0]
+    first = plain.quantization["ranges"]["layers"][1]["tensor"]
+    kept = convert(DIGITS / "saved_model", out / "kept", variants=("int8",), tfjs=(),
+                   calibration=DIGITS / "calibration.npz", float_layers=f"FULLY_CONNECTED,{first}").artifacts[0]
+    return plain, kept, out / "kept" / kept.file
+
+
+def test_float_layers_keep_named_ops_float_and_report_the_byte_cost(digits_float_head):
+    plain, kept, _ = digits_float_head
+    first = plain.quantization["ranges"]["layers"][1]["tensor"]
+    record = kept.quantization["ranges"]["float_layers"]
+    assert record["ops_kept_float"] == ["FULLY_CONNECTED"]
+    assert [name.split(";")[0] for name in record["tensors_kept_float"]] == [first]
+    assert record["bytes"] == kept.bytes > record["bytes_all_int8"]  # float weights cost bytes
+    assert record["byte_cost"] == pytest.approx(kept.bytes / record["bytes_all_int8"], abs=1e-3)
+    assert record["bytes_all_int8"] == pytest.approx(plain.bytes, rel=0.02)
+    assert record["worst_error"] >= 0 and record["worst_error_all_int8"] >= 0
+    assert kept.status == "ok"  # float ops in an int8 graph still run in LiteRT and pass the check
+
+
+def test_float_layers_leave_the_kept_ops_out_of_the_int8_graph(digits_float_head):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    _, _, kept_file = digits_float_head
+    model = flatbuffer_utils.read_model(str(kept_file))
+    graph = model.subgraphs[0]
+    codes = [model.operatorCodes[op.opcodeIndex] for op in graph.operators]
+    fully_connected = [op for op, code in zip(graph.operators, codes) if max(code.builtinCode, code.deprecatedBuiltinCode) == 9]
+    assert fully_connected and all(graph.tensors[op.outputs[0]].type == 0 for op in fully_connected)  # FLOAT32
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variants", "int8", "--float-layers", "FULLY_CONECTED"],
+     "the model has no op output or op type named 'FULLY_CONECTED'"),
+    (["--variants", "float32", "--float-layers", "FULLY_CONNECTED"],
+     "--float-layers only applies to the int8 variant"),
+    (["--variants", "dynamic", "--diagnose", "--range-method", "mse"],
+     "--diagnose, --range-method mse only apply to the int8 variant"),
+])
+def test_int8_only_options_that_cannot_apply_are_bad_input_and_write_nothing(tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    result = CliRunner().invoke(cli, ["convert", str(DIGITS / "saved_model"), "-o", str(tmp_path / "out"),
+                                      "--tfjs", "none", "--calibration", str(DIGITS / "calibration.npz"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()
+    if "FULLY_CONECTED" in args:
+        assert "did you mean FULLY_CONNECTED" in result.stderr

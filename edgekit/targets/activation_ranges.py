@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import BadInput, EdgekitError
 from edgekit.metrics import Tolerance, compare_output, judge
 
 METHODS = ("minmax", "percentile", "mse")
@@ -163,6 +164,54 @@ def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> by
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def float_layer_names(calibrated: bytes, wanted: tuple[str, ...]) -> tuple[set[str], set[str], list[str]]:
+    """`wanted` (tensor names as the diagnosis shows them, or op types such as FULLY_CONNECTED)
+    as the quantizer's denylists: op output tensor names (the converter fuses several names into
+    one, joined by ';': any part matches), op types present in the model, and the names that
+    match nothing."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    op_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    graph = model.subgraphs[0]
+    outputs, types = [], set()
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        types.add(op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM"))
+        outputs += [graph.tensors[index].name.decode() for index in op.outputs]
+    nodes, ops, unknown = set(), set(), []
+    for name in wanted:
+        found = {full for full in outputs if name == full or name in full.split(";")}
+        if found:
+            nodes |= found
+        elif name in types:
+            ops.add(name)
+        else:
+            unknown.append(name)
+    return nodes, ops, unknown
+
+
+def unknown_layers_error(unknown: list[str], calibrated: bytes) -> EdgekitError:
+    """--float-layers named something the model does not have: say so, with the closest names."""
+    import difflib
+
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    graph = model.subgraphs[0]
+    names = {graph.tensors[i].name.decode().split(";")[0] for op in graph.operators for i in op.outputs}
+    names |= {name for name in vars(schema.BuiltinOperator) if not name.startswith("_")}
+    close = [match for name in unknown for match in difflib.get_close_matches(name, sorted(names), n=2)
+             if match != name]
+    return BadInput(
+        f"--float-layers: the model has no op output or op type named {', '.join(map(repr, unknown))}",
+        (f"did you mean {', '.join(close)}? " if close else "")
+        + "use the tensor names that --diagnose lists (quantization.ranges.layers[].tensor in the manifest) "
+        "or op types such as FULLY_CONNECTED or CONV_2D")
+
+
 DIAGNOSIS_ROWS = 50  # rows the per-layer diagnosis runs both models on
 
 
@@ -242,10 +291,14 @@ def layer_errors(calibrated: bytes, quantized: bytes, rows: dict[str, np.ndarray
         relative = float(rms / np.sqrt(variance)) if variance > 0 else None
         before = max((by_tensor.get(index) or 0.0 for index in layer["inputs"]), default=0.0)
         by_tensor[layer["index"]] = relative
+        if layer["op"] == "QUANTIZE" and not set(layer["inputs"]) <= set(graph.inputs):
+            relative_added = None  # it requantizes a float op's output (--float-layers): its error came before
+        else:
+            relative_added = None if relative is None else round(relative - before, 4)
         result.append({"op": layer["op"], "tensor": layer["tensor"], "scale": layer["scale"],
                        "range": [float(low[i]), float(high[i])], "rms_over_scale": round(float(rms / layer["scale"]), 3),
                        "rms_over_tensor_std": None if relative is None else round(relative, 4),
-                       "added": None if relative is None else round(relative - before, 4)})
+                       "added": relative_added})
     return {"layers": result, "unmatched": unmatched}
 
 
@@ -255,32 +308,50 @@ class RangePicker:
     every calibration row against the float model's outputs (more rows than convert's check,
     so the choice is steadier), and returns the best. `record` says what it did, for the
     manifest; it stays None if the converter never called it. With `diagnose`, or when even
-    the best candidate breaks a check rule, the record also holds its per-layer errors."""
+    the best candidate breaks a check rule, the record also holds its per-layer errors. Ops
+    named in `float_layers` stay float in every candidate; the record then says what that
+    costs in bytes and buys in error against the same ranges all in int8."""
 
     def __init__(self, methods: tuple[str, ...], rows: dict[str, np.ndarray], signature: str, batch: int,
-                 tolerance: Tolerance, diagnose: bool = False, histogram_batch: int | None = None):
+                 tolerance: Tolerance, diagnose: bool = False, histogram_batch: int | None = None,
+                 float_layers: tuple[str, ...] = ()):
         self.methods, self.rows, self.signature, self.batch, self.tolerance = methods, rows, signature, batch, tolerance
         self.histogram_batch = histogram_batch or batch
-        self.diagnose = diagnose
+        self.diagnose, self.float_layers = diagnose, float_layers
         self.record: dict | None = None
         self.reason: str | None = None  # why the kept candidate breaks a check rule on the calibration rows
+        self.refusal: EdgekitError | None = None  # --float-layers named what the model lacks
 
-    def __call__(self, calibrated: bytes, quantize: Callable[[bytes], bytes]) -> bytes:
+    def __call__(self, calibrated: bytes, quantize: Callable[..., bytes]) -> bytes:
+        """`quantize(model, **denylists)` is the converter's own quantize step."""
+        if not self.float_layers:
+            return self._pick(calibrated, quantize)[0]
+        nodes, ops, unknown = float_layer_names(calibrated, self.float_layers)
+        if unknown:
+            self.refusal = unknown_layers_error(unknown, calibrated)
+            return quantize(calibrated)
+        model, ranged = self._pick(calibrated, partial(quantize, denylisted_nodes=nodes, denylisted_ops=ops))
+        self._add_float_cost(calibrated, model, quantize(ranged), nodes, ops)
+        return model
+
+    def _pick(self, calibrated: bytes, quantize: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
+        """The kept int8 model, and the calibrated model with the ranges it was quantized under."""
         if self.methods == ("minmax",):
             self.record = {"method": "minmax"}
             model = quantize(calibrated)
             if self.diagnose:
                 self._add_layers(calibrated, model)
-            return model
+            return model, calibrated
         try:
             histograms, expected = profile(calibrated, self.rows, self.signature, self.batch, self.histogram_batch)
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:  # LiteRT cannot run the calibrated model
             self.record = {"method": "minmax", "note": f"TFLite's own: the calibrated model could not be profiled "
                                                        f"({str(exc).strip().splitlines()[0][:200]})"}
-            return quantize(calibrated)
-        candidates = []
+            return quantize(calibrated), calibrated
+        candidates, ranged = [], []
         for method in self.methods:
-            model = quantize(with_ranges(calibrated, choose_ranges(histograms, method)))
+            ranged.append(with_ranges(calibrated, choose_ranges(histograms, method)))
+            model = quantize(ranged[-1])
             candidates.append((method, model, self._score(model, expected)))
         best = min(range(len(candidates)), key=lambda i: (candidates[i][2]["loss"], i))
         self.record = {
@@ -293,7 +364,22 @@ class RangePicker:
         self.reason = candidates[best][2].get("reason")
         if self.diagnose or not candidates[best][2].get("passes"):
             self._add_layers(calibrated, candidates[best][1])
-        return candidates[best][1]
+        return candidates[best][1], ranged[best]
+
+    def _add_float_cost(self, calibrated: bytes, model: bytes, all_int8: bytes, nodes: set[str],
+                        ops: set[str]) -> None:
+        """What keeping --float-layers in float costs and buys: bytes, and the worst output's
+        error on the calibration rows, against the same ranges with every op in int8."""
+        record = {"asked": list(self.float_layers), "ops_kept_float": sorted(ops), "tensors_kept_float": sorted(nodes),
+                  "bytes_added": len(model) - len(all_int8)}  # the target adds the artifact's own bytes
+        try:
+            expected = run_in_chunks(calibrated, self.rows, self.signature, self.batch)
+        except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
+            record["error"] = str(exc).strip().splitlines()[0][:200]
+        else:
+            for key, candidate in (("worst_error", model), ("worst_error_all_int8", all_int8)):
+                record[key] = self._score(candidate, expected).get("worst_error")
+        self.record["float_layers"] = record
 
     def _add_layers(self, calibrated: bytes, quantized: bytes) -> None:
         try:
@@ -309,8 +395,6 @@ class RangePicker:
         """How a candidate does against the float model: failing the check's rules ranks after
         passing, then the worst output's error (against its spread, or relative L2 for
         probabilities)."""
-        from edgekit.runtime.tflite import TFLiteModel
-
         try:
             found = run_in_chunks(model, self.rows, self.signature, self.batch)
             per_output = {name: compare_output(value, expected[name]) for name, value in found.items()}

@@ -87,6 +87,7 @@ class TFLiteOptions:
     allow_flex: bool = False
     range_method: str = "auto"  # int8's activation ranges: activation_ranges.CHOICES
     diagnose: bool = False  # per-layer int8 errors in the manifest even when the check passes
+    float_layers: tuple[str, ...] = ()  # int8 ops kept float: tensor names or op types
 
     def __post_init__(self) -> None:
         if self.int8_io not in INT8_IO_CHOICES:
@@ -241,7 +242,7 @@ def quantizing_with(picker: activation_ranges.RangePicker | None) -> Iterator[No
     original = lite._mlir_quantize
 
     def quantize(calibrated, *args, **kwargs):
-        return picker(calibrated, lambda model: original(model, *args, **kwargs))
+        return picker(calibrated, lambda model, **denylists: original(model, *args, **kwargs, **denylists))
 
     lite._mlir_quantize = quantize
     try:
@@ -304,7 +305,8 @@ class TFLiteTarget(Target):
             fixed = any(spec.shape and spec.shape[0] is not None for spec in context.signature_spec.inputs)
             picker = activation_ranges.RangePicker(methods, context.calibration_rows, context.signature,
                                                    context.batch, tolerance, self.options.diagnose,
-                                                   histogram_batch=context.batch if fixed else 1)
+                                                   histogram_batch=context.batch if fixed else 1,
+                                                   float_layers=self.options.float_layers)
         try:
             if VARIANTS[variant].needs_calibration and context.control_flow:
                 result = tflite_isolated.convert(str(context.source_dir), context.signature, variant, self.options,
@@ -317,12 +319,23 @@ class TFLiteTarget(Target):
         except EdgekitError as exc:
             return Artifact(name=name, format="tflite", variant=step, status="failed", signature=context.signature,
                             quantization=quantization, error=str(exc))
+        if picker is not None and picker.refusal is not None:
+            raise picker.refusal  # a --float-layers typo stops the run: nothing is written
+        if picker is not None and picker.record is None and self.options.float_layers:
+            return Artifact(name=name, format="tflite", variant=step, status="failed", signature=context.signature,
+                            quantization=quantization,
+                            error="this TensorFlow never handed edgekit the calibrated model, so --float-layers "
+                                  "could not be applied; drop it, or use the TensorFlow edgekit pins")
         if picker is not None:
             quantization["ranges"] = picker.record or {
                 "method": "minmax", "note": "TFLite's own: this TensorFlow never handed edgekit the calibrated model"}
         self.flex_needed = self.flex_needed or result.requires_flex
         file_name = f"model_{step}.tflite"
         (context.staging / file_name).write_bytes(result.model)
+        kept_float = quantization.get("ranges", {}).get("float_layers")
+        if kept_float:  # measured before the converter's finishing steps, which add the same bytes to both
+            kept_float.update(bytes=len(result.model), bytes_all_int8=len(result.model) - kept_float["bytes_added"],
+                              byte_cost=round(len(result.model) / (len(result.model) - kept_float["bytes_added"]), 3))
         fields = dict(name=name, format="tflite", variant=step, signature=context.signature, file=file_name,
                       bytes=len(result.model), sha256=hashlib.sha256(result.model).hexdigest(),
                       quantization=quantization, requires_flex=result.requires_flex)

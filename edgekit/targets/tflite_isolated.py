@@ -26,8 +26,8 @@ CONTROL_FLOW_OPS = frozenset({"While", "StatelessWhile", "If", "StatelessIf"})
 
 def convert(saved_model_dir: str, signature: str, variant, options, rows, quiet: bool, start_with_flex: bool,
             picker, control_flow: tuple[str, ...]):
-    """tflite.convert_variant's result (and the picker's record and reason, copied onto
-    `picker`), from a child process."""
+    """tflite.convert_variant's result (and the picker's record, reason and refusal, copied
+    onto `picker`), from a child process."""
     with tempfile.TemporaryDirectory(prefix="edgekit-tflite-") as folder:
         job, result = Path(folder) / "job.pickle", Path(folder) / "result.pickle"
         job.write_bytes(pickle.dumps((saved_model_dir, signature, variant, options, rows, quiet, start_with_flex,
@@ -43,11 +43,11 @@ def convert(saved_model_dir: str, signature: str, variant, options, rows, quiet:
                 f"has control flow ({', '.join(control_flow)})",
                 "TensorFlow 2.21's calibrator cannot take it: ship dynamic or float16 (no calibration), or "
                 "rewrite the loop with a fixed number of steps")
-        outcome, record, reason = pickle.loads(result.read_bytes())
+        outcome, state = pickle.loads(result.read_bytes())
     if isinstance(outcome, EdgekitError):
         raise outcome
     if picker is not None:
-        picker.record, picker.reason = record, reason
+        picker.record, picker.reason, picker.refusal = state
     return outcome
 
 
@@ -61,7 +61,8 @@ def main(job: str, result: str) -> None:
                                   start_with_flex, picker)
     except EdgekitError as exc:
         outcome = exc
-    Path(result).write_bytes(pickle.dumps((outcome, picker.record if picker else None, picker.reason if picker else None)))
+    state = (picker.record, picker.reason, picker.refusal) if picker else None
+    Path(result).write_bytes(pickle.dumps((outcome, state)))
 
 
 if __name__ == "__main__":
