@@ -2,7 +2,7 @@
 
 The public API is lazy: importing edgekit costs nothing, and only the job you call
 imports what it needs (TensorFlow for convert; the device world never does).
-Module names differ from the API's function names (`edgekit.converter` holds
+Module names differ from the API's function names (`edgekit.build.converter` holds
 `convert`), so importing a module never shadows a function here.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the types only: importing edgekit imports none of the jobs
     from pathlib import Path
 
     from edgekit.benchmark.measure import BenchReport
-    from edgekit.converter import ConvertOptions
+    from edgekit.build.converter import ConvertOptions
     from edgekit.manifest import Manifest
     from edgekit.packaging import PackageResult
 
@@ -25,8 +25,8 @@ __all__ = ["__version__", "bench", "convert", "package"]
 def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOptions | None = None,
             **settings) -> Manifest:
     """Convert a SavedModel to checked TFLite (and TF.js, ONNX) artifacts with a manifest.
-    `settings` are ConvertOptions' fields; see edgekit.converter.convert."""
-    from edgekit.converter import convert as _convert
+    `settings` are ConvertOptions' fields; see edgekit.build.converter.convert."""
+    from edgekit.build.converter import convert as _convert
 
     return _convert(saved_model, out_dir, options, **settings)
 

@@ -197,9 +197,9 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
 
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from edgekit.converter import ConvertOptions
-    from edgekit.converter import convert as run_convert
-    from edgekit.targets.tflite import parse_variants
+    from edgekit.build.converter import ConvertOptions
+    from edgekit.build.converter import convert as run_convert
+    from edgekit.build.targets.tflite import parse_variants
 
     options = ConvertOptions(
         signature=signature, variants=parse_variants(variants) if variants else None, calibration=calibration,
@@ -502,7 +502,7 @@ def package_command(out_dir, platform, dest, variant, pick, bench_json, labels, 
 def setup_tfjs(prefix, debug):
     """Install the pinned TF.js npm packages that check and bench TF.js artifacts
     (for a pip-installed edgekit; in a checkout, `npm ci` does the same). Needs Node.js."""
-    from edgekit.runtime.tfjs import TFJS_VERSION, default_install_dir, setup
+    from edgekit.engines.tfjs import TFJS_VERSION, default_install_dir, setup
 
     modules = setup(prefix)
     click.echo(f"installed TF.js {TFJS_VERSION} in {modules}")

@@ -35,8 +35,8 @@ DIGITS = ROOT / "sample_models" / "digits_cnn"
 
 
 def measure(folder: Path, inputs: dict, reference: np.ndarray, output: str, runs: dict[str, int]) -> dict:
-    from edgekit.metrics import compare_output
-    from edgekit.runtime.tfjs import TfjsModel
+    from edgekit.agreement import compare_output
+    from edgekit.engines.tfjs import TfjsModel
 
     row = {"bytes": sum(p.stat().st_size for p in folder.iterdir()),
            "shard_bytes": sum(p.stat().st_size for p in folder.glob("*.bin"))}
@@ -66,8 +66,8 @@ def main() -> None:
     from mobilenet import export_mobilenet_v2, smooth_images
 
     from edgekit import convert
-    from edgekit.runtime.tfjs import tfjs_version
-    from edgekit.targets.tfjs import VARIANTS
+    from edgekit.engines.tfjs import tfjs_version
+    from edgekit.build.targets.tfjs import VARIANTS
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-tfjs-"))
     images = smooth_images(96)

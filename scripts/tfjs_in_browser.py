@@ -146,7 +146,7 @@ def main() -> None:
 
     from edgekit import convert, package
     from edgekit.runtime import TFLiteModel
-    from edgekit.runtime.tfjs import require_tfjs
+    from edgekit.engines.tfjs import require_tfjs
 
     modules = require_tfjs()
     work = Path(tempfile.mkdtemp(prefix="edgekit-browser-"))

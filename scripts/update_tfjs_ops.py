@@ -1,4 +1,4 @@
-"""Refresh edgekit/targets/tfjs_ops.json from the installed @tensorflow/tfjs-converter.
+"""Refresh edgekit/build/targets/tfjs_ops.json from the installed @tensorflow/tfjs-converter.
 
 The TF.js writer checks ops against the installed package when Node packages are
 present, and against this snapshot when they are not. Run after bumping TF.js in
@@ -6,8 +6,8 @@ package.json (then `npm ci`):  python scripts/update_tfjs_ops.py
 """
 import json
 
-from edgekit.runtime.tfjs import node_modules
-from edgekit.targets.tfjs import OPS_SNAPSHOT, supported_ops
+from edgekit.engines.tfjs import node_modules
+from edgekit.build.targets.tfjs.graph import OPS_SNAPSHOT, supported_ops
 
 modules = node_modules()
 if modules is None:

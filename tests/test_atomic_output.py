@@ -38,7 +38,7 @@ def test_failure_mid_run_leaves_nothing(tmp_path):
     with pytest.raises(Interrupted):
         convert(DIGITS / "saved_model", out, variants=("float32", "float16"), progress=_stop_at_second_variant)
     assert list(tmp_path.iterdir()) == []
-    assert _processes_mentioning(f"edgekit.targets.tfjs {DIGITS / 'saved_model'} --signature serving_default "
+    assert _processes_mentioning(f"edgekit.build.targets.tfjs {DIGITS / 'saved_model'} --signature serving_default "
                                  f"--out {tmp_path}") == []
 
 

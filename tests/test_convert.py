@@ -13,7 +13,7 @@ from edgekit.errors import FlexOpsRequired
 from edgekit.files import sha256_tree
 from edgekit.manifest import Manifest
 from edgekit.runtime import TFLiteModel
-from edgekit.targets.tflite import VARIANTS, Variant
+from edgekit.build.targets.tflite import VARIANTS, Variant
 
 
 def test_digits_every_variant_converts_and_passes_its_check(digits_out):
@@ -267,14 +267,14 @@ def test_a_calibrator_crash_fails_that_variant_and_the_others_land(while_loop_sa
 
 
 def test_control_flow_is_found_in_the_signature_graph(while_loop_saved_model):
-    from edgekit import savedmodel
+    from edgekit.build import savedmodel
 
     assert savedmodel.control_flow(savedmodel.load(while_loop_saved_model), "serving_default") == ("While",)
     assert savedmodel.control_flow(savedmodel.load(DIGITS / "saved_model"), "serving_default") == ()
 
 
 def test_integer_rows_that_would_wrap_in_the_inputs_dtype_are_refused():
-    from edgekit.data import fit_to_signature
+    from edgekit.build.data import fit_to_signature
     from edgekit.errors import BadInput
     from edgekit.manifest import SignatureSpec, TensorSpec
 

@@ -1,5 +1,6 @@
-"""The device world (edgekit.runtime) loads and runs .tflite (and drives TF.js in Node)
-without importing TensorFlow.
+"""The device world (edgekit.runtime, edgekit.serve) loads and runs .tflite without importing
+TensorFlow, nor the build world (edgekit.build), nor the workstation engines (edgekit.engines,
+which drive TF.js in Node without TensorFlow either).
 
 Checked in a fresh interpreter, since this test session has TensorFlow loaded already.
 """
@@ -19,9 +20,9 @@ def test_running_a_tflite_or_tfjs_artifact_imports_no_tensorflow(digits_out):
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
-        import edgekit, edgekit.cli, edgekit.manifest, edgekit.metrics, edgekit.errors
+        import edgekit, edgekit.cli, edgekit.manifest, edgekit.agreement, edgekit.errors
         from edgekit.runtime import TFLiteModel
-        from edgekit.runtime.tfjs import TfjsModel
+        from edgekit.engines.tfjs import TfjsModel
         manifest = edgekit.manifest.Manifest.read({str(digits_out)!r})
         for artifact in manifest.artifacts:
             path = {str(digits_out)!r} + "/" + artifact.file
@@ -88,12 +89,10 @@ def test_no_device_world_module_imports_tensorflow_or_the_build_world_even_lazil
     from pathlib import Path
 
     package = Path(__file__).resolve().parents[1] / "edgekit"
-    device_world = ["edgekit.runtime", "edgekit.runtime.tflite", *(
-        f"edgekit.serve.{p.stem}" for p in (package / "serve").glob("*.py") if p.stem != "__init__")]
+    device_world = [f"edgekit.{world}.{p.stem}".removesuffix(".__init__")
+                    for world in ("runtime", "serve") for p in (package / world).glob("*.py")]
     forbidden_roots = {"tensorflow", "keras", "tf_keras", "tf2onnx", "onnx", "onnxruntime", "PIL", "sklearn"}
-    build_world = {"edgekit.converter", "edgekit.savedmodel", "edgekit.data", "edgekit.targets",
-                   "edgekit.benchmark.measure", "edgekit.benchmark.runners", "edgekit.runtime.onnx",
-                   "edgekit.runtime.tfjs"}
+    build_world = {"edgekit.build", "edgekit.engines", "edgekit.benchmark.measure", "edgekit.benchmark.runners"}
 
     def source(module: str) -> Path | None:
         path = package.parent / Path(*module.split("."))

@@ -121,7 +121,7 @@ def test_failed_and_flex_artifacts_are_refused(digits_out, lstm_saved_model, tmp
 
 
 def test_web_layout_is_the_tfjs_folder_that_loads_in_tfjs(digits_out, labels, tmp_path, digits_rows):
-    from edgekit.runtime.tfjs import TfjsModel, unavailable_reason
+    from edgekit.engines.tfjs import TfjsModel, unavailable_reason
 
     result = CliRunner().invoke(cli, ["package", str(digits_out), "--platform", "web", "--dest",
                                       str(tmp_path / "public" / "models"), "--labels", str(labels), "--name", "digits"])

@@ -17,8 +17,8 @@ from edgekit import convert
 from edgekit.cli import cli
 from edgekit.manifest import Manifest
 from edgekit.runtime import TFLiteModel
-from edgekit.runtime.tfjs import TfjsModel, unavailable_reason
-from edgekit.targets.tfjs import TOLERANCES, VARIANTS
+from edgekit.engines.tfjs import TfjsModel, unavailable_reason
+from edgekit.build.targets.tfjs import TOLERANCES, VARIANTS
 
 # Only the tests that run TF.js skip without Node.js and the npm packages; the others run anywhere.
 needs_node = pytest.mark.skipif(unavailable_reason() is not None,
@@ -184,8 +184,8 @@ def test_without_node_the_artifact_is_written_unverified_with_a_warning(tmp_path
 
 @needs_node
 def test_the_op_snapshot_matches_the_installed_converter():
-    from edgekit.runtime.tfjs import node_modules
-    from edgekit.targets.tfjs import OPS_SNAPSHOT, supported_ops
+    from edgekit.engines.tfjs import node_modules
+    from edgekit.build.targets.tfjs.graph import OPS_SNAPSHOT, supported_ops
 
     installed, source = supported_ops(node_modules())
     snapshot = json.loads(OPS_SNAPSHOT.read_text())
@@ -196,7 +196,7 @@ def test_the_op_snapshot_matches_the_installed_converter():
 
 def test_a_writer_that_dies_becomes_a_clear_error(tmp_path):
     from edgekit.errors import ConversionFailed
-    from edgekit.targets.tfjs import convert_tfjs
+    from edgekit.build.targets.tfjs.writer import convert_tfjs
 
     (tmp_path / "not_a_model").mkdir()
     with pytest.raises(ConversionFailed, match="tfjs: the TF.js writer exited 1: .*saved_model") as caught:
@@ -270,7 +270,7 @@ def test_integer_inputs_and_outputs_are_int32_in_tfjs_and_match(tmp_path):
 
 def test_the_pinned_tfjs_version_is_the_one_setup_installs():
     """package.json (npm ci in a checkout) and `edgekit setup-tfjs` (pip installs) pin one version."""
-    from edgekit.runtime.tfjs import PACKAGES, TFJS_VERSION
+    from edgekit.engines.tfjs import PACKAGES, TFJS_VERSION
 
     pinned = json.loads((Path(__file__).resolve().parents[1] / "package.json").read_text())["dependencies"]
     assert pinned == {package: TFJS_VERSION for package in PACKAGES}

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import data, metrics
+from edgekit import agreement
+from edgekit.build import data
 from edgekit._version import __version__
 from edgekit.benchmark.budgets import top1_agreement
 from edgekit.benchmark.runners import RUNNERS, Runner, TensorFlowRunner
@@ -326,7 +327,7 @@ def _dir_bytes(path: Path) -> int:
 
 
 def _check_source_unchanged(manifest: Manifest) -> None:
-    from edgekit import savedmodel
+    from edgekit.build import savedmodel
 
     path = Path(manifest.source["path"])
     if not (path / "saved_model.pb").is_file():
@@ -394,18 +395,18 @@ def _score(row: Row, outputs, reference_outputs, labels, task, output, reference
     row.scored_output = output
     if reference_outputs is not None:
         for name in sorted(reference_outputs):
-            check = metrics.compare_output(outputs[name], reference_outputs[name])
+            check = agreement.compare_output(outputs[name], reference_outputs[name])
             finite = check.rel_l2_error is not None
-            sqnr_db = metrics.spread_errors(outputs[name], reference_outputs[name])["sqnr_db"] if finite else None
+            sqnr_db = agreement.spread_errors(outputs[name], reference_outputs[name])["sqnr_db"] if finite else None
             row.agreement[name] = {**asdict(check), "sqnr_db": sqnr_db, "finite": finite}
     if labels is None:
         return
     if task == "classification":
-        row.task_metrics = {"accuracy": metrics.classification_accuracy(outputs[output], labels)}
+        row.task_metrics = {"accuracy": agreement.classification_accuracy(outputs[output], labels)}
         if reference is not None:
             row.accuracy_drop_points = 100 * (reference.task_metrics["accuracy"] - row.task_metrics["accuracy"])
     else:
-        row.task_metrics = metrics.regression_errors(outputs[output], labels)
+        row.task_metrics = agreement.regression_errors(outputs[output], labels)
         if reference is not None and reference.task_metrics["mae"] > 0:
             row.mae_increase_percent = 100 * (row.task_metrics["mae"] / reference.task_metrics["mae"] - 1)
 

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.kind == "onnx":
         import onnxruntime  # noqa: F401  (the library, before the baseline reading)
 
-        from edgekit.runtime.onnx import _ONNX_DTYPES, OnnxModel
+        from edgekit.engines.onnx import _ONNX_DTYPES, OnnxModel
 
         baseline = _status_mb("VmRSS")
         model = OnnxModel(args.path, num_threads=args.threads)

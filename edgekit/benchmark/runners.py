@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.benchmark.timing import Latency, measure_latency, measure_throughput, summarize
-from edgekit.data import run_in_batches
+from edgekit.build.data import run_in_batches
 from edgekit.errors import BadInput
 
 
@@ -89,7 +89,7 @@ class OnnxRuntimeRunner(Runner):
     engine = "onnxruntime"
 
     def __init__(self, path: Path, signature: str, threads: int):
-        from edgekit.runtime.onnx import OnnxModel
+        from edgekit.engines.onnx import OnnxModel
 
         self.path, self.signature, self.threads = path, signature, threads
         self.model = OnnxModel(path, num_threads=threads)
@@ -110,7 +110,7 @@ class TfjsRunner(Runner):
     timed inside Node so the pipe to it is not counted. `path` is its model.json."""
 
     def __init__(self, path: Path, signature: str, backend: str):
-        from edgekit.runtime.tfjs import TfjsModel
+        from edgekit.engines.tfjs import TfjsModel
 
         self.folder, self.backend = Path(path).parent, backend
         self.model = TfjsModel(self.folder, backend)
@@ -137,7 +137,7 @@ class TfjsRunner(Runner):
 
     def memory(self):
         """VmHWM of a fresh Node process that loaded the model and ran it once on zeros."""
-        from edgekit.runtime.tfjs import TfjsModel
+        from edgekit.engines.tfjs import TfjsModel
 
         with TfjsModel(self.folder, self.backend) as fresh:
             fresh.run({i["name"]: np.zeros([1 if d is None or d < 0 else d for d in (i["shape"] or [1])],
@@ -171,7 +171,7 @@ class TensorFlowRunner(Runner):
     def __init__(self, saved_model: Path, signature: str):
         import tensorflow as tf
 
-        from edgekit import savedmodel
+        from edgekit.build import savedmodel
 
         self.saved_model, self.signature = saved_model, signature
         self.device = tensorflow_device()

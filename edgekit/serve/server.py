@@ -25,7 +25,7 @@ from edgekit.serve import malloc
 from edgekit.serve.app import RestApp
 from edgekit.serve.http import HttpServer
 from edgekit.serve.limits import Limits
-from edgekit.serve.metrics import ServerMetrics
+from edgekit.serve.prometheus import ServerMetrics
 from edgekit.serve.repository import ModelConfig, ModelRepository, VersionPolicy, check_name, read_model_config
 from edgekit.serve.service import Service
 

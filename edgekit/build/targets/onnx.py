@@ -18,8 +18,8 @@ from pathlib import Path
 
 from edgekit.errors import BadInput, ConversionFailed, MissingDependency
 from edgekit.manifest import Artifact, TensorSpec
-from edgekit.metrics import Tolerance
-from edgekit.targets.base import BuildContext, Pending, Target
+from edgekit.agreement import Tolerance
+from edgekit.build.targets.base import BuildContext, Pending, Target
 
 # What the post-conversion check accepts: ONNX keeps float32 weights and activations, like
 # the float32 TFLite variant.
@@ -121,7 +121,7 @@ class OnnxTarget(Target):
         import hashlib
 
         from edgekit.errors import EdgekitError
-        from edgekit.runtime.onnx import OnnxModel
+        from edgekit.engines.onnx import OnnxModel
 
         context = self.context
         fields = dict(name="onnx", format="onnx", variant="float32", signature=context.signature,

@@ -1,4 +1,4 @@
-// edgekit's TF.js runner: stock TensorFlow.js in Node.js, driven by edgekit/runtime/tfjs.py.
+// edgekit's TF.js runner: stock TensorFlow.js in Node.js, driven by edgekit/engines/tfjs.py.
 //
 // Frames on stdin and stdout, both ways: a 4-byte little-endian length, a JSON header of
 // that length, then `payload_bytes` of raw tensor data (tensors in header order, each

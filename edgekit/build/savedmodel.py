@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.data import run_in_batches
+from edgekit.build.data import run_in_batches
 from edgekit.errors import BadInput, NotFound
 from edgekit.files import sha256_file, sha256_tree
 from edgekit.manifest import SignatureSpec, TensorSpec
@@ -94,7 +94,7 @@ def pick_signature(available: dict[str, SignatureSpec], name: str) -> SignatureS
 
 def control_flow(loaded: Any, signature: str) -> tuple[str, ...]:
     """The control-flow op types (While, If) in the signature's graph and the functions it calls."""
-    from edgekit.targets.tflite_isolated import CONTROL_FLOW_OPS
+    from edgekit.build.targets.tflite_isolated import CONTROL_FLOW_OPS
 
     graph = loaded.signatures[signature].graph.as_graph_def()
     ops = {node.op for node in graph.node}

@@ -23,7 +23,7 @@ from functools import partial
 import numpy as np
 
 from edgekit.errors import BadInput, EdgekitError
-from edgekit.metrics import Tolerance, compare_output, judge
+from edgekit.agreement import Tolerance, compare_output, judge
 
 METHODS = ("minmax", "percentile", "mse")
 CHOICES = ("auto", *METHODS)  # auto: try every method, keep the best on the check

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.metrics import Tolerance, compare_output, judge
+from edgekit.agreement import Tolerance, compare_output, judge
 
 
 def test_identical_outputs_have_no_error_and_full_agreement():

@@ -4,7 +4,7 @@ crash on.
 TensorFlow 2.21's calibrator dies with a segmentation fault on some graphs with control flow
 (a `tf.while_loop`, measured), and a crash in-process would take every other artifact with it.
 For such models the int8 and int16x8 conversions run here instead: `python -m
-edgekit.targets.tflite_isolated JOB RESULT`, with the arguments and the result pickled in a
+edgekit.build.targets.tflite_isolated JOB RESULT`, with the arguments and the result pickled in a
 private temporary folder (edgekit's own objects, between its own processes). A crash becomes
 that variant's failure, named, and the others still land. It costs one TensorFlow import
 (about 3 s), so only models with control flow pay it.
@@ -52,7 +52,7 @@ def convert(saved_model_dir: str, signature: str, variant, options, rows, quiet:
 
 
 def main(job: str, result: str) -> None:
-    from edgekit.targets.tflite import convert_variant, representative
+    from edgekit.build.targets.tflite import convert_variant, representative
 
     saved_model_dir, signature, variant, options, rows, quiet, start_with_flex, picker = pickle.loads(
         Path(job).read_bytes())

@@ -17,10 +17,10 @@ import numpy as np
 
 from edgekit.errors import BadInput, ConversionFailed
 from edgekit.manifest import Artifact, TensorSpec
-from edgekit.metrics import Tolerance
+from edgekit.agreement import Tolerance
 from edgekit.native_logs import captured_native_output
-from edgekit.targets import activation_ranges, tflite_isolated
-from edgekit.targets.base import BuildContext, Pending, Target
+from edgekit.build.targets import activation_ranges, tflite_isolated
+from edgekit.build.targets.base import BuildContext, Pending, Target
 
 
 class Variant(str, Enum):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.manifest import Artifact, SignatureSpec, TensorSpec
-from edgekit.metrics import Tolerance
+from edgekit.agreement import Tolerance
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,99 @@
+"""TensorFlow.js graph models from a SavedModel signature, written by edgekit itself.
+
+Not with the `tensorflowjs` package: beside TensorFlow 2.21 and numpy 2 it pulls
+tensorflow 2.19 over tensorflow-cpu, downgrades numpy and protobuf, and imports jax,
+tf_keras and tensorflow_decision_forests at module level. The graph-model format is
+small: a GraphDef as proto3 JSON plus a weights manifest over raw little-endian shards.
+
+The steps, each in a module of this package: freeze the signature (control flow kept as While/If
+ops over functions); grappler (pruning, constant folding, arithmetic, dependency); fuse
+convolutions and matmuls with the per-channel Mul, bias add and activation after them
+(Keras 3 lowers BatchNormalization to Mul/AddV2, which neither grappler nor TF.js's
+converter folds into a depthwise convolution); check every op against the ops TF.js
+runs; move each Const's value (the functions' too) into the weights; write one folder
+per variant (graph.py, fuse.py, weights.py). Grappler can abort the whole process (a fatal "Type not set"), so
+`TfjsWriter` (writer.py) runs all of it in a subprocess: `python -m edgekit.build.targets.tfjs`.
+"""
+from __future__ import annotations
+
+from edgekit.manifest import Artifact, TensorSpec
+from edgekit.build.targets.base import BuildContext, Pending, Target
+from edgekit.build.targets.tfjs.variants import DEFAULT_SHARD_MB, DEFAULT_VARIANTS, TOLERANCES, VARIANTS, parse_variants
+from edgekit.build.targets.tfjs.writer import TfjsWriter
+
+__all__ = ["DEFAULT_SHARD_MB", "DEFAULT_VARIANTS", "TOLERANCES", "VARIANTS", "TfjsTarget", "parse_variants"]
+
+
+class TfjsTarget(Target):
+    """All asked-for TF.js variants, written by one TfjsWriter process that starts with the
+    job (so it overlaps the TFLite conversions); each step waits for it, then loads its
+    variant in stock TF.js under Node.js for the check, or says why it cannot."""
+
+    format, engine = "tfjs", "TF.js"
+
+    def __init__(self, context: BuildContext, variants: tuple[str, ...], shard_mb: float):
+        super().__init__(context)
+        self.variants, self.shard_mb = variants, shard_mb
+        self.writer: TfjsWriter | None = None
+
+    def steps(self) -> list[str]:
+        return [f"tfjs_{variant}" for variant in self.variants]
+
+    def start(self) -> None:
+        from edgekit.engines import tfjs as tfjs_runtime
+
+        context = self.context
+        self.writer = TfjsWriter(context.source_dir, context.signature, self.variants, self.shard_mb,
+                                 context.staging, tfjs_runtime.node_modules(), context.quiet)
+
+    def stop(self) -> None:
+        if self.writer is not None:
+            self.writer.stop()
+
+    def versions(self) -> dict[str, str]:
+        """The TF.js version that checked the TF.js artifacts, or why none did."""
+        from edgekit.engines import tfjs as tfjs_runtime
+
+        reason = tfjs_runtime.unavailable_reason()
+        return {"tfjs": f"not run: {reason}" if reason else tfjs_runtime.tfjs_version()}
+
+    def build(self, step: str) -> Artifact | Pending:
+        from edgekit.errors import EdgekitError
+        from edgekit.files import sha256_file, sha256_tree
+        from edgekit.manifest import Check
+        from edgekit.engines import tfjs as tfjs_runtime
+
+        context, variant = self.context, step.removeprefix("tfjs_")
+        fields = dict(name=step, format="tfjs", variant=variant, signature=context.signature,
+                      quantization={"weights": variant, "activations": "float32"})
+        try:
+            summary = self.writer.result()
+        except EdgekitError as exc:
+            return Artifact(status="failed", error=str(exc), **fields)
+        folder = context.staging / step
+        files = [{"path": f"{step}/{p.name}", "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                 for p in sorted(folder.iterdir())]
+        fields.update(file=f"{step}/model.json", bytes=sum(f["bytes"] for f in files), sha256=sha256_tree(folder),
+                      files=files)
+        specs = {spec.name: spec for spec in [*context.signature_spec.inputs, *context.signature_spec.outputs]}
+
+        def spec(endpoint: dict) -> TensorSpec:
+            """As TF.js sees it: the signature key, TF.js's dtype, the graph node behind it."""
+            known = specs.get(endpoint["key"])
+            dtype, shape = (known.dtype, known.shape) if known else (endpoint["dtype"], endpoint["shape"])
+            return TensorSpec(name=endpoint["key"], dtype=tfjs_runtime.tfjs_dtype(dtype), shape=shape,
+                              node=endpoint["tensor"].split(":")[0])
+
+        inputs, outputs = [spec(e) for e in summary["inputs"]], [spec(e) for e in summary["outputs"]]
+        tolerance = TOLERANCES[variant]
+        reason = tfjs_runtime.unavailable_reason()
+        if reason is not None:
+            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance.rel_l2, tolerance_spread=tolerance.spread,
+                          reason=f"{reason}, so TF.js could not run it; {tfjs_runtime.SETUP_HINT}")
+            return Artifact(status="unverified", inputs=inputs, outputs=outputs, check=check, **fields)
+        try:
+            model = tfjs_runtime.TfjsModel(folder, backend="wasm")
+        except EdgekitError as exc:
+            return Artifact(status="failed", inputs=inputs, outputs=outputs,
+                            error=f"TF.js cannot load it: {exc.message}", **fields)
+        return Pending(step, fields, model, tolerance, inputs, outputs)
