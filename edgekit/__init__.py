@@ -14,7 +14,8 @@ from edgekit._version import __version__
 if TYPE_CHECKING:  # the types only: importing edgekit imports none of the jobs
     from pathlib import Path
 
-    from edgekit.benchmark.measure import BenchReport
+    from edgekit.benchmark.measure import BenchOptions
+    from edgekit.benchmark.results import BenchReport
     from edgekit.build.converter import ConvertOptions
     from edgekit.manifest import Manifest
     from edgekit.packaging import PackageResult
@@ -31,12 +32,12 @@ def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOption
     return _convert(saved_model, out_dir, options, **settings)
 
 
-def bench(out_dir: str | Path, **settings) -> BenchReport:
+def bench(out_dir: str | Path, options: BenchOptions | None = None, **settings) -> BenchReport:
     """Measure a convert OUT_DIR's artifacts against the SavedModel (and on devices, with
-    `devices=`); see edgekit.benchmark.measure.bench."""
+    `devices=`). `settings` are BenchOptions' fields; see edgekit.benchmark.measure.bench."""
     from edgekit.benchmark.measure import bench as _bench
 
-    return _bench(out_dir, **settings)
+    return _bench(out_dir, options, **settings)
 
 
 def package(out_dir: str | Path, platform: str, dest: str | Path, **settings) -> PackageResult:

@@ -357,21 +357,20 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.benchmark.budgets import Budgets, broken_budgets
+    from edgekit.benchmark.measure import BenchOptions
     from edgekit.benchmark.measure import bench as run_bench
     from edgekit.benchmark.report import render_html, render_table
 
     budgets = Budgets(max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb)
-    report = run_bench(
-        out_dir, eval_data=eval_data, labels_key=labels_key, task=task, output=output_name, runs=runs,
-        warmup=warmup, threads=_thread_counts(threads_text),
-        tfjs_backends=tuple(b.strip() for b in tfjs_backends.split(",") if b.strip()), batch=batch, artifact=artifact,
-        memory=not no_memory, progress=lambda message: click.echo(message, err=True), quiet=not debug,
-        devices=tuple(devices), api_key=_read_key(api_key_file),
-    )
+    options = BenchOptions(
+        eval_data=eval_data, labels_key=labels_key, task=task, output=output_name, runs=runs, warmup=warmup,
+        threads=_thread_counts(threads_text),
+        tfjs_backends=tuple(b.strip() for b in tfjs_backends.split(",") if b.strip()), batch=batch, artifact=artifact, memory=not no_memory, devices=tuple(devices), api_key=_read_key(api_key_file))
+    report = run_bench(out_dir, options, progress=lambda message: click.echo(message, err=True), quiet=not debug)
     click.echo(render_table(report))
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(report.to_json())
+        report.write(json_path)
         click.echo(f"wrote {json_path}")
     if html_path:
         html_path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit._version import __version__
-from edgekit.benchmark.budgets import Budgets, best_p50, budget_reasons, top1_agreement
+from edgekit.benchmark.budgets import Budgets, budget_reasons
+from edgekit.benchmark.results import BenchReport, Row
 from edgekit.files import replace_dir, sha256_file, staging_dir
 from edgekit.errors import BadInput, EdgekitError
 from edgekit.manifest import Artifact, Manifest
@@ -89,15 +90,10 @@ def package(out_dir: str | Path, platform: str, dest: str | Path, *, variant: st
     return _lay_out(out_dir, manifest, artifact, platform, Path(dest), name, labels, label_lines)
 
 
-def _read_bench(path: str | Path) -> dict:
-    try:
-        report = json.loads(Path(path).read_text())
-        # rows measured on a device (`bench --device`) are that device's, not the artifact's
-        return {row["name"]: row for row in report["artifacts"] if not row.get("machine")}
-    except FileNotFoundError:
-        raise BadInput(f"bench report {path} does not exist", "run `edgekit bench OUT_DIR --json FILE`") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BadInput(f"{path} is not an edgekit bench JSON report: {exc}", "run `edgekit bench --json`") from None
+def _read_bench(path: str | Path) -> dict[str, Row]:
+    """This workstation's rows by artifact name: rows measured on a device (`bench --device`)
+    are that device's, not the artifact's."""
+    return {row.name: row for row in BenchReport.read(path).artifacts if not row.machine}
 
 
 def _read_labels(path: str | Path) -> list[str]:
@@ -121,19 +117,19 @@ def _check_labels(labels: list[str], artifact: Artifact) -> None:
                            "one label per class, in class order")
 
 
-def _measured(bench: dict | None, artifact: Artifact) -> dict | None:
+def _measured(bench: dict[str, Row] | None, artifact: Artifact) -> Row | None:
     if bench is None:
         return None
     row = bench.get(artifact.name)
-    return row if row and row.get("status") == "measured" else None
+    return row if row and row.measured else None
 
 
-def _broken_budgets(artifact: Artifact, bench: dict | None, budgets: Budgets) -> list[str]:
+def _broken_budgets(artifact: Artifact, bench: dict[str, Row] | None, budgets: Budgets) -> list[str]:
     return budget_reasons(budgets, artifact.bytes, _measured(bench, artifact))
 
 
 def _choose(manifest: Manifest, candidates: list[Artifact], variant: str | None, pick: str | None,
-            bench: dict | None, budgets: Budgets, format: str) -> Artifact:
+            bench: dict[str, Row] | None, budgets: Budgets, format: str) -> Artifact:
     if variant:
         chosen = manifest.artifact(variant)
         if chosen not in candidates:
@@ -156,17 +152,16 @@ def _choose(manifest: Manifest, candidates: list[Artifact], variant: str | None,
     if pick == "smallest":
         return min(fitting, key=lambda a: (a.bytes, a.name))
     if pick == "fastest":
-        return min(fitting, key=lambda a: (best_p50(_measured(bench, a)), a.bytes))
+        return min(fitting, key=lambda a: (_measured(bench, a).best_p50_ms, a.bytes))
 
     def loss(a: Artifact) -> float:
         row = _measured(bench, a)
-        if row.get("accuracy_drop_points") is not None:
-            return row["accuracy_drop_points"]
-        agreement = top1_agreement(row)
-        if agreement is not None:
-            return -agreement
+        if row.accuracy_drop_points is not None:
+            return row.accuracy_drop_points
+        if row.top1_agreement is not None:
+            return -row.top1_agreement
         return max(o["rel_l2_error"] if o.get("rel_l2_error") is not None else float("inf")
-                   for o in row["agreement"].values())
+                   for o in row.agreement.values())
 
     return min(fitting, key=lambda a: (loss(a), a.bytes))
 

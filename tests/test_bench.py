@@ -177,10 +177,16 @@ def test_bad_input(digits_out, tmp_path):
     assert result.exit_code == 2 and "hint:" in result.output and "Traceback" not in result.output
 
 
+def top1_agreement(row: dict) -> float | None:
+    """A report row, in its JSON shape, read back as bench's typed row."""
+    from edgekit.benchmark.results import Row
+
+    return Row.from_dict({"name": "tflite_int8", "engine": "litert", "device": "CPU", "variant": "int8",
+                          "bytes": 1000, "status": "measured", **row}).top1_agreement
+
+
 def test_top1_agreement_follows_the_named_output():
     """An embedding's argmax agreeing 77.8% says nothing when --output names the classifier."""
-    from edgekit.benchmark.budgets import top1_agreement
-
     row = {"agreement": {"probs": {"top1_agreement": 1.0}, "embedding": {"top1_agreement": 0.778}}}
     assert top1_agreement(row) == 0.778
     assert top1_agreement({**row, "scored_output": "probs"}) == 1.0
@@ -189,8 +195,6 @@ def test_top1_agreement_follows_the_named_output():
 
 def test_top1_agreement_prefers_probability_outputs_over_embeddings():
     """Rows that are probabilities are decisions; an embedding's argmax is not (iris int8: 75%)."""
-    from edgekit.benchmark.budgets import top1_agreement
-
     row = {"agreement": {"probs": {"top1_agreement": 0.97, "confident_rows": 31},
                          "embedding": {"top1_agreement": 0.75, "confident_rows": None}}}
     assert top1_agreement(row) == 0.97
@@ -198,7 +202,8 @@ def test_top1_agreement_prefers_probability_outputs_over_embeddings():
 
 
 def test_variants_slower_than_float32_are_flagged_per_machine():
-    from edgekit.benchmark.measure import Row, _flag_slower_than_float32
+    from edgekit.benchmark.measure import _flag_slower_than_float32
+    from edgekit.benchmark.results import Row
     from edgekit.benchmark.timing import summarize
 
     def row(name: str, variant: str, p50: float, machine: str | None = None) -> Row:

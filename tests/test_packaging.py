@@ -27,7 +27,7 @@ def labels(tmp_path_factory):
 def bench_json(digits_out, tmp_path_factory):
     report = bench(digits_out, eval_data=DIGITS / "eval.npz", runs=20, warmup=2, threads=(1,), batch=8, memory=False)
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    path.write_text(report.to_json())
+    report.write(path)
     return path
 
 
@@ -181,6 +181,31 @@ def test_a_tfjs_shard_that_changed_after_convert_is_refused(digits_out, tmp_path
     with pytest.raises(BadInput, match="does not match the sha256"):
         package(copy, "web", tmp_path / "web", variant="tfjs_uint8")
     assert not (tmp_path / "web" / "out").exists()
+
+
+def test_a_bench_report_reads_back_as_the_rows_bench_wrote(bench_json):
+    from edgekit.benchmark.results import BenchReport
+    from edgekit.benchmark.timing import Latency
+
+    report = BenchReport.read(bench_json)
+    assert report.to_dict() == json.loads(bench_json.read_text())
+    int8 = report.row("int8")
+    assert int8.measured and isinstance(int8.latency_ms["1"], Latency)
+    assert int8.best_p50_ms == int8.latency_ms["1"].p50_ms and int8.top1_agreement > 0.9
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "cannot read bench report"),
+    ('{"schema_version": 7}', "is not an edgekit bench report of schema 1"),
+    ('{"schema_version": 1, "artifacts": []}', "is not an edgekit bench JSON report: KeyError"),
+    ('[1, 2]', "is not an edgekit bench JSON report"),
+])
+def test_a_file_that_is_no_bench_report_is_bad_input_naming_it(digits_out, tmp_path, text, message):
+    path = tmp_path / "bench.json"
+    path.write_text(text)
+    with pytest.raises(BadInput, match=message) as raised:
+        package(digits_out, "android", tmp_path / "out", pick="fastest", bench_json=path)
+    assert str(path) in raised.value.message and "edgekit bench" in raised.value.hint
 
 
 def test_bad_input(digits_out, bench_json, tmp_path):

@@ -1,18 +1,14 @@
 """Budgets that fail a CI build: each broken one becomes a line saying by how much.
 
-One checker for bench and package: it reads a report row in its JSON shape (a row of
-`edgekit bench --json`), so package applies the same rules to a saved report.
+One checker for bench and package: it takes a report row (results.Row), so package applies
+the same rules to a report it read back (BenchReport.read).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
+from edgekit.benchmark.results import BenchReport, Row
 from edgekit.errors import BadInput
-from edgekit.manifest import top1_over_outputs
-
-if TYPE_CHECKING:  # package checks budgets without loading bench's pipeline
-    from edgekit.benchmark.measure import BenchReport
 
 
 @dataclass(frozen=True)
@@ -37,19 +33,9 @@ class Budgets:
         return any(v is not None for v in (self.max_accuracy_drop, self.min_agreement, self.max_latency_ms))
 
 
-def best_p50(row: dict) -> float:
-    """p50 at batch 1 at the row's best thread count."""
-    return min(latency["p50_ms"] for latency in row["latency_ms"].values())
-
-
-def top1_agreement(row: dict) -> float | None:
-    """A report row's top-1 agreement (see manifest.top1_over_outputs)."""
-    return top1_over_outputs(row["agreement"], row.get("scored_output"))
-
-
-def budget_reasons(budgets: Budgets, size_bytes: int | None, row: dict | None) -> list[str]:
+def budget_reasons(budgets: Budgets, size_bytes: int | None, row: Row | None) -> list[str]:
     """Why an artifact breaks the budgets (empty when it fits). `row` is its measured
-    report row in JSON shape, or None when there are no bench figures for it."""
+    report row, or None when there are no bench figures for it."""
     reasons = []
     if budgets.max_size_mb is not None and size_bytes is not None and size_bytes / 1048576 > budgets.max_size_mb:
         size_mb = size_bytes / 1048576
@@ -60,7 +46,7 @@ def budget_reasons(budgets: Budgets, size_bytes: int | None, row: dict | None) -
     if row is None:
         return reasons + ["the bench report has no figures for it"]
     if budgets.max_accuracy_drop is not None:
-        drop, mae_up = row.get("accuracy_drop_points"), row.get("mae_increase_percent")
+        drop, mae_up = row.accuracy_drop_points, row.mae_increase_percent
         if drop is None and mae_up is None:
             reasons.append("no accuracy figure: --max-accuracy-drop needs labels: bench with --data FILE.npz "
                            "holding them under 'y' (or name their key with --labels-key)")
@@ -71,14 +57,14 @@ def budget_reasons(budgets: Budgets, size_bytes: int | None, row: dict | None) -
             reasons.append(f"MAE up {mae_up:.2f}% > {budgets.max_accuracy_drop:g}% "
                            f"(over by {mae_up - budgets.max_accuracy_drop:.2f}%)")
     if budgets.min_agreement is not None:
-        agree = top1_agreement(row)
+        agree = row.top1_agreement
         if agree is None:
             reasons.append("--min-agreement needs a classifier-shaped output [batch, classes]")
         elif agree * 100 < budgets.min_agreement:
             reasons.append(f"top-1 agreement {agree * 100:.2f}% < {budgets.min_agreement:g}% "
                            f"(short by {budgets.min_agreement - agree * 100:.2f} pt)")
-    if budgets.max_latency_ms is not None and best_p50(row) > budgets.max_latency_ms:
-        p50 = best_p50(row)
+    if budgets.max_latency_ms is not None and row.best_p50_ms > budgets.max_latency_ms:
+        p50 = row.best_p50_ms
         reasons.append(f"p50 latency {p50:.3f} ms > {budgets.max_latency_ms:g} ms "
                        f"(over by {p50 - budgets.max_latency_ms:.3f} ms)")
     return reasons
@@ -92,5 +78,5 @@ def broken_budgets(report: BenchReport, budgets: Budgets) -> list[str]:
             if budgets.any:
                 lines.append(f"{row.name}: not measured ({row.reason}), so its budgets cannot be met")
             continue
-        lines.extend(f"{row.name}: {reason}" for reason in budget_reasons(budgets, row.bytes, asdict(row)))
+        lines.extend(f"{row.name}: {reason}" for reason in budget_reasons(budgets, row.bytes, row))
     return lines

@@ -2,222 +2,86 @@
 on the same inputs: task metric, agreement and errors, latency, throughput, size, memory."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from edgekit import agreement
-from edgekit.build import data
 from edgekit._version import __version__
-from edgekit.benchmark.budgets import top1_agreement
+from edgekit.benchmark.results import SCHEMA_VERSION, BenchReport, Row
 from edgekit.benchmark.runners import RUNNERS, Runner, TensorFlowRunner
-from edgekit.benchmark.timing import Latency
+from edgekit.build import data
 from edgekit.errors import BadInput, EdgekitError, NotFound
-from edgekit.manifest import Manifest, SignatureSpec
+from edgekit.manifest import Artifact, Manifest, SignatureSpec
 from edgekit.native_logs import captured_native_output
 
-SCHEMA_VERSION = 1
 TASKS = ("classification", "regression")
-
-
-@dataclass
-class Row:
-    """One model measured: the reference SavedModel or one artifact (all thread counts)."""
-
-    name: str
-    engine: str
-    device: str
-    variant: str | None
-    bytes: int | None
-    status: str  # "measured" | "skipped"
-    reason: str | None = None
-    task_metrics: dict[str, float] = field(default_factory=dict)  # accuracy | mae, rmse
-    accuracy_drop_points: float | None = None  # reference accuracy - this (classification)
-    mae_increase_percent: float | None = None  # (mae - reference mae) / reference mae (regression)
-    agreement: dict[str, dict] = field(default_factory=dict)  # per output, against the reference
-    latency_ms: dict[str, Latency] = field(default_factory=dict)  # by thread count ("1", "2"; "auto" for TF)
-    throughput_rows_per_s: dict[str, float] = field(default_factory=dict)
-    memory: dict[str, float] | None = None
-    machine: str | None = None  # where it was measured: None here, else a device's label (see devices)
-    scored_output: str | None = None  # the output the task metric (or --output) names, if any
-    slower_than_float32: bool | None = None  # a TFLite variant's best p50 over float32's on the same machine
-
-    @property
-    def top1_agreement(self) -> float | None:
-        """The named output's (--output, or the one the labels score), else the worst output's."""
-        return top1_agreement(asdict(self))
-
-    @property
-    def best_p50_ms(self) -> float | None:
-        return min((lat.p50_ms for lat in self.latency_ms.values()), default=None)
-
-
-@dataclass
-class BenchReport:
-    schema_version: int
-    created_at: str
-    versions: dict[str, str]
-    machine: dict[str, object]
-    manifest: str
-    data: dict[str, object]
-    settings: dict[str, object]
-    reference: Row
-    artifacts: list[Row]
-    devices: dict[str, dict] = field(default_factory=dict)  # label -> what the device says it is
-
-    def to_dict(self) -> dict:
-        document = _finite(asdict(self))
-        if not document["devices"]:  # only a bench with --device has devices
-            del document["devices"]
-        return document
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-
-    def row(self, name: str) -> Row:
-        for row in self.artifacts:
-            if name in (row.name, row.variant):
-                return row
-        raise NotFound(f"no artifact {name!r} in this report", "known: " + ", ".join(r.name for r in self.artifacts))
-
-
-def _finite(value):
-    """JSON has no NaN or Infinity: a figure that is not finite is written as null."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 Progress = Callable[[str], None]
 
 
-def bench(
-    out_dir: str | Path,
-    *,
-    eval_data: str | Path | None = None,
-    labels_key: str | None = None,
-    task: str | None = None,
-    output: str | None = None,
-    runs: int = 100,
-    warmup: int = 10,
-    threads: tuple[int, ...] | None = None,
-    tfjs_backends: tuple[str, ...] = ("wasm", "cpu"),
-    batch: int = 32,
-    artifact: str | None = None,
-    memory: bool = True,
-    progress: Progress | None = None,
-    quiet: bool = True,
-    devices: tuple[str, ...] = (),
-    api_key: str | None = None,
-) -> BenchReport:
-    """Measure the artifacts in OUT_DIR (or only `artifact`) against the SavedModel.
+@dataclass(frozen=True)
+class BenchOptions:
+    """Every knob of a bench run, validated once, here (the CLI only fills it in). TFLite and
+    ONNX artifacts are timed at each of `threads` (default: 1 and every core); TF.js artifacts
+    on each of `tfjs_backends` in Node.js (one thread: TF.js's wasm backend runs threads only
+    in a browser with cross-origin isolation). `devices`: URLs of `edgekit serve --allow-bench`."""
 
-    TFLite and ONNX artifacts are timed at each of `threads`; TF.js artifacts on each of
-    `tfjs_backends` in Node.js (one thread: TF.js's wasm backend runs threads only in a
-    browser with cross-origin isolation)."""
-    say = progress or (lambda message: None)
+    eval_data: str | Path | None = None
+    labels_key: str | None = None
+    task: str | None = None
+    output: str | None = None
+    runs: int = 100
+    warmup: int = 10
+    threads: tuple[int, ...] | None = None
+    tfjs_backends: tuple[str, ...] = ("wasm", "cpu")
+    batch: int = 32
+    artifact: str | None = None
+    memory: bool = True
+    devices: tuple[str, ...] = ()
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threads", tuple(self.threads or sorted({1, os.cpu_count() or 1})))
+        object.__setattr__(self, "tfjs_backends", tuple(self.tfjs_backends))
+        object.__setattr__(self, "devices", tuple(self.devices))
+        if self.runs < 1 or self.warmup < 0 or self.batch < 1 or any(t < 1 for t in self.threads):
+            raise BadInput("--runs, --batch and --threads must be at least 1, --warmup at least 0", "e.g. --runs 100")
+        unknown = [b for b in self.tfjs_backends if b not in ("cpu", "wasm")]
+        if unknown or not self.tfjs_backends:
+            raise BadInput(f"unknown TF.js backend {', '.join(unknown) or '(none)'}", "use --tfjs-backends wasm,cpu")
+        if self.task is not None and self.task not in TASKS:
+            raise BadInput(f"unknown task {self.task!r}", "use classification or regression")
+
+
+def bench(out_dir: str | Path, options: BenchOptions | None = None, *, progress: Progress | None = None,
+          quiet: bool = True, **settings) -> BenchReport:
+    """Measure the artifacts in OUT_DIR (or only `options.artifact`) against the SavedModel,
+    on the same rows. The settings are BenchOptions' fields, as an object or as keywords."""
+    options = options or BenchOptions(**settings)
     manifest = Manifest.read(out_dir)
     out_dir = Path(out_dir)
-    threads = tuple(threads or sorted({1, os.cpu_count() or 1}))
-    if runs < 1 or warmup < 0 or batch < 1 or any(t < 1 for t in threads):
-        raise BadInput("--runs, --batch and --threads must be at least 1, --warmup at least 0", "e.g. --runs 100")
-    unknown = [b for b in tfjs_backends if b not in ("cpu", "wasm")]
-    if unknown or not tfjs_backends:
-        raise BadInput(f"unknown TF.js backend {', '.join(unknown) or '(none)'}", "use --tfjs-backends wasm,cpu")
-    if task is not None and task not in TASKS:
-        raise BadInput(f"unknown task {task!r}", "use classification or regression")
-    chosen = [manifest.artifact(artifact)] if artifact else list(manifest.artifacts)
+    chosen = [manifest.artifact(options.artifact)] if options.artifact else list(manifest.artifacts)
     spec = manifest.signatures[manifest.signature]
-    inputs, labels, data_record = _load_eval(eval_data, labels_key, manifest, spec)
-    output, task = _pick_task(spec, labels, task, output)
+    inputs, labels, data_record = _load_eval(options.eval_data, options.labels_key, manifest, spec)
+    output, task = _pick_task(spec, labels, options.task, options.output)
     data_record.update({"task": task, "output": output})
     _check_source_unchanged(manifest)
 
-    say(f"reference: loading {manifest.source['path']}")
-    with captured_native_output(quiet):  # TensorFlow's import notes
-        reference_runner = TensorFlowRunner(Path(manifest.source["path"]), manifest.signature)
-    row_batch = data.batch_size(spec)
-    reference_outputs = reference_runner.run_batches(inputs, row_batch)
-    reference = _row("savedmodel", reference_runner, None, _dir_bytes(Path(manifest.source["path"])))
-    _score(reference, reference_outputs, None, labels, task, output)
-    say(f"reference on {reference_runner.device}: timing")
-    _time(reference, {"auto": reference_runner}, inputs, warmup, runs, batch, spec)  # TF picks its threads
-    if memory:
-        reference.memory = reference_runner.memory()
-
-    rows = []
-    for number, entry in enumerate(chosen, 1):
-        prefix = f"[{number}/{len(chosen)}] {entry.name}"
-
-        def skip(reason: str) -> None:
-            """Name the artifact in the report and go on: never crash on one bench cannot run."""
-            rows.append(Row(entry.name, entry.format, "CPU", entry.variant, entry.bytes, "skipped", reason=reason))
-            say(f"{prefix}: skipped ({reason})")
-
-        runner_class = RUNNERS.get(entry.format)
-        if entry.file is None or not (out_dir / entry.file).is_file():
-            skip(f"no file: convert marked it {entry.status}")
-            continue
-        if entry.requires_flex:
-            skip("requires flex ops, which no Python LiteRT runtime can run")
-            continue
-        if runner_class is None:
-            skip(f"no runner for {entry.format} artifacts yet")
-            continue
-        settings = tfjs_backends if entry.format == "tfjs" else threads  # what each timing row varies
-        runners: dict[str, Runner] = {}
-        try:
-            with captured_native_output(quiet):  # LiteRT's delegate notes
-                for setting in settings:
-                    runners[str(setting)] = runner_class(out_dir / entry.file, entry.signature, setting)
-        except EdgekitError as exc:
-            for runner in runners.values():
-                runner.close()
-            skip(exc.message)
-            continue
-        try:
-            # scored on the first setting that can run it (TF.js: wasm, else cpu); a setting
-            # that cannot run it is dropped and named in the row's reason
-            preferred = str(settings[0] if entry.format == "tfjs" else max(threads))
-            outputs, dropped = None, []
-            say(f"{prefix}: accuracy on {data_record['rows']} rows")
-            for setting in sorted(runners, key=lambda key: key != preferred):
-                try:
-                    outputs = runners[setting].run_batches(inputs, row_batch)
-                    first = runners[setting]
-                    break
-                except EdgekitError as exc:
-                    dropped.append(f"{setting}: {exc.message}")
-                    runners.pop(setting).close()
-            if outputs is None:
-                skip("cannot run it: " + "; ".join(dropped))
-                continue
-            row = _row(entry.name, first, entry.variant, entry.bytes)
-            row.reason = "; ".join(dropped) or None
-            _score(row, outputs, reference_outputs, labels, task, output, reference)
-            say(f"{prefix}: latency at {'backends' if entry.format == 'tfjs' else 'threads'} {', '.join(runners)}")
-            _time(row, runners, inputs, warmup, runs, batch, spec)
-            if memory:
-                row.memory = first.memory()
-        finally:
-            for runner in runners.values():
-                runner.close()
-        rows.append(row)
-
+    session = _Session(out_dir, options, spec, inputs, labels, task, output, data.batch_size(spec),
+                       progress or (lambda message: None), quiet)
+    reference_device = session.measure_reference(manifest)
+    rows = [session.measure(entry, f"[{number}/{len(chosen)}] {entry.name}", data_record["rows"])
+            for number, entry in enumerate(chosen, 1)]
     measured_devices = {}
-    for url in devices:
-        measured_devices.update(_bench_on_device(url, api_key, chosen, out_dir, inputs, labels, task, output,
-                                                 reference_outputs, reference, rows, threads, runs, warmup, say))
+    for url in options.devices:
+        measured_devices.update(session.on_device(url, chosen, rows))
     rows = _side_by_side(rows)
     _flag_slower_than_float32(rows)
 
@@ -226,12 +90,13 @@ def bench(
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         versions={"edgekit": __version__, **{k: v for k, v in manifest.versions.items() if k != "edgekit"}},
         machine={"cpus": os.cpu_count(), "machine": platform.machine(), "processor": platform.processor() or None,
-                 "python": platform.python_version(), "reference_device": reference_runner.device},
+                 "python": platform.python_version(), "reference_device": reference_device},
         manifest=str((out_dir / "manifest.json").resolve()),
         data=data_record,
-        settings={"runs": runs, "warmup": warmup, "threads": list(threads), "tfjs_backends": list(tfjs_backends),
-                  "batch": batch, "latency_batch": 1, "memory": memory},
-        reference=reference,
+        settings={"runs": options.runs, "warmup": options.warmup, "threads": list(options.threads),
+                  "tfjs_backends": list(options.tfjs_backends), "batch": options.batch, "latency_batch": 1,
+                  "memory": options.memory},
+        reference=session.reference,
         artifacts=rows,
         devices=measured_devices,
     )
@@ -241,46 +106,138 @@ def bench(
 DEVICE_ROW_BYTES = 8 << 20
 
 
-def _bench_on_device(url, api_key, chosen, out_dir, inputs, labels, task, output, reference_outputs, reference,
-                     rows, threads, runs, warmup, say) -> dict[str, dict]:
-    """Each TFLite artifact measured on a device's `edgekit serve --allow-bench`: its latency,
-    memory and outputs there, scored here against the SavedModel on the same rows."""
-    from edgekit.benchmark.remote import DeviceClient
-    from edgekit.benchmark.timing import Latency
+@dataclass
+class _Session:
+    """One bench run's shared ground: the rows, their labels and task, and the reference
+    (the SavedModel's row and outputs) every artifact's row is scored against."""
 
-    client = DeviceClient(url, api_key)
-    info = client.info()["device"]
-    say(f"device {client.label}: {info.get('model') or info.get('cpu') or info.get('machine')}, "
-        f"{info.get('cpus')} cores, {info.get('runtime')}")
-    total = len(next(iter(inputs.values())))
-    per_row = max(1, sum(v[:1].nbytes for v in inputs.values()))
-    count = max(1, min(total, DEVICE_ROW_BYTES // per_row))
-    subset = {k: v[:count] for k, v in inputs.items()}
-    device_threads = sorted({t for t in threads if t <= (info.get("cpus") or 1)} | {info.get("cpus") or 1})
-    for entry in chosen:
-        if entry.format != "tflite" or entry.file is None or entry.requires_flex or entry.status == "failed":
-            continue
-        say(f"device {client.label}: {entry.name} on {count} rows, threads {device_threads}")
-        row = Row(f"{entry.name}@{client.label}", "litert", "CPU", entry.variant, entry.bytes, "measured",
-                  machine=client.label)
+    out_dir: Path
+    options: BenchOptions
+    spec: SignatureSpec
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    task: str | None
+    output: str | None
+    row_batch: int | None  # rows per call when scoring: the signature's fixed batch, if any
+    say: Progress
+    quiet: bool
+    reference: Row | None = None
+    reference_outputs: dict[str, np.ndarray] | None = None
+
+    def measure_reference(self, manifest: Manifest) -> str:
+        """The SavedModel's row and outputs; returns the device TensorFlow ran it on."""
+        options = self.options
+        self.say(f"reference: loading {manifest.source['path']}")
+        with captured_native_output(self.quiet):  # TensorFlow's import notes
+            runner = TensorFlowRunner(Path(manifest.source["path"]), manifest.signature)
+        self.reference_outputs = runner.run_batches(self.inputs, self.row_batch)
+        self.reference = _row("savedmodel", runner, None, _dir_bytes(Path(manifest.source["path"])))
+        _score(self.reference, self.reference_outputs, None, self.labels, self.task, self.output)
+        self.say(f"reference on {runner.device}: timing")
+        _time(self.reference, {"auto": runner}, self.inputs, options.warmup, options.runs, options.batch,
+              self.spec)  # TF picks its threads
+        if options.memory:
+            self.reference.memory = runner.memory()
+        return runner.device
+
+    def measure(self, entry: Artifact, prefix: str, row_count: int) -> Row:
+        """One artifact's row: scored on the first setting that can run it, timed at each;
+        a `skipped` row saying why when bench cannot run it (never a crash)."""
+        def skip(reason: str) -> Row:
+            self.say(f"{prefix}: skipped ({reason})")
+            return Row(entry.name, entry.format, "CPU", entry.variant, entry.bytes, "skipped", reason=reason)
+
+        runners = self._open_runners(entry)
+        if isinstance(runners, str):
+            return skip(runners)
         try:
-            result, outputs = client.bench(out_dir / entry.file, entry.sha256, entry.signature, subset,
-                                           device_threads, runs, warmup)
+            # a setting that cannot run it is dropped and named in the row's reason
+            preferred = str(self.options.tfjs_backends[0] if entry.format == "tfjs" else max(self.options.threads))
+            outputs, dropped = None, []
+            self.say(f"{prefix}: accuracy on {row_count} rows")
+            for setting in sorted(runners, key=lambda key: key != preferred):
+                try:
+                    outputs = runners[setting].run_batches(self.inputs, self.row_batch)
+                    first = runners[setting]
+                    break
+                except EdgekitError as exc:
+                    dropped.append(f"{setting}: {exc.message}")
+                    runners.pop(setting).close()
+            if outputs is None:
+                return skip("cannot run it: " + "; ".join(dropped))
+            row = _row(entry.name, first, entry.variant, entry.bytes)
+            row.reason = "; ".join(dropped) or None
+            _score(row, outputs, self.reference_outputs, self.labels, self.task, self.output, self.reference)
+            self.say(f"{prefix}: latency at {'backends' if entry.format == 'tfjs' else 'threads'} {', '.join(runners)}")
+            _time(row, runners, self.inputs, self.options.warmup, self.options.runs, self.options.batch, self.spec)
+            if self.options.memory:
+                row.memory = first.memory()
+            return row
+        finally:
+            for runner in runners.values():
+                runner.close()
+
+    def _open_runners(self, entry: Artifact) -> dict[str, Runner] | str:
+        """A runner per setting (threads, or TF.js backends), or why none can be opened."""
+        runner_class = RUNNERS.get(entry.format)
+        if entry.file is None or not (self.out_dir / entry.file).is_file():
+            return f"no file: convert marked it {entry.status}"
+        if entry.requires_flex:
+            return "requires flex ops, which no Python LiteRT runtime can run"
+        if runner_class is None:
+            return f"no runner for {entry.format} artifacts yet"
+        settings = self.options.tfjs_backends if entry.format == "tfjs" else self.options.threads
+        runners: dict[str, Runner] = {}
+        try:
+            with captured_native_output(self.quiet):  # LiteRT's delegate notes
+                for setting in settings:
+                    runners[str(setting)] = runner_class(self.out_dir / entry.file, entry.signature, setting)
         except EdgekitError as exc:
-            row.status, row.reason = "skipped", exc.message
+            for runner in runners.values():
+                runner.close()
+            return exc.message
+        return runners
+
+    def on_device(self, url: str, chosen: list[Artifact], rows: list[Row]) -> dict[str, dict]:
+        """Each TFLite artifact measured on a device's `edgekit serve --allow-bench`: its
+        latency, memory and outputs there, scored here against the SavedModel on the same
+        rows; its rows are appended to `rows`. Returns what the device says it is."""
+        from edgekit.benchmark.remote import DeviceClient
+        from edgekit.benchmark.timing import Latency
+
+        options, inputs, labels = self.options, self.inputs, self.labels
+        client = DeviceClient(url, options.api_key)
+        info = client.info()["device"]
+        self.say(f"device {client.label}: {info.get('model') or info.get('cpu') or info.get('machine')}, "
+                 f"{info.get('cpus')} cores, {info.get('runtime')}")
+        total = len(next(iter(inputs.values())))
+        per_row = max(1, sum(v[:1].nbytes for v in inputs.values()))
+        count = max(1, min(total, DEVICE_ROW_BYTES // per_row))
+        subset = {k: v[:count] for k, v in inputs.items()}
+        threads = sorted({t for t in options.threads if t <= (info.get("cpus") or 1)} | {info.get("cpus") or 1})
+        reference = self.reference if labels is None else _reference_on(
+            self.reference, self.reference_outputs, labels, count, self.task, self.output)
+        for entry in chosen:
+            if entry.format != "tflite" or entry.file is None or entry.requires_flex or entry.status == "failed":
+                continue
+            self.say(f"device {client.label}: {entry.name} on {count} rows, threads {threads}")
+            row = Row(f"{entry.name}@{client.label}", "litert", "CPU", entry.variant, entry.bytes, "measured",
+                      machine=client.label)
             rows.append(row)
-            continue
-        row.engine = (result["device"].get("runtime") or "litert").split()[0]
-        subset_labels = labels[:count] if labels is not None else None
-        _score(row, outputs, {k: v[:count] for k, v in reference_outputs.items()}, subset_labels, task, output,
-               reference if labels is None else _reference_on(reference, reference_outputs, labels, count, task,
-                                                              output))
-        row.latency_ms = {t: Latency(**figures) for t, figures in result["latency_ms"].items()}
-        row.throughput_rows_per_s = {t: 1000.0 / lat.mean_ms for t, lat in row.latency_ms.items() if lat.mean_ms}
-        row.memory = result.get("memory")
-        row.reason = result.get("note") if result.get("served_meanwhile") else None
-        rows.append(row)
-    return {client.label: {**info, "url": url, "rows": count}}
+            try:
+                result, outputs = client.bench(self.out_dir / entry.file, entry.sha256, entry.signature, subset,
+                                               threads, options.runs, options.warmup)
+            except EdgekitError as exc:
+                row.status, row.reason = "skipped", exc.message
+                continue
+            row.engine = (result["device"].get("runtime") or "litert").split()[0]
+            _score(row, outputs, {k: v[:count] for k, v in self.reference_outputs.items()},
+                   labels[:count] if labels is not None else None, self.task, self.output, reference)
+            row.latency_ms = {t: Latency(**figures) for t, figures in result["latency_ms"].items()}
+            row.throughput_rows_per_s = {t: 1000.0 / lat.mean_ms for t, lat in row.latency_ms.items() if lat.mean_ms}
+            row.memory = result.get("memory")
+            row.reason = result.get("note") if result.get("served_meanwhile") else None
+        return {client.label: {**info, "url": url, "rows": count}}
 
 
 def _reference_on(reference: Row, reference_outputs, labels, count: int, task, output) -> Row:

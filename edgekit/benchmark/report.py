@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import math
 
-from edgekit.benchmark.measure import BenchReport, Row
+from edgekit.benchmark.results import BenchReport, Row
 
 
 def _fmt(value, pattern: str, empty: str = "-") -> str:
