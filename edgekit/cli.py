@@ -281,15 +281,19 @@ def calibration_notes(manifest) -> list[tuple[str, str]]:
 
 def layer_summary(layers: list[dict], unmatched: list[str], worst: int = 3) -> str:
     """Where an int8 model drifts (the manifest's per-layer errors) and what to try."""
+    from edgekit.build.targets.activation_ranges import NOT_KEPT_FLOAT
+
     measured = [layer for layer in layers if layer["rms_over_tensor_std"] is not None]
     left_out = f" ({len(unmatched)} quantized tensors had no float twin to compare: {', '.join(unmatched[:3])})" \
         if unmatched else ""
     if not measured:
         return "no layer could be compared with the float model" + left_out
     peak = max(measured, key=lambda layer: layer["rms_over_tensor_std"])
-    largest = sorted((layer for layer in measured if (layer["added"] or 0) > 0),
+    # int8 inputs and their conversions come with int8 (--float-layers cannot keep them float)
+    largest = sorted((layer for layer in measured if (layer["added"] or 0) > 0 and layer["op"] not in NOT_KEPT_FLOAT),
                      key=lambda layer: -layer["added"])[:worst]
-    return (f"error against a layer's spread reaches {peak['rms_over_tensor_std']:.1%} at {peak['tensor']}; "
+    return (f"error against a layer's spread reaches {peak['rms_over_tensor_std']:.1%} at {peak['tensor']} "
+            f"({peak['op']}); "
             "the layers that add most: "
             + ", ".join(f"{layer['tensor']} ({layer['op']}, +{layer['added']:.1%})" for layer in largest)
             + left_out + ". Try: more or more typical --calibration rows, --variants dynamic (float activations), int16x8 "
@@ -301,11 +305,12 @@ def float_layers_summary(kept: dict) -> str:
     """What --float-layers cost and bought (the manifest's quantization.ranges.float_layers)."""
     named = kept["ops_kept_float"] + [name.split(";")[0] for name in kept["tensors_kept_float"]]
     line = (f"keeping {', '.join(named)} in float costs {kept['byte_cost']:.2f}x the bytes "
-            f"({kept['bytes']:,} against {kept['bytes_all_int8']:,} all int8)")
+            f"({kept['bytes']:,} against about {kept['bytes_all_int8_estimate']:,} all int8; "
+            f"{kept['ops_int8']} ops still int8, {kept['ops_float']} float)")
     if kept.get("worst_error") is not None and kept.get("worst_error_all_int8") is not None:
         line += (f"; the worst output's error on the calibration rows goes from {kept['worst_error_all_int8']:.1%} "
                  f"to {kept['worst_error']:.1%}")
-    return line
+    return line + (f". Note: {kept['note']}" if kept.get("note") else "")
 
 
 def _thread_counts(text: str | None) -> tuple[int, ...] | None:

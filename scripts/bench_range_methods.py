@@ -80,7 +80,9 @@ def measure(name: str, saved_model: Path, calibration: Path, eval_data: Path, wo
         variant = "dynamic" if method == "dynamic" else "int8"
         manifest = convert(saved_model, out, variants=(variant,), tfjs=(), calibration=calibration,
                            range_method=method if method in METHODS else "auto",
-                           float_layers=kept_float.get(method, ()))
+                           float_layers=kept_float.get(method, ()),
+                           # an output op kept float stays float only with float outputs
+                           int8_io="float" if method in kept_float else "int8")
         seconds = time.perf_counter() - started
         artifact = manifest.artifacts[0]
         report = bench(out, eval_data=eval_data, runs=50, warmup=5, threads=(1,), memory=False)
@@ -117,7 +119,8 @@ def markdown(results: dict) -> str:
                 label = f"int8 {method}"
             else:
                 kept = run["float_layers"]
-                label = f"int8 auto, {method} (`{','.join(kept['asked'])}`, {kept['byte_cost']:.2f}x bytes)"
+                label = (f"int8 auto, {method} (`{','.join(kept['asked'])}`, {kept['byte_cost']:.2f}x bytes, "
+                         "float outputs)")
             lines.append(f"| {LABELS.get(model, model) if i == 0 else ''} | {label} | {', '.join(errors)} "
                          f"| {run['bytes']:,} | {run['p50_ms_1_thread']:g} ms | {run['convert_seconds']} s |")
     return "\n".join(lines)

@@ -156,10 +156,12 @@ def test_float_layers_keep_named_ops_float_and_report_the_byte_cost(digits_float
     record = kept.quantization["ranges"]["float_layers"]
     assert record["ops_kept_float"] == ["FULLY_CONNECTED"]
     assert [name.split(";")[0] for name in record["tensors_kept_float"]] == [first]
-    assert record["bytes"] == kept.bytes > record["bytes_all_int8"]  # float weights cost bytes
-    assert record["byte_cost"] == pytest.approx(kept.bytes / record["bytes_all_int8"], abs=1e-3)
-    assert record["bytes_all_int8"] == pytest.approx(plain.bytes, rel=0.02)
+    assert record["bytes"] == kept.bytes > record["bytes_all_int8_estimate"]  # float weights cost bytes
+    assert record["byte_cost"] == pytest.approx(kept.bytes / record["bytes_all_int8_estimate"], abs=1e-3)
+    assert record["bytes_all_int8_estimate"] == pytest.approx(plain.bytes, rel=0.02)
     assert record["worst_error"] >= 0 and record["worst_error_all_int8"] >= 0
+    assert record["ops_int8"] >= 1 and record["ops_float"] >= 2  # the first conv and the dense layer(s)
+    assert record["outputs_kept_float"] == [] and "note" not in record  # the output is the softmax's, still int8
     assert kept.status == "ok"  # float ops in an int8 graph still run in LiteRT and pass the check
 
 
@@ -174,9 +176,32 @@ def test_float_layers_leave_the_kept_ops_out_of_the_int8_graph(digits_float_head
     assert fully_connected and all(graph.tensors[op.outputs[0]].type == 0 for op in fully_connected)  # FLOAT32
 
 
+def test_float_layers_take_op_types_in_any_case_and_fail_int8_when_nothing_is_left_in_int8(tmp_path):
+    everything = "conv_2d,Max_Pool_2D,reshape,shape,strided_slice,pack,fully_connected,softmax"
+    int8 = convert(DIGITS / "saved_model", tmp_path / "all", variants=("int8",), tfjs=(),
+                   calibration=DIGITS / "calibration.npz", float_layers=everything).artifacts[0]
+    record = int8.quantization["ranges"]["float_layers"]
+    assert record["ops_kept_float"] == sorted(everything.upper().split(","))
+    assert record["ops_int8"] == 0
+    assert int8.status == "failed" and "nothing runs in int8" in int8.error and "float32" in int8.error
+
+
+def test_an_output_kept_float_under_int8_io_is_said_to_be_quantized_again(tmp_path):
+    int8 = convert(DIGITS / "saved_model", tmp_path / "softmax", variants=("int8",), tfjs=(),
+                   calibration=DIGITS / "calibration.npz", float_layers="SOFTMAX").artifacts[0]
+    record = int8.quantization["ranges"]["float_layers"]
+    assert record["outputs_kept_float"] == ["StatefulPartitionedCall:0"]
+    assert "--int8-io float" in record["note"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--variants", "int8", "--float-layers", "FULLY_CONECTED"],
      "the model has no op output or op type named 'FULLY_CONECTED'"),
+    (["--variants", "int8", "--float-layers", "LSTM"], "op types this model has: CONV_2D, FULLY_CONNECTED"),
+    (["--variants", "int8", "--float-layers", "serving_default_pixels:0"], "is the model's input or its quantization"),
+    (["--variants", "int8", "--float-layers", "INPUT"], "is the model's input or its quantization"),
+    (["--variants", "int8", "--float-layers", " , ,"], "--float-layers names no layer"),
+    (["--float-layers", "FULLY_CONNECTED", "--no-calibration"], "needs calibration data"),
     (["--variants", "float32", "--float-layers", "FULLY_CONNECTED"],
      "--float-layers only applies to the int8 variant"),
     (["--variants", "dynamic", "--diagnose", "--range-method", "mse"],
@@ -187,10 +212,14 @@ def test_int8_only_options_that_cannot_apply_are_bad_input_and_write_nothing(tmp
 
     from edgekit.cli import cli
 
+    calibration = [] if "--no-calibration" in args else ["--calibration", str(DIGITS / "calibration.npz")]
+    args = [arg for arg in args if arg != "--no-calibration"]
     result = CliRunner().invoke(cli, ["convert", str(DIGITS / "saved_model"), "-o", str(tmp_path / "out"),
-                                      "--tfjs", "none", "--calibration", str(DIGITS / "calibration.npz"), *args])
+                                      "--tfjs", "none", *calibration, *args])
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert not (tmp_path / "out").exists()
     if "FULLY_CONECTED" in args:
         assert "did you mean FULLY_CONNECTED" in result.stderr
+    if "LSTM" in args:
+        assert "did you mean" not in result.stderr  # no op type the model lacks is suggested

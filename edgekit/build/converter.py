@@ -94,15 +94,18 @@ class ConvertOptions:
                 "calibration data, and edgekit never calibrates on random noise",
                 "pass --calibration with real samples (.npz keyed by input name, .npy, or a folder of images)",
             )
-        if isinstance(self.float_layers, str):
-            object.__setattr__(self, "float_layers", tuple(p.strip() for p in self.float_layers.split(",") if p.strip()))
+        object.__setattr__(self, "float_layers", _layer_names(self.float_layers))
         int8_only = [flag for flag, given in (("--float-layers", self.float_layers), ("--diagnose", self.diagnose),
                                              (f"--range-method {self.range_method}", self.range_method != "auto"))
                      if given]
+        them = "it" if len(int8_only) == 1 else "them"
         if int8_only and self.variants is not None and Variant.INT8 not in self.tflite.variants:
             raise BadInput(f"{', '.join(int8_only)} only {'applies' if len(int8_only) == 1 else 'apply'} to the "
-                           "int8 variant, which this run does not build",
-                           f"add int8 to --variants, or drop {'it' if len(int8_only) == 1 else 'them'}")
+                           "int8 variant, which this run does not build", f"add int8 to --variants, or drop {them}")
+        if int8_only and self.calibration is None:
+            raise BadInput(f"{', '.join(int8_only)} only {'applies' if len(int8_only) == 1 else 'apply'} to the "
+                           "int8 variant, which needs calibration data (without it int8 is skipped)",
+                           f"pass --calibration with real samples, or drop {them}")
         if self.onnx:
             OnnxOptions(self.onnx_opset)
             require_onnx()
@@ -112,6 +115,18 @@ class ConvertOptions:
         return TFLiteOptions(variants=tuple(self.variants) if self.variants else tuple(Variant),
                              int8_io=self.int8_io, allow_flex=self.allow_flex, range_method=self.range_method,
                              diagnose=self.diagnose, float_layers=self.float_layers)
+
+
+def _layer_names(value) -> tuple[str, ...]:
+    """--float-layers as names: a comma-separated string, or a list of them."""
+    parts = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else \
+        [] if value is None else [value]
+    if not all(isinstance(part, str) for part in parts):
+        raise BadInput(f"--float-layers takes names (strings), not {value!r}", "e.g. FULLY_CONNECTED,conv1/BiasAdd")
+    names = tuple(dict.fromkeys(name.strip() for part in parts for name in part.split(",") if name.strip()))
+    if not names and any(parts):  # " , ," was given, and names nothing
+        raise BadInput(f"--float-layers names no layer: {value!r}", "e.g. FULLY_CONNECTED,conv1/BiasAdd")
+    return names
 
 
 def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOptions | None = None, *,

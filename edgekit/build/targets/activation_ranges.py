@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 
@@ -164,52 +164,122 @@ def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> by
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def float_layer_names(calibrated: bytes, wanted: tuple[str, ...]) -> tuple[set[str], set[str], list[str]]:
-    """`wanted` (tensor names as the diagnosis shows them, or op types such as FULLY_CONNECTED)
-    as the quantizer's denylists: op output tensor names (the converter fuses several names into
-    one, joined by ';': any part matches), op types present in the model, and the names that
-    match nothing."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+@dataclass
+class _Graph:
+    """A .tflite's first subgraph as --float-layers sees it: op types, op output names, inputs."""
 
-    op_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
-    graph = model.subgraphs[0]
-    outputs, types = [], set()
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        types.add(op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM"))
-        outputs += [graph.tensors[index].name.decode() for index in op.outputs]
+    types: set[str]  # op types present, e.g. FULLY_CONNECTED
+    outputs: list[str]  # every op's output tensor names, in full (fused names joined by ';')
+    graph_inputs: set[str]
+
+    @classmethod
+    def of(cls, model_bytes: bytes) -> _Graph:
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+        graph = model.subgraphs[0]
+        names = [tensor.name.decode() for tensor in graph.tensors]
+        return cls({_op_type(model, op) for op in graph.operators},
+                   [names[index] for op in graph.operators for index in op.outputs],
+                   {names[index] for index in graph.inputs})
+
+
+@cache
+def _builtin_names() -> dict[int, str]:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+
+
+def _op_type(model, op) -> str:
+    """An op's TFLite type name (FULLY_CONNECTED), from a flatbuffer_utils model object."""
+    code = model.operatorCodes[op.opcodeIndex]
+    return _builtin_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+
+
+def float_layer_names(calibrated: bytes, wanted: tuple[str, ...]) -> tuple[set[str], set[str], list[str]]:
+    """`wanted` (tensor names as the diagnosis shows them, or op types such as FULLY_CONNECTED,
+    in any case) as the quantizer's denylists: op output tensor names (the converter fuses
+    several names into one, joined by ';': any part matches), op types present in the model,
+    and the names that match nothing."""
+    graph = _Graph.of(calibrated)
     nodes, ops, unknown = set(), set(), []
     for name in wanted:
-        found = {full for full in outputs if name == full or name in full.split(";")}
+        found = {full for full in graph.outputs if name == full or name in full.split(";")}
         if found:
             nodes |= found
-        elif name in types:
-            ops.add(name)
+        elif name.upper() in graph.types:
+            ops.add(name.upper())
         else:
             unknown.append(name)
     return nodes, ops, unknown
 
 
+# What the diagnosis lists that no --float-layers can keep float: int8 I/O and its conversions.
+NOT_KEPT_FLOAT = ("INPUT", "QUANTIZE", "DEQUANTIZE")
+
+
 def unknown_layers_error(unknown: list[str], calibrated: bytes) -> EdgekitError:
-    """--float-layers named something the model does not have: say so, with the closest names."""
+    """--float-layers named something the model does not have: say so, with the closest
+    names (its own op outputs and op types), or why an input cannot be kept float."""
     import difflib
 
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
-    graph = model.subgraphs[0]
-    names = {graph.tensors[i].name.decode().split(";")[0] for op in graph.operators for i in op.outputs}
-    names |= {name for name in vars(schema.BuiltinOperator) if not name.startswith("_")}
+    graph = _Graph.of(calibrated)
+    inputs = [name for name in unknown if name in graph.graph_inputs or name.upper() in NOT_KEPT_FLOAT]
+    if inputs:
+        return BadInput(f"--float-layers: {', '.join(map(repr, inputs))} "
+                        f"{'is' if len(inputs) == 1 else 'are'} the model's input or its quantization, which "
+                        "every int8 model has: there is no op to keep float",
+                        "keep the ops that read the input in float instead (the diagnosis lists them next), "
+                        "or ship --variants dynamic (float activations)")
+    names = {name.split(";")[0] for name in graph.outputs} | graph.types
     close = [match for name in unknown for match in difflib.get_close_matches(name, sorted(names), n=2)
-             if match != name]
+             + difflib.get_close_matches(name.upper(), sorted(graph.types), n=1)]
+    close = list(dict.fromkeys(close))
     return BadInput(
         f"--float-layers: the model has no op output or op type named {', '.join(map(repr, unknown))}",
         (f"did you mean {', '.join(close)}? " if close else "")
         + "use the tensor names that --diagnose lists (quantization.ranges.layers[].tensor in the manifest) "
-        "or op types such as FULLY_CONNECTED or CONV_2D")
+        f"or op types this model has: {', '.join(sorted(graph.types))}")
+
+
+def op_precision(model_bytes: bytes) -> dict:
+    """How many ops of a quantized model compute in int8 and how many in float (QUANTIZE and
+    DEQUANTIZE, the conversions between them, and integer shape arithmetic left out)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    graph = model.subgraphs[0]
+    quantized, floating = {3, 7, 9}, {0, 1}  # TensorType: UINT8, INT16, INT8; FLOAT32, FLOAT16
+    counts = {"ops_int8": 0, "ops_float": 0}
+    for op in graph.operators:
+        if _op_type(model, op) in NOT_KEPT_FLOAT:
+            continue
+        types = {graph.tensors[index].type for index in op.outputs}
+        if types & quantized:
+            counts["ops_int8"] += 1
+        elif types & floating:
+            counts["ops_float"] += 1
+    return counts
+
+
+def requantized_outputs(model_bytes: bytes) -> list[str]:
+    """Outputs of a finished int8 model that a float op computes and a QUANTIZE then rounds
+    to int8 again (an output op kept float under --int8-io int8)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    graph = model.subgraphs[0]
+    producer = {index: op for op in graph.operators for index in op.outputs}
+    found = []
+    for index in graph.outputs:
+        op = producer.get(index)
+        if op is None or _op_type(model, op) != "QUANTIZE":
+            continue
+        before = producer.get(op.inputs[0])
+        if before is not None and _op_type(model, before) != "DEQUANTIZE" and graph.tensors[op.inputs[0]].type == 0:
+            found.append(graph.tensors[index].name.decode().split(";")[0])
+    return found
 
 
 DIAGNOSIS_ROWS = 50  # rows the per-layer diagnosis runs both models on
@@ -224,20 +294,17 @@ def layer_errors(calibrated: bytes, quantized: bytes, rows: dict[str, np.ndarray
     over the scale (about 0.29 is plain rounding), rms error over the standard deviation of the
     tensor's float values, and how much of that the op added (`added`: its figure less the
     largest of its inputs'). `unmatched`: quantized outputs with no float tensor to compare."""
-    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     from edgekit.runtime.tflite import interpreter_class
 
-    op_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
     graph = model.subgraphs[0]
     float_index = {t.name: i for i, t in enumerate(flatbuffer_utils.convert_bytearray_to_object(
         bytearray(calibrated)).subgraphs[0].tensors)}
 
     def op_name(op) -> str:
-        code = model.operatorCodes[op.opcodeIndex]
-        return op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        return _op_type(model, op)
 
     # With float I/O an output's int8 tensor may be renamed, a DEQUANTIZE taking the float name;
     # a QUANTIZE's int8 output stands for its float input.
@@ -368,10 +435,14 @@ class RangePicker:
 
     def _add_float_cost(self, calibrated: bytes, model: bytes, all_int8: bytes, nodes: set[str],
                         ops: set[str]) -> None:
-        """What keeping --float-layers in float costs and buys: bytes, and the worst output's
-        error on the calibration rows, against the same ranges with every op in int8."""
+        """What keeping --float-layers in float costs and buys: bytes, ops left in int8, and
+        the worst output's error on the calibration rows, against the same ranges with every
+        op in int8."""
         record = {"asked": list(self.float_layers), "ops_kept_float": sorted(ops), "tensors_kept_float": sorted(nodes),
+                  **op_precision(model),
                   "bytes_added": len(model) - len(all_int8)}  # the target adds the artifact's own bytes
+        if model == all_int8:
+            record["note"] = "changed nothing: TFLite runs these ops in float anyway"
         try:
             expected = run_in_chunks(calibrated, self.rows, self.signature, self.batch)
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
