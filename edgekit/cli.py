@@ -12,7 +12,6 @@ import click
 from edgekit._version import __version__
 from edgekit.errors import BadInput, EdgekitError, MissingDependency
 
-
 # Which extra brings each optional package, so a missing one is named with its install line.
 EXTRA_OF_MODULE = {"tensorflow": "convert", "keras": "convert", "PIL": "convert", "ai_edge_litert": "runtime",
                    "httptools": "runtime", "uvloop": "runtime", "orjson": "runtime", "grpc": "runtime",
@@ -281,7 +280,7 @@ def calibration_notes(manifest) -> list[tuple[str, str]]:
 
 def layer_summary(layers: list[dict], unmatched: list[str], worst: int = 3) -> str:
     """Where an int8 model drifts (the manifest's per-layer errors) and what to try."""
-    from edgekit.build.targets.activation_ranges import NOT_KEPT_FLOAT
+    from edgekit.build.targets.int8_layers import NOT_KEPT_FLOAT
 
     measured = [layer for layer in layers if layer["rms_over_tensor_std"] is not None]
     left_out = f" ({len(unmatched)} quantized tensors had no float twin to compare: {', '.join(unmatched[:3])})" \
@@ -438,7 +437,12 @@ def serve(model_base_path, model_name, model_config, host, port, grpc_port, thre
     """
     from edgekit.serve.limits import MB, Limits
     from edgekit.serve.repository import VersionPolicy
-    from edgekit.serve.server import default_interpreters, model_configs, read_api_key, run
+    from edgekit.serve.server import (
+        default_interpreters,
+        model_configs,
+        read_api_key,
+        run,
+    )
 
     if threads < 1 or (interpreters is not None and interpreters < 1) or poll_seconds <= 0:
         raise BadInput("--threads, --interpreters and --poll-seconds must be positive", "e.g. --threads 1")

@@ -24,8 +24,8 @@ from pathlib import Path
 from edgekit._version import __version__
 from edgekit.benchmark.budgets import Budgets, budget_reasons
 from edgekit.benchmark.results import BenchReport, Row
-from edgekit.files import replace_dir, sha256_file, staging_dir
 from edgekit.errors import BadInput, EdgekitError
+from edgekit.files import replace_dir, sha256_file, staging_dir
 from edgekit.manifest import Artifact, Manifest
 
 PLATFORMS = ("android", "ios", "web")

@@ -30,8 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from attacks import (Holders, attack_models, error_of, long_number_json, nested_json, npy_bytes,  # noqa: E402
-                     npy_header_only, npz_bomb, npz_of, post, raw_exchange, served_ok, status_of)
+from attacks import (  # noqa: E402
+    Holders,
+    attack_models,
+    error_of,
+    long_number_json,
+    nested_json,
+    npy_bytes,
+    npy_header_only,
+    npz_bomb,
+    npz_of,
+    post,
+    raw_exchange,
+    served_ok,
+    status_of,
+)
 from serving import free_port, memory_mb  # noqa: E402
 
 DIGITS = ROOT / "sample_models" / "digits_cnn"

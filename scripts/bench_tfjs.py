@@ -66,8 +66,8 @@ def main() -> None:
     from mobilenet import export_mobilenet_v2, smooth_images
 
     from edgekit import convert
-    from edgekit.engines.tfjs import tfjs_version
     from edgekit.build.targets.tfjs import VARIANTS
+    from edgekit.engines.tfjs import tfjs_version
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-tfjs-"))
     images = smooth_images(96)

@@ -145,8 +145,8 @@ def main() -> None:
     from mobilenet import export_mobilenet_v2, smooth_images
 
     from edgekit import convert, package
-    from edgekit.runtime import TFLiteModel
     from edgekit.engines.tfjs import require_tfjs
+    from edgekit.runtime import TFLiteModel
 
     modules = require_tfjs()
     work = Path(tempfile.mkdtemp(prefix="edgekit-browser-"))

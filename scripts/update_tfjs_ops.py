@@ -6,8 +6,8 @@ package.json (then `npm ci`):  python scripts/update_tfjs_ops.py
 """
 import json
 
-from edgekit.engines.tfjs import node_modules
 from edgekit.build.targets.tfjs.graph import OPS_SNAPSHOT, supported_ops
+from edgekit.engines.tfjs import node_modules
 
 modules = node_modules()
 if modules is None:

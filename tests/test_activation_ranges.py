@@ -7,8 +7,8 @@ import pytest
 from conftest import DIGITS, ONET
 
 from edgekit import convert
-from edgekit.manifest import Manifest
 from edgekit.build.targets.activation_ranges import BINS, Histogram, choose_ranges
+from edgekit.manifest import Manifest
 
 
 def histogram_of(values: np.ndarray) -> Histogram:

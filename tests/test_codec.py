@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from edgekit.errors import BadInput
-from edgekit.serve.codec import (NPY, NPZ, ServingTensor, decode_binary, decode_json, encode_binary, encode_json,
-                                 parse_json)
+from edgekit.serve.codec import (
+    NPY,
+    NPZ,
+    ServingTensor,
+    decode_binary,
+    decode_json,
+    encode_binary,
+    encode_json,
+    parse_json,
+)
 
 PIXELS = [ServingTensor("pixels", np.dtype(np.float32), (-1, 2, 2))]
 IRIS = [ServingTensor("petal", np.dtype(np.float32), (-1, 2)), ServingTensor("sepal", np.dtype(np.float32), (-1, 2))]

@@ -9,11 +9,11 @@ import pytest
 from conftest import DIGITS, IRIS
 
 from edgekit import convert
+from edgekit.build.targets.tflite import VARIANTS, Variant
 from edgekit.errors import FlexOpsRequired
 from edgekit.files import sha256_tree
 from edgekit.manifest import Manifest
 from edgekit.runtime import TFLiteModel
-from edgekit.build.targets.tflite import VARIANTS, Variant
 
 
 def test_digits_every_variant_converts_and_passes_its_check(digits_out):

@@ -8,9 +8,9 @@ import pytest
 from conftest import DIGITS, IRIS
 
 from edgekit import bench, convert
-from edgekit.manifest import Manifest
-from edgekit.engines.onnx import OnnxModel
 from edgekit.build.targets.onnx import newest_opset, unsupported_ops
+from edgekit.engines.onnx import OnnxModel
+from edgekit.manifest import Manifest
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,13 @@ import shutil
 import pytest
 
 from edgekit.errors import BadInput, NotFound, Unavailable
-from edgekit.serve.repository import ModelConfig, ModelRepository, VersionPolicy, check_name, read_model_config
+from edgekit.serve.repository import (
+    ModelConfig,
+    ModelRepository,
+    VersionPolicy,
+    check_name,
+    read_model_config,
+)
 
 
 @pytest.fixture()

@@ -14,8 +14,21 @@ import time
 import grpc
 import numpy as np
 import pytest
-from attacks import (Holders, attack_models, error_of, long_number_json, nested_json, npy_bytes, npy_header_only, npz_bomb, npz_of,
-                     post, raw_exchange, served_ok, status_of)
+from attacks import (
+    Holders,
+    attack_models,
+    error_of,
+    long_number_json,
+    nested_json,
+    npy_bytes,
+    npy_header_only,
+    npz_bomb,
+    npz_of,
+    post,
+    raw_exchange,
+    served_ok,
+    status_of,
+)
 from conftest import DIGITS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

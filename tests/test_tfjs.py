@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from conftest import DIGITS, IRIS
 
 from edgekit import convert
+from edgekit.build.targets.tfjs import TOLERANCES, VARIANTS
 from edgekit.cli import cli
+from edgekit.engines.tfjs import TfjsModel, unavailable_reason
 from edgekit.manifest import Manifest
 from edgekit.runtime import TFLiteModel
-from edgekit.engines.tfjs import TfjsModel, unavailable_reason
-from edgekit.build.targets.tfjs import TOLERANCES, VARIANTS
 
 # Only the tests that run TF.js skip without Node.js and the npm packages; the others run anywhere.
 needs_node = pytest.mark.skipif(unavailable_reason() is not None,
@@ -184,8 +184,8 @@ def test_without_node_the_artifact_is_written_unverified_with_a_warning(tmp_path
 
 @needs_node
 def test_the_op_snapshot_matches_the_installed_converter():
-    from edgekit.engines.tfjs import node_modules
     from edgekit.build.targets.tfjs.graph import OPS_SNAPSHOT, supported_ops
+    from edgekit.engines.tfjs import node_modules
 
     installed, source = supported_ops(node_modules())
     snapshot = json.loads(OPS_SNAPSHOT.read_text())
@@ -195,8 +195,8 @@ def test_the_op_snapshot_matches_the_installed_converter():
 
 
 def test_a_writer_that_dies_becomes_a_clear_error(tmp_path):
-    from edgekit.errors import ConversionFailed
     from edgekit.build.targets.tfjs.writer import convert_tfjs
+    from edgekit.errors import ConversionFailed
 
     (tmp_path / "not_a_model").mkdir()
     with pytest.raises(ConversionFailed, match="tfjs: the TF.js writer exited 1: .*saved_model") as caught:

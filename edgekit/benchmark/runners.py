@@ -17,7 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.benchmark.timing import Latency, measure_latency, measure_throughput, summarize
+from edgekit.benchmark.timing import (
+    Latency,
+    measure_latency,
+    measure_throughput,
+    summarize,
+)
 from edgekit.build.data import run_in_batches
 from edgekit.errors import BadInput
 

@@ -17,19 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.build import data, savedmodel
 from edgekit._version import __version__
-from edgekit.errors import BadInput, EdgekitError
-from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
-from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest
 from edgekit.agreement import CONFIDENT_MARGIN, compare_output, judge
-from edgekit.native_logs import captured_native_output
-from edgekit.engines import tfjs as tfjs_runtime
+from edgekit.build import data, savedmodel
 from edgekit.build.targets import tfjs as tfjs_target
 from edgekit.build.targets.base import BuildContext, Pending, Target
 from edgekit.build.targets.onnx import OnnxOptions, OnnxTarget, require_onnx
-from edgekit.build.targets.tflite import VARIANTS, TFLiteOptions, TFLiteTarget, Variant
 from edgekit.build.targets.tfjs import TfjsTarget
+from edgekit.build.targets.tflite import VARIANTS, TFLiteOptions, TFLiteTarget, Variant
+from edgekit.engines import tfjs as tfjs_runtime
+from edgekit.errors import BadInput, EdgekitError
+from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
+from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest
+from edgekit.native_logs import captured_native_output
 
 DEFAULT_CALIBRATION_SAMPLES = 200
 DEFAULT_CHECK_SAMPLES = 32

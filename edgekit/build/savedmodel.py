@@ -14,6 +14,7 @@ from edgekit.errors import BadInput, NotFound
 from edgekit.files import sha256_file, sha256_tree
 from edgekit.manifest import SignatureSpec, TensorSpec
 
+
 def check_path(path: str | Path) -> Path:
     """Fail early, before TensorFlow is imported, when the path is not a SavedModel."""
     path = Path(path)

@@ -30,7 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BadInput, EdgekitError, NotFound, PayloadTooLarge, Unavailable
+from edgekit.errors import (
+    BadInput,
+    EdgekitError,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 from edgekit.manifest import MANIFEST_NAME, Manifest
 from edgekit.native_logs import captured_native_output
 from edgekit.runtime import TFLiteModel

@@ -26,7 +26,13 @@ from edgekit.serve.app import RestApp
 from edgekit.serve.http import HttpServer
 from edgekit.serve.limits import Limits
 from edgekit.serve.prometheus import ServerMetrics
-from edgekit.serve.repository import ModelConfig, ModelRepository, VersionPolicy, check_name, read_model_config
+from edgekit.serve.repository import (
+    ModelConfig,
+    ModelRepository,
+    VersionPolicy,
+    check_name,
+    read_model_config,
+)
 from edgekit.serve.service import Service
 
 log = logging.getLogger("edgekit.serve")

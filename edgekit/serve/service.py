@@ -22,8 +22,15 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, NotFound, Unauthorized
 from edgekit.serve import malloc
-from edgekit.serve.limits import (JSON_PARSE_FACTOR, JSON_REPLY_FACTOR, TENSOR_COPIES, Limits, MemoryBudget, Slots,
-                                  WouldWait)
+from edgekit.serve.limits import (
+    JSON_PARSE_FACTOR,
+    JSON_REPLY_FACTOR,
+    TENSOR_COPIES,
+    Limits,
+    MemoryBudget,
+    Slots,
+    WouldWait,
+)
 from edgekit.serve.prometheus import ServerMetrics
 from edgekit.serve.repository import LoadedVersion, ModelRepository, ServedSignature
 

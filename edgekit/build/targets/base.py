@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.manifest import Artifact, SignatureSpec, TensorSpec
 from edgekit.agreement import Tolerance
+from edgekit.manifest import Artifact, SignatureSpec, TensorSpec
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.errors import BadInput, ConversionFailed, MissingDependency
-from edgekit.manifest import Artifact, TensorSpec
 from edgekit.agreement import Tolerance
 from edgekit.build.targets.base import BuildContext, Pending, Target
+from edgekit.errors import BadInput, ConversionFailed, MissingDependency
+from edgekit.manifest import Artifact, TensorSpec
 
 # What the post-conversion check accepts: ONNX keeps float32 weights and activations, like
 # the float32 TFLite variant.
@@ -120,8 +120,8 @@ class OnnxTarget(Target):
     def build(self, step: str) -> Artifact | Pending:
         import hashlib
 
-        from edgekit.errors import EdgekitError
         from edgekit.engines.onnx import OnnxModel
+        from edgekit.errors import EdgekitError
 
         context = self.context
         fields = dict(name="onnx", format="onnx", variant="float32", signature=context.signature,

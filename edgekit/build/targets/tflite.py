@@ -15,12 +15,12 @@ from enum import Enum
 
 import numpy as np
 
+from edgekit.agreement import Tolerance
+from edgekit.build.targets import activation_ranges, int8_layers, tflite_isolated
+from edgekit.build.targets.base import BuildContext, Pending, Target
 from edgekit.errors import BadInput, ConversionFailed
 from edgekit.manifest import Artifact, TensorSpec
-from edgekit.agreement import Tolerance
 from edgekit.native_logs import captured_native_output
-from edgekit.build.targets import activation_ranges, tflite_isolated
-from edgekit.build.targets.base import BuildContext, Pending, Target
 
 
 class Variant(str, Enum):
@@ -287,7 +287,7 @@ class TFLiteTarget(Target):
         and say why the artifact fails when nothing is left in int8."""
         estimate = len(model) - kept["bytes_added"]
         kept.update(bytes=len(model), bytes_all_int8_estimate=estimate, byte_cost=round(len(model) / estimate, 3),
-                    outputs_kept_float=activation_ranges.requantized_outputs(model))
+                    outputs_kept_float=int8_layers.requantized_outputs(model))
         if kept["outputs_kept_float"]:
             kept["note"] = "; ".join(filter(None, [kept.get("note"), (
                 f"{', '.join(kept['outputs_kept_float'])}: computed in float, then quantized again for the int8 "

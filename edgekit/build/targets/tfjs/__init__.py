@@ -16,10 +16,16 @@ per variant (graph.py, fuse.py, weights.py). Grappler can abort the whole proces
 """
 from __future__ import annotations
 
-from edgekit.manifest import Artifact, TensorSpec
 from edgekit.build.targets.base import BuildContext, Pending, Target
-from edgekit.build.targets.tfjs.variants import DEFAULT_SHARD_MB, DEFAULT_VARIANTS, TOLERANCES, VARIANTS, parse_variants
+from edgekit.build.targets.tfjs.variants import (
+    DEFAULT_SHARD_MB,
+    DEFAULT_VARIANTS,
+    TOLERANCES,
+    VARIANTS,
+    parse_variants,
+)
 from edgekit.build.targets.tfjs.writer import TfjsWriter
+from edgekit.manifest import Artifact, TensorSpec
 
 __all__ = ["DEFAULT_SHARD_MB", "DEFAULT_VARIANTS", "TOLERANCES", "VARIANTS", "TfjsTarget", "parse_variants"]
 
@@ -58,10 +64,10 @@ class TfjsTarget(Target):
         return {"tfjs": f"not run: {reason}" if reason else tfjs_runtime.tfjs_version()}
 
     def build(self, step: str) -> Artifact | Pending:
+        from edgekit.engines import tfjs as tfjs_runtime
         from edgekit.errors import EdgekitError
         from edgekit.files import sha256_file, sha256_tree
         from edgekit.manifest import Check
-        from edgekit.engines import tfjs as tfjs_runtime
 
         context, variant = self.context, step.removeprefix("tfjs_")
         fields = dict(name=step, format="tfjs", variant=variant, signature=context.signature,

@@ -43,7 +43,9 @@ def freeze(saved_model_dir: Path, signature: str):
     """The signature's function with its variables turned into constants: a GraphDef
     plus its input and output endpoints, in the signature's key order."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
 
     loaded = tf.saved_model.load(str(saved_model_dir))  # keep it alive: the variables live in it
     if signature not in loaded.signatures:

@@ -11,11 +11,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgekit.errors import BadInput, ConversionFailed
 from edgekit.build.targets.tfjs.fuse import fuse
-from edgekit.build.targets.tfjs.graph import freeze, graph_ops, optimize, supported_ops, tensor_info
-from edgekit.build.targets.tfjs.variants import DEFAULT_SHARD_MB, DEFAULT_VARIANTS, parse_variants
+from edgekit.build.targets.tfjs.graph import (
+    freeze,
+    graph_ops,
+    optimize,
+    supported_ops,
+    tensor_info,
+)
+from edgekit.build.targets.tfjs.variants import (
+    DEFAULT_SHARD_MB,
+    DEFAULT_VARIANTS,
+    parse_variants,
+)
 from edgekit.build.targets.tfjs.weights import extract_weights, write_variant
+from edgekit.errors import BadInput, ConversionFailed
 
 UNSUPPORTED_EXIT = 3  # the subprocess's exit status when the op check fails
 
