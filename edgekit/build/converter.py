@@ -138,33 +138,12 @@ def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOption
     source_dir = savedmodel.check_path(saved_model)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, options.force)
-    signature, calibration = options.signature, options.calibration
+    signature = options.signature
     with captured_native_output(quiet):  # importing TensorFlow prints absl/oneDNN notes
         loaded = savedmodel.load(source_dir)
     all_signatures = savedmodel.signatures(loaded)
     spec = savedmodel.pick_signature(all_signatures, signature)
-    calibration_rows = None
-    calibration_record = None
-    if calibration is not None:
-        all_rows = data.load_samples(calibration, spec, options.image_range)
-        available = len(next(iter(all_rows.values())))
-        calibration_rows = data.spread_rows(all_rows, options.calibration_samples)
-        calibration_record = {
-            "source": str(Path(calibration).resolve()),
-            "format": "images" if Path(calibration).is_dir() else Path(calibration).suffix[1:],
-            "samples_available": available,
-            "samples": len(next(iter(calibration_rows.values()))),
-            "sha256": sha256_file(Path(calibration)) if Path(calibration).is_file() else sha256_tree(Path(calibration)),
-            "ranges": data.value_ranges(calibration_rows),
-        }
-    if calibration_rows is not None:
-        # Spread over every row given, not just the calibration subset: with --calibration-samples 1
-        # the check must not shrink to the one row the ranges were fitted to.
-        check_inputs = data.spread_rows(all_rows, options.check_samples)
-        check_source = "calibration"
-    else:
-        check_inputs = data.synthetic_samples(spec, options.check_samples)
-        check_source = "synthetic"
+    calibration_rows, calibration_record, check_inputs = _rows(options, spec)
     batch = data.batch_size(spec)
     with captured_native_output(quiet):
         reference = savedmodel.run_reference(loaded, signature, check_inputs, batch)
@@ -192,7 +171,8 @@ def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOption
             signature=signature,
             signatures=all_signatures,
             calibration=calibration_record,
-            check_inputs={"source": check_source, "samples": len(next(iter(check_inputs.values())))},
+            check_inputs={"source": "synthetic" if calibration_rows is None else "calibration",
+                          "samples": len(next(iter(check_inputs.values())))},
             artifacts=artifacts,
         )
         manifest.write(staging)
@@ -201,6 +181,27 @@ def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOption
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _rows(options: ConvertOptions, spec) -> tuple[dict | None, dict | None, dict]:
+    """The calibration rows (a spread subset of the data given) and their manifest record, and
+    the check rows: spread over every row given, or deterministic synthetic rows without data."""
+    calibration = options.calibration
+    if calibration is None:
+        return None, None, data.synthetic_samples(spec, options.check_samples)
+    all_rows = data.load_samples(calibration, spec, options.image_range)
+    calibration_rows = data.spread_rows(all_rows, options.calibration_samples)
+    record = {
+        "source": str(Path(calibration).resolve()),
+        "format": "images" if Path(calibration).is_dir() else Path(calibration).suffix[1:],
+        "samples_available": len(next(iter(all_rows.values()))),
+        "samples": len(next(iter(calibration_rows.values()))),
+        "sha256": sha256_file(Path(calibration)) if Path(calibration).is_file() else sha256_tree(Path(calibration)),
+        "ranges": data.value_ranges(calibration_rows),
+    }
+    # Spread over every row given, not just the calibration subset: with --calibration-samples 1
+    # the check must not shrink to the one row the ranges were fitted to.
+    return calibration_rows, record, data.spread_rows(all_rows, options.check_samples)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:

@@ -136,6 +136,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _warn_at_start(configs: list[ModelConfig], host: str, api_key: str | None) -> None:
+    """What an unattended server's operator should see in its first log lines."""
+    if api_key is None and not is_loopback(host):
+        log.warning(json.dumps({"event": "exposed_without_key", "host": host,
+                                "hint": "anyone who can reach this address can use the models: "
+                                        "start with --api-key-file FILE"}))
+    for config in configs:
+        base = config.base_path
+        if not (base.is_dir() and any(p.name.isdigit() for p in base.iterdir())):
+            log.warning(json.dumps({"event": "no_versions", "model": config.name, "base_path": str(config.base_path),
+                                    "hint": f"nothing to serve until a version folder appears: "
+                                            f"{config.base_path}/1/ holding model.tflite or a convert OUT_DIR"}))
+
+
 def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", port: int = 8501,
         grpc_port: int = 8500, threads: int = 1, interpreters: int | None = None, poll_seconds: float = 2.0,
         api_key: str | None = None, log_level: str = "info", bench_max_bytes: int | None = None) -> None:
@@ -182,16 +196,7 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
                          "interpreters": repository.interpreters, "auth": api_key is not None,
                          "bench_endpoint": bench_max_bytes is not None,
                          "limits": {k: v for k, v in vars(limits).items()}}))
-    if api_key is None and not is_loopback(host):
-        log.warning(json.dumps({"event": "exposed_without_key", "host": host,
-                                "hint": "anyone who can reach this address can use the models: "
-                                        "start with --api-key-file FILE"}))
-    for config in configs:
-        base = config.base_path
-        if not (base.is_dir() and any(p.name.isdigit() for p in base.iterdir())):
-            log.warning(json.dumps({"event": "no_versions", "model": config.name, "base_path": str(config.base_path),
-                                    "hint": f"nothing to serve until a version folder appears: "
-                                            f"{config.base_path}/1/ holding model.tflite or a convert OUT_DIR"}))
+    _warn_at_start(configs, host, api_key)
     try:
         from uvloop import run as run_loop  # the faster event loop, where installed
     except ImportError:

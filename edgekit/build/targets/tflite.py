@@ -302,71 +302,86 @@ class TFLiteTarget(Target):
 
     def build(self, step: str) -> Artifact | Pending:
         import hashlib
+
+        from edgekit.errors import EdgekitError
+
+        context, variant = self.context, Variant(step)
+        common = dict(name=f"tflite_{step}", format="tflite", variant=step, signature=context.signature,
+                      quantization=quantization_record(variant, context.calibration_rows))
+        if VARIANTS[variant].needs_calibration and context.calibration_rows is None:
+            return Artifact(status="skipped", **common,
+                            error="no calibration data: pass --calibration with real samples "
+                                  "(.npz keyed by input name, .npy, or a folder of images)")
+        picker = self._picker(variant)
+        try:
+            result = self._convert(variant, picker)
+        except EdgekitError as exc:
+            return Artifact(status="failed", **common, error=str(exc))
+        failure = self._record_ranges(picker, common["quantization"], result.model)
+        if failure:
+            return Artifact(status="failed", **common, error=failure)
+        self.flex_needed = self.flex_needed or result.requires_flex
+        file_name = f"model_{step}.tflite"
+        (context.staging / file_name).write_bytes(result.model)
+        fields = dict(**common, file=file_name, bytes=len(result.model),
+                      sha256=hashlib.sha256(result.model).hexdigest(), requires_flex=result.requires_flex)
+        return self._opened(step, fields, result, picker)
+
+    def _picker(self, variant: Variant) -> activation_ranges.RangePicker | None:
+        """int8's stand-in for the converter's quantize step (see quantizing_with)."""
+        if variant is not Variant.INT8:
+            return None
+        context = self.context
+        methods = activation_ranges.METHODS if self.options.range_method == "auto" else (self.options.range_method,)
+        # Histograms one row per call, unless the signature fixes its batch: a batch of 224x224
+        # images with every intermediate tensor kept would need gigabytes.
+        fixed = any(spec.shape and spec.shape[0] is not None for spec in context.signature_spec.inputs)
+        return activation_ranges.RangePicker(methods, context.calibration_rows, context.signature, context.batch,
+                                             VARIANTS[variant].tolerance, self.options.diagnose,
+                                             histogram_batch=context.batch if fixed else 1,
+                                             float_layers=self.options.float_layers)
+
+    def _convert(self, variant: Variant, picker: activation_ranges.RangePicker | None) -> TFLiteResult:
+        context = self.context
+        if VARIANTS[variant].needs_calibration and context.control_flow:
+            return tflite_isolated.convert(str(context.source_dir), context.signature, variant, self.options,
+                                           context.calibration_rows, context.quiet, self.flex_needed, picker,
+                                           context.control_flow)
+        samples = representative(context.calibration_rows) if context.calibration_rows is not None else None
+        return convert_variant(str(context.source_dir), context.signature, variant, self.options, samples,
+                               context.quiet, self.flex_needed, picker)
+
+    def _record_ranges(self, picker: activation_ranges.RangePicker | None, quantization: dict,
+                       model: bytes) -> str | None:
+        """The picker's record into the manifest's quantization; why the artifact fails, if it does."""
+        if picker is None:
+            return None
+        if picker.refusal is not None:
+            raise picker.refusal  # a --float-layers typo stops the run: nothing is written
+        if picker.record is None and self.options.float_layers:
+            return ("this TensorFlow never handed edgekit the calibrated model, so --float-layers could not be "
+                    "applied; drop it, or use the TensorFlow edgekit pins")
+        quantization["ranges"] = picker.record or {
+            "method": "minmax", "note": "TFLite's own: this TensorFlow never handed edgekit the calibrated model"}
+        kept_float = quantization["ranges"].get("float_layers")
+        return self._cost_of_float_layers(kept_float, model) if kept_float else None
+
+    def _opened(self, step: str, fields: dict, result: TFLiteResult,
+                picker: activation_ranges.RangePicker | None) -> Artifact | Pending:
+        """The artifact loaded in LiteRT, waiting for its check (or why it cannot be checked)."""
         import os
 
         from edgekit.errors import EdgekitError, FlexOpsRequired
         from edgekit.manifest import Check
         from edgekit.runtime.tflite import TFLiteModel
 
-        context, variant = self.context, Variant(step)
-        name = f"tflite_{step}"
-        quantization = quantization_record(variant, context.calibration_rows)
-        if VARIANTS[variant].needs_calibration and context.calibration_rows is None:
-            return Artifact(name=name, format="tflite", variant=step, status="skipped", signature=context.signature,
-                            quantization=quantization,
-                            error="no calibration data: pass --calibration with real samples "
-                                  "(.npz keyed by input name, .npy, or a folder of images)")
-        tolerance = VARIANTS[variant].tolerance
-        picker = None
-        if variant is Variant.INT8:
-            methods = activation_ranges.METHODS if self.options.range_method == "auto" else (self.options.range_method,)
-            # Histograms one row per call, unless the signature fixes its batch: a batch of 224x224
-            # images with every intermediate tensor kept would need gigabytes.
-            fixed = any(spec.shape and spec.shape[0] is not None for spec in context.signature_spec.inputs)
-            picker = activation_ranges.RangePicker(methods, context.calibration_rows, context.signature,
-                                                   context.batch, tolerance, self.options.diagnose,
-                                                   histogram_batch=context.batch if fixed else 1,
-                                                   float_layers=self.options.float_layers)
-        try:
-            if VARIANTS[variant].needs_calibration and context.control_flow:
-                result = tflite_isolated.convert(str(context.source_dir), context.signature, variant, self.options,
-                                                 context.calibration_rows, context.quiet, self.flex_needed, picker,
-                                                 context.control_flow)
-            else:
-                samples = representative(context.calibration_rows) if context.calibration_rows is not None else None
-                result = convert_variant(str(context.source_dir), context.signature, variant, self.options, samples,
-                                         context.quiet, self.flex_needed, picker)
-        except EdgekitError as exc:
-            return Artifact(name=name, format="tflite", variant=step, status="failed", signature=context.signature,
-                            quantization=quantization, error=str(exc))
-        if picker is not None and picker.refusal is not None:
-            raise picker.refusal  # a --float-layers typo stops the run: nothing is written
-        if picker is not None and picker.record is None and self.options.float_layers:
-            return Artifact(name=name, format="tflite", variant=step, status="failed", signature=context.signature,
-                            quantization=quantization,
-                            error="this TensorFlow never handed edgekit the calibrated model, so --float-layers "
-                                  "could not be applied; drop it, or use the TensorFlow edgekit pins")
-        if picker is not None:
-            quantization["ranges"] = picker.record or {
-                "method": "minmax", "note": "TFLite's own: this TensorFlow never handed edgekit the calibrated model"}
-        self.flex_needed = self.flex_needed or result.requires_flex
-        file_name = f"model_{step}.tflite"
-        (context.staging / file_name).write_bytes(result.model)
-        kept_float = quantization.get("ranges", {}).get("float_layers")
-        if kept_float:
-            failure = self._cost_of_float_layers(kept_float, result.model)
-            if failure:
-                return Artifact(name=name, format="tflite", variant=step, status="failed", signature=context.signature,
-                                quantization=quantization, error=failure)
-        fields = dict(name=name, format="tflite", variant=step, signature=context.signature, file=file_name,
-                      bytes=len(result.model), sha256=hashlib.sha256(result.model).hexdigest(),
-                      quantization=quantization, requires_flex=result.requires_flex)
+        context, tolerance = self.context, VARIANTS[Variant(step)].tolerance
         try:
             with captured_native_output(context.quiet):  # LiteRT announces its XNNPACK delegate
                 model = TFLiteModel(result.model, num_threads=os.cpu_count())
         except FlexOpsRequired as exc:
-            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance.rel_l2,
-                          tolerance_spread=tolerance.spread, reason=f"needs flex ops ({', '.join(result.flex_ops)}); {exc.hint}")
+            check = Check(status="skipped", samples=0, tolerance_rel_l2=tolerance.rel_l2, tolerance_spread=tolerance.spread,
+                          reason=f"needs flex ops ({', '.join(result.flex_ops)}); {exc.hint}")
             return Artifact(status="unverified", check=check, **fields)
         except EdgekitError as exc:
             return Artifact(status="failed", error=f"LiteRT cannot load it: {exc.message}", **fields)
