@@ -1,8 +1,8 @@
 """The longest functions and modules of a tree, for keeping edgekit readable (issue #18).
 
-    python scripts/code_shape.py [TREE ...] [--json results/code_shape.json] [--top 10]
+    python scripts/code_shape.py [[NAME=]TREE ...] [--json results/code_shape.json] [--top 10]
 
-For each TREE (default: this checkout) it counts the lines of every module under edgekit/
+e.g. `now=. before=/tmp/before` (a worktree of an older commit). For each TREE (default: this checkout) it counts the lines of every module under edgekit/
 (generated protobuf modules left out) and of every function and method (from its `def` to
 its last line, docstring included) and writes the longest of each as JSON.
 """
@@ -41,11 +41,12 @@ def shape(tree: Path, top: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("trees", nargs="*", type=Path, default=[ROOT])
+    parser.add_argument("trees", nargs="*", default=[str(ROOT)])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--top", type=int, default=10)
     args = parser.parse_args()
-    result = {str(tree): shape(tree, args.top) for tree in args.trees}
+    named = [tree.split("=", 1) if "=" in tree else (tree, tree) for tree in args.trees]
+    result = {name: shape(Path(tree), args.top) for name, tree in named}
     text = json.dumps(result, indent=2) + "\n"
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
