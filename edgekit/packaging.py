@@ -177,7 +177,7 @@ def _refuse_unrunnable(artifact: Artifact, platform: str, allow_flex: bool) -> N
                       "app lacks", f"convert without --allow-flex, or link {runtime} and pass --allow-flex")
 
 
-def _tensor_info(tensor) -> dict:
+def _model_info_entry(tensor) -> dict:
     info = {"name": tensor.name, "dtype": tensor.dtype, "shape": tensor.shape, "quantization": tensor.quantization}
     if tensor.node is not None:
         info["node"] = tensor.node
@@ -199,8 +199,8 @@ def model_info(manifest: Manifest, artifact: Artifact, model_file: str, labels_f
         "sha256": artifact.sha256,
         "bytes": artifact.bytes,
         "signature": artifact.signature,
-        "inputs": [_tensor_info(t) for t in artifact.inputs],
-        "outputs": [_tensor_info(t) for t in artifact.outputs],
+        "inputs": [_model_info_entry(t) for t in artifact.inputs],
+        "outputs": [_model_info_entry(t) for t in artifact.outputs],
         "labels": labels_file,
         "quantization_note": _TFJS_NOTE if artifact.format == "tfjs" else _TFLITE_NOTE,
         "check": None if artifact.check is None else {

@@ -155,3 +155,33 @@ def unfrozen_variables_saved_model(tmp_path_factory) -> Path:
     module = Regressor()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return path
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, digits_out) -> Path:
+    """A model repository: digits, version 1 = the convert OUT_DIR (int8 served); iris, version 1
+    (float32), with a label. Each serve test module (REST, gRPC) gets its own."""
+    import json
+    import shutil
+
+    from edgekit import convert
+
+    root = tmp_path_factory.mktemp("models")
+    shutil.copytree(digits_out, root / "digits" / "1")
+    convert(IRIS / "saved_model", root / "iris" / "1", calibration=IRIS / "calibration.npz",
+            variants=("float32", "int8"), tfjs=())
+    (root / "models.json").write_text(json.dumps({"model_config_list": [
+        {"name": "digits", "base_path": "digits"},
+        {"name": "iris", "base_path": "iris", "version_labels": {"stable": 1}, "variant": "float32"},
+    ]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    """`edgekit serve` on `repo`, REST and gRPC, for the whole test module."""
+    from serving import Server
+
+    running = Server(["--model-config", str(repo / "models.json")])
+    yield running
+    running.stop()

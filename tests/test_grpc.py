@@ -23,7 +23,6 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from test_serve import repo, server  # noqa: F401  (fixtures shared with the REST tests)
 
 
 def stubs(running):

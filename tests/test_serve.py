@@ -10,38 +10,15 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import DIGITS, IRIS, deploy_version
+from conftest import DIGITS, deploy_version
 from serving import API_KEY, Client, Server, free_port
 
-from edgekit import convert
 from edgekit.cli import cli
 from edgekit.runtime import TFLiteModel
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, digits_out) -> Path:
-    """digits: version 1 = the convert OUT_DIR (int8 served); iris: version 1, labels."""
-    root = tmp_path_factory.mktemp("models")
-    shutil.copytree(digits_out, root / "digits" / "1")
-    convert(IRIS / "saved_model", root / "iris" / "1", calibration=IRIS / "calibration.npz",
-            variants=("float32", "int8"), tfjs=())
-    (root / "models.json").write_text(json.dumps({"model_config_list": [
-        {"name": "digits", "base_path": "digits"},
-        {"name": "iris", "base_path": "iris", "version_labels": {"stable": 1}, "variant": "float32"},
-    ]}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(repo):
-    running = Server(["--model-config", str(repo / "models.json")])
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,9 @@ def _status_mb(field: str) -> float:
 
 
 def _zeros(specs) -> dict[str, np.ndarray]:
-    return {name: np.zeros([1 if d is None or d < 0 else d for d in shape], dtype) for name, dtype, shape in specs}
+    from edgekit.runtime.tflite import zeros
+
+    return {name: zeros(shape, dtype) for name, dtype, shape in specs}
 
 
 def main(argv: list[str] | None = None) -> None:

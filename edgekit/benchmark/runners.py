@@ -25,6 +25,7 @@ from edgekit.benchmark.timing import (
 )
 from edgekit.build.data import run_in_batches
 from edgekit.errors import BadInput
+from edgekit.runtime.tflite import zeros
 
 
 class Runner(ABC):
@@ -145,8 +146,7 @@ class TfjsRunner(Runner):
         from edgekit.engines.tfjs import TfjsModel
 
         with TfjsModel(self.folder, self.backend) as fresh:
-            fresh.run({i["name"]: np.zeros([1 if d is None or d < 0 else d for d in (i["shape"] or [1])],
-                                           i["dtype"] or "float32") for i in fresh.inputs})
+            fresh.run({i["name"]: zeros(i["shape"], i["dtype"] or "float32") for i in fresh.inputs})
             return fresh.memory()
 
     def close(self):

@@ -71,7 +71,7 @@ class TensorInfo:
         return {"scale": self.scale, "zero_point": self.zero_point}
 
 
-def _tensor_info(name: str, detail: dict[str, Any]) -> TensorInfo:
+def _from_details(name: str, detail: dict[str, Any]) -> TensorInfo:
     params = detail.get("quantization_parameters") or {}
     scales = np.asarray(params.get("scales", []), dtype=np.float64)
     zero_points = np.asarray(params.get("zero_points", []), dtype=np.int64)
@@ -121,6 +121,12 @@ def dequantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:
     return (np.asarray(values, dtype=np.float32) - np.float32(info.zero_point)) * np.float32(
         info.scale
     )
+
+
+def zeros(shape, dtype, rows: int = 1) -> np.ndarray:
+    """Zeros for a tensor whose unknown axes (None or -1; no shape at all: one axis) are
+    `rows` long: what warm-ups, memory probes and growth measurements feed a model."""
+    return np.zeros([rows if d is None or d < 0 else d for d in (shape if shape is not None else [-1])], dtype)
 
 
 def flex_ops_in(message: str) -> list[str]:
@@ -181,7 +187,7 @@ class TFLiteModel:
         if key not in self._infos:
             runner = self._runner(signature)
             details = runner.get_input_details() if kind == "in" else runner.get_output_details()
-            self._infos[key] = [_tensor_info(name, detail) for name, detail in details.items()]
+            self._infos[key] = [_from_details(name, detail) for name, detail in details.items()]
         return self._infos[key]
 
     def inputs(self, signature: str | None = None) -> list[TensorInfo]:

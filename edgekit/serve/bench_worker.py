@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     from edgekit.benchmark.timing import measure_latency
     from edgekit.errors import EdgekitError
     from edgekit.runtime import TFLiteModel
-    from edgekit.runtime.tflite import interpreter_class
+    from edgekit.runtime.tflite import interpreter_class, zeros
 
     interpreter_class()
     baseline = _status_mb("VmRSS")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             with np.load(inputs_path, allow_pickle=False) as archive:
                 inputs = {name: archive[name] for name in archive.files}
         else:
-            inputs = {i.name: np.zeros([1 if d < 0 else d for d in i.shape], np.float32) for i in specs}
+            inputs = {i.name: zeros(i.shape, np.float32) for i in specs}
         rows = len(next(iter(inputs.values()))) if inputs else 1
         batch_free = all(i.shape and i.shape[0] == -1 for i in specs)
         step = rows if batch_free else 1

@@ -135,7 +135,7 @@ def to_tensor(array: np.ndarray) -> tensorflow_pb2.TensorProto:
     return tensor
 
 
-def _tensor_info(spec: codec.ServingTensor, name: str) -> tensorflow_pb2.TensorInfo:
+def _tensor_info_proto(spec: codec.ServingTensor, name: str) -> tensorflow_pb2.TensorInfo:
     info = tensorflow_pb2.TensorInfo(name=name, dtype=DTYPE_OF.get(spec.dtype, tensorflow_pb2.DT_STRING))
     info.tensor_shape.dim.extend(tensorflow_pb2.TensorShapeProto.Dim(size=d) for d in spec.shape)
     return info
@@ -238,9 +238,9 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
                 definition = signature_map.signature_def[signature]
                 definition.method_name = "tensorflow/serving/predict"
                 for spec in served.inputs:
-                    definition.inputs[spec.name].CopyFrom(_tensor_info(spec, names.get(spec.name, spec.name)))
+                    definition.inputs[spec.name].CopyFrom(_tensor_info_proto(spec, names.get(spec.name, spec.name)))
                 for spec in served.outputs:
-                    definition.outputs[spec.name].CopyFrom(_tensor_info(spec, names.get(spec.name, spec.name)))
+                    definition.outputs[spec.name].CopyFrom(_tensor_info_proto(spec, names.get(spec.name, spec.name)))
             reply = serving_pb2.GetModelMetadataResponse()
             reply.model_spec.name = loaded.name
             reply.model_spec.version.value = loaded.version

@@ -40,7 +40,7 @@ from edgekit.errors import (
 from edgekit.manifest import MANIFEST_NAME, Manifest
 from edgekit.native_logs import captured_native_output
 from edgekit.runtime import TFLiteModel
-from edgekit.runtime.tflite import DEFAULT_SIGNATURE
+from edgekit.runtime.tflite import DEFAULT_SIGNATURE, zeros
 from edgekit.serve.codec import ServingTensor
 from edgekit.serve.limits import WouldWait
 
@@ -231,7 +231,7 @@ def _bytes_per_value(model: TFLiteModel, signature: str, ins: list[ServingTensor
         return 0.0
     sizes = []
     for size in (1, 2):
-        feeds = {t.name: np.zeros([size if d < 0 else d for d in t.shape], t.dtype) for t in ins}
+        feeds = {t.name: zeros(t.shape, t.dtype, size) for t in ins}
         try:
             model.run(feeds, signature)
         except Exception:  # the model refuses such inputs: count all its tensors against the smallest
@@ -271,10 +271,10 @@ class LoadedVersion:
         time a one-row call: `quick` versions answer small requests on the event loop."""
         for model in self.models:
             for signature, served in self.signatures.items():
-                zeros = {t.name: np.zeros([1 if d < 0 else d for d in t.shape], t.dtype) for t in served.inputs}
-                model.run(zeros, signature)
+                feeds = {t.name: zeros(t.shape, t.dtype) for t in served.inputs}
+                model.run(feeds, signature)
                 started = time.perf_counter()
-                model.run(zeros, signature)
+                model.run(feeds, signature)
                 self.call_seconds = max(self.call_seconds, time.perf_counter() - started)
 
     @property
@@ -364,8 +364,8 @@ class LoadedVersion:
         for signature, served in self.signatures.items():
             names = served.tensor_names
             signature_defs[signature] = {
-                "inputs": {t.name: _tensor_info(t, names.get(t.name, t.name)) for t in served.inputs},
-                "outputs": {t.name: _tensor_info(t, names.get(t.name, t.name)) for t in served.outputs},
+                "inputs": {t.name: _metadata_entry(t, names.get(t.name, t.name)) for t in served.inputs},
+                "outputs": {t.name: _metadata_entry(t, names.get(t.name, t.name)) for t in served.outputs},
                 "method_name": "tensorflow/serving/predict",
             }
         return {"signature_def": {"signature_def": signature_defs}}
@@ -387,7 +387,7 @@ def _serving(info) -> ServingTensor:
     return ServingTensor(info.name, dtype, tuple(info.shape))
 
 
-def _tensor_info(tensor: ServingTensor, name: str) -> dict[str, Any]:
+def _metadata_entry(tensor: ServingTensor, name: str) -> dict[str, Any]:
     return {"dtype": TF_DTYPES.get(tensor.dtype.name, "DT_INVALID"), "name": name,
             "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in tensor.shape], "unknown_rank": False}}
 

@@ -98,7 +98,7 @@ def graph_ops(graph_def) -> set[str]:
     return ops
 
 
-def tensor_info(endpoint: Endpoint) -> dict:
+def signature_entry(endpoint: Endpoint) -> dict:
     """A signature entry as proto3 JSON (TensorInfo), as model.json's "signature" holds it."""
     from tensorflow.core.framework import types_pb2
     from tensorflow.python.framework import dtypes

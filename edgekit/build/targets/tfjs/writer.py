@@ -17,7 +17,7 @@ from edgekit.build.targets.tfjs.graph import (
     graph_ops,
     optimize,
     supported_ops,
-    tensor_info,
+    signature_entry,
 )
 from edgekit.build.targets.tfjs.variants import (
     DEFAULT_SHARD_MB,
@@ -50,8 +50,8 @@ def build(saved_model_dir: Path, signature: str, out: Path, variants: tuple[str,
         return summary
     weights = extract_weights(graph_def)
     topology = json_format.MessageToDict(graph_def)
-    signature_json = {"inputs": {e.key: tensor_info(e) for e in inputs},
-                      "outputs": {e.key: tensor_info(e) for e in outputs}}
+    signature_json = {"inputs": {e.key: signature_entry(e) for e in inputs},
+                      "outputs": {e.key: signature_entry(e) for e in outputs}}
     shard_bytes = int(shard_mb * 1024 * 1024)
     for variant in variants:
         write_variant(out / f"tfjs_{variant}", topology, signature_json, weights, variant, shard_bytes,
