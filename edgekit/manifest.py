@@ -65,6 +65,12 @@ class SignatureSpec:
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the inputs are built for, when their first axis fixes one."""
+        fixed = {spec.shape[0] for spec in self.inputs if spec.shape and spec.shape[0] is not None}
+        return fixed.pop() if len(fixed) == 1 else None
+
 
 @dataclass(frozen=True)
 class OutputCheck:

@@ -369,8 +369,7 @@ def _score(row: Row, outputs, reference_outputs, labels, task, output, reference
 
 
 def _time(row: Row, runners: dict[str, Runner], inputs, warmup: int, runs: int, batch: int, spec) -> None:
-    fixed = {s.shape[0] for s in spec.inputs if s.shape and s.shape[0] is not None}
-    fixed_rows = fixed.pop() if len(fixed) == 1 else None  # a model built for one batch size
+    fixed_rows = spec.fixed_batch  # a model built for one batch size
     first = {k: np.resize(v, (fixed_rows or 1, *v.shape[1:])) for k, v in inputs.items()}
     rows = fixed_rows or batch
     batch_inputs = {k: np.resize(v, (rows, *v.shape[1:])) for k, v in inputs.items()}

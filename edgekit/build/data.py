@@ -262,8 +262,7 @@ def value_ranges(rows: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
 
 def batch_size(signature: SignatureSpec) -> int:
     """Rows per call: the signature's fixed batch size if it has one, else DEFAULT_BATCH."""
-    fixed = {spec.shape[0] for spec in signature.inputs if spec.shape and spec.shape[0] is not None}
-    return fixed.pop() if len(fixed) == 1 else DEFAULT_BATCH
+    return signature.fixed_batch or DEFAULT_BATCH
 
 
 def run_in_batches(

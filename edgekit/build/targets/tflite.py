@@ -335,7 +335,7 @@ class TFLiteTarget(Target):
         methods = activation_ranges.METHODS if self.options.range_method == "auto" else (self.options.range_method,)
         # Histograms one row per call, unless the signature fixes its batch: a batch of 224x224
         # images with every intermediate tensor kept would need gigabytes.
-        fixed = any(spec.shape and spec.shape[0] is not None for spec in context.signature_spec.inputs)
+        fixed = context.signature_spec.fixed_batch is not None
         return activation_ranges.RangePicker(methods, context.calibration_rows, context.signature, context.batch,
                                              VARIANTS[variant].tolerance, self.options.diagnose,
                                              histogram_batch=context.batch if fixed else 1,
