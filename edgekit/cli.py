@@ -10,7 +10,13 @@ from pathlib import Path
 import click
 
 from edgekit._version import __version__
+from edgekit.benchmark.results import TASKS
+from edgekit.build import data
+from edgekit.build.targets import activation_ranges
+from edgekit.build.targets import tflite as tflite_target
+from edgekit.build.targets.tfjs import variants as tfjs_variants
 from edgekit.errors import BadInput, EdgekitError, MissingDependency
+from edgekit.packaging import PICKS, PLATFORMS
 
 # Which extra brings each optional package, so a missing one is named with its install line.
 EXTRA_OF_MODULE = {"tensorflow": "convert", "keras": "convert", "PIL": "convert", "ai_edge_litert": "runtime",
@@ -154,29 +160,30 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
 @click.option("--signature", default="serving_default", show_default=True,
               help="Signature to convert; the manifest lists them all.")
 @click.option("--variants", default=None,
-              help="Comma-separated: float32,dynamic,float16,int8,int16x8 [default: all].")
+              help=f"Comma-separated: {','.join(v.value for v in tflite_target.Variant)} [default: all].")
 @click.option("--calibration", type=click.Path(path_type=Path),
               help="Real samples: .npz keyed by input name, .npy (one input) or an image folder.")
-@click.option("--calibration-samples", default=200, show_default=True,
+@click.option("--calibration-samples", default=data.DEFAULT_CALIBRATION_SAMPLES, show_default=True,
               help="How many calibration samples (spread over the data) to use.")
-@click.option("--check-samples", default=32, show_default=True,
+@click.option("--check-samples", default=data.DEFAULT_CHECK_SAMPLES, show_default=True,
               help="How many samples to compare each artifact with the SavedModel on.")
-@click.option("--int8-io", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
+@click.option("--int8-io", type=click.Choice(tflite_target.INT8_IO_CHOICES), default=tflite_target.TFLiteOptions.int8_io,
+              show_default=True,
               help="Input/output tensor type of the int8 variant.")
-@click.option("--range-method", type=click.Choice(["auto", "minmax", "percentile", "mse"]), default="auto",
+@click.option("--range-method", type=click.Choice(activation_ranges.CHOICES), default=activation_ranges.CHOICES[0],
               show_default=True, help="How int8 sets each activation's range; auto tries all, keeps the best check.")
 @click.option("--diagnose", is_flag=True,
               help="Record int8's per-layer errors even when it passes (always done when it does not).")
 @click.option("--float-layers", default="",
               help="Comma-separated int8 ops to keep in float, a last resort: tensor names as --diagnose lists "
                    "them, or op types (FULLY_CONNECTED); the manifest gives the byte cost.")
-@click.option("--image-range", type=click.Choice(["0:255", "0:1", "-1:1"]), default="0:255",
+@click.option("--image-range", type=click.Choice(list(data.IMAGE_RANGES)), default=next(iter(data.IMAGE_RANGES)),
               show_default=True, help="Pixel scale for an image-folder calibration set.")
 @click.option("--allow-flex", is_flag=True,
               help="Keep ops TFLite lacks as SELECT_TF_OPS (needs the flex delegate at run time).")
-@click.option("--tfjs", "tfjs", default="float32,uint8", show_default=True,
-              help="TF.js graph models to write: float32,float16,uint8 weights, or none.")
-@click.option("--tfjs-shard-mb", default=4.0, show_default=True, help="Size of each TF.js weight shard (MiB).")
+@click.option("--tfjs", "tfjs", default=",".join(tfjs_variants.DEFAULT_VARIANTS), show_default=True,
+              help=f"TF.js graph models to write: {','.join(tfjs_variants.VARIANTS)} weights, or none.")
+@click.option("--tfjs-shard-mb", default=tfjs_variants.DEFAULT_SHARD_MB, show_default=True, help="Size of each TF.js weight shard (MiB).")
 @click.option("--onnx", is_flag=True, help="Also write onnx/model.onnx (tf2onnx; needs edgekit[onnx]).")
 @click.option("--onnx-opset", type=int, help="ONNX opset [default: the newest tf2onnx supports].")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
@@ -327,7 +334,7 @@ def _thread_counts(text: str | None) -> tuple[int, ...] | None:
 @click.option("--data", "eval_data", type=click.Path(path_type=Path),
               help="Evaluation rows: .npz keyed by input name (labels under --labels-key) or .npy.")
 @click.option("--labels-key", help="Key of the labels in the --data .npz [default: y, when the file has it].")
-@click.option("--task", type=click.Choice(["classification", "regression"]),
+@click.option("--task", type=click.Choice(TASKS),
               help="Task metric for the labels [default: from the output's shape and the labels' dtype].")
 @click.option("--output", "output_name", help="Output the labels score (when the signature has several).")
 @click.option("--runs", default=100, show_default=True, help="Timed runs per latency figure.")
@@ -460,11 +467,11 @@ def serve(model_base_path, model_name, model_config, host, port, grpc_port, thre
 
 @cli.command("package")
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--platform", type=click.Choice(["android", "ios", "web"]), required=True, help="The app build to lay out for.")
+@click.option("--platform", type=click.Choice(PLATFORMS), required=True, help="The app build to lay out for.")
 @click.option("--dest", type=click.Path(path_type=Path), required=True,
               help="Where the model folder goes (Android: app/src/main/assets).")
 @click.option("--variant", help="The artifact to ship (name or variant).")
-@click.option("--pick", type=click.Choice(["smallest", "fastest", "most-accurate"]),
+@click.option("--pick", type=click.Choice(PICKS),
               help="Choose among the artifacts that meet the budgets (fastest/most-accurate need --bench-json).")
 @click.option("--bench-json", type=click.Path(path_type=Path), help="`edgekit bench --json` report for picks and budgets.")
 @click.option("--labels", type=click.Path(path_type=Path), help="Labels file, one per line in class order.")

@@ -13,14 +13,13 @@ import numpy as np
 
 from edgekit import agreement
 from edgekit._version import __version__
-from edgekit.benchmark.results import SCHEMA_VERSION, BenchReport, Row
+from edgekit.benchmark.results import SCHEMA_VERSION, TASKS, BenchReport, Row
 from edgekit.benchmark.runners import RUNNERS, Runner, TensorFlowRunner
 from edgekit.build import data
 from edgekit.errors import BadInput, EdgekitError, NotFound
 from edgekit.manifest import Artifact, Manifest, SignatureSpec
 from edgekit.native_logs import captured_native_output
 
-TASKS = ("classification", "regression")
 
 
 Progress = Callable[[str], None]

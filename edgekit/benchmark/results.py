@@ -14,6 +14,7 @@ from edgekit.errors import BadInput, NotFound
 from edgekit.manifest import top1_over_outputs
 
 SCHEMA_VERSION = 1
+TASKS = ("classification", "regression")  # the task metrics bench scores labels with
 
 
 @dataclass

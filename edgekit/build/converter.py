@@ -31,8 +31,6 @@ from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
 from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest
 from edgekit.native_logs import captured_native_output
 
-DEFAULT_CALIBRATION_SAMPLES = 200
-DEFAULT_CHECK_SAMPLES = 32
 
 
 @dataclass(frozen=True)
@@ -63,8 +61,8 @@ class ConvertOptions:
     signature: str = "serving_default"
     variants: tuple[Variant | str, ...] | None = None
     calibration: str | Path | None = None
-    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
-    check_samples: int = DEFAULT_CHECK_SAMPLES
+    calibration_samples: int = data.DEFAULT_CALIBRATION_SAMPLES
+    check_samples: int = data.DEFAULT_CHECK_SAMPLES
     int8_io: str = "int8"
     range_method: str = "auto"  # int8 activation ranges: auto, minmax, percentile or mse
     diagnose: bool = False  # per-layer int8 errors in the manifest even when its check passes

@@ -16,6 +16,8 @@ from edgekit.errors import BadInput, MissingDependency
 from edgekit.manifest import SignatureSpec, TensorSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+DEFAULT_CALIBRATION_SAMPLES = 200  # rows int8/int16x8 calibrate on, spread over the data
+DEFAULT_CHECK_SAMPLES = 32  # rows each artifact is compared with the SavedModel on
 IMAGE_RANGES = {"0:255": (0.0, 255.0), "0:1": (0.0, 1.0), "-1:1": (-1.0, 1.0)}
 DEFAULT_BATCH = 32
 
