@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -254,8 +254,16 @@ class Manifest:
         return cls.from_dict(data)
 
 
+def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields `cls` has. Within one schema version fields are only ever added, and a reader
+    ignores those it does not know: a Pi running an older edgekit still serves what a newer
+    convert wrote. A missing required field still fails (TypeError)."""
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
 def _tensor(data: dict[str, Any]) -> TensorSpec:
-    return TensorSpec(**data)
+    return TensorSpec(**_known(TensorSpec, data))
 
 
 def _signature(data: dict[str, Any]) -> SignatureSpec:
@@ -265,12 +273,12 @@ def _signature(data: dict[str, Any]) -> SignatureSpec:
 
 
 def _artifact(data: dict[str, Any]) -> Artifact:
-    data = dict(data)
+    data = _known(Artifact, data)
     data["inputs"] = [_tensor(t) for t in data.get("inputs", [])]
     data["outputs"] = [_tensor(t) for t in data.get("outputs", [])]
     check = data.get("check")
     if check is not None:
-        check = dict(check)
-        check["outputs"] = {k: OutputCheck(**v) for k, v in check.get("outputs", {}).items()}
+        check = _known(Check, check)
+        check["outputs"] = {k: OutputCheck(**_known(OutputCheck, v)) for k, v in check.get("outputs", {}).items()}
         data["check"] = Check(**check)
     return Artifact(**data)

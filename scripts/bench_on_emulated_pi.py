@@ -58,8 +58,11 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    # The root outlives a run: the same version number from an older tree must not be kept as
+    # "already satisfied", so the wheel itself is always reinstalled.
     command = (f"python3 -m venv /opt/ek-bench && /opt/ek-bench/bin/pip install --quiet "
-               f"'/srv/bench/{wheel.name}[runtime]' && exec /opt/ek-bench/bin/edgekit serve /srv/bench/models/digits "
+               f"'/srv/bench/{wheel.name}[runtime]' && /opt/ek-bench/bin/pip install --quiet --force-reinstall "
+               f"--no-deps '/srv/bench/{wheel.name}' && exec /opt/ek-bench/bin/edgekit serve /srv/bench/models/digits "
                f"--port {port} --grpc-port 0 --allow-bench --api-key-file /srv/bench/key.txt --log-level warning")
     server = subprocess.Popen([str(args.pi_root), "run", command], stdout=subprocess.DEVNULL,
                               stderr=open(work / "pi.log", "w"))
@@ -73,6 +76,8 @@ def main() -> None:
                 pass
             if server.poll() is not None:
                 raise SystemExit("the emulated server stopped:\n" + (work / "pi.log").read_text()[-2000:])
+            if '"load_failed"' in (work / "pi.log").read_text():  # up, but it will never be ready
+                raise SystemExit("the emulated server cannot load the model:\n" + (work / "pi.log").read_text()[-2000:])
             time.sleep(5)
         print(f"emulated Pi serving on 127.0.0.1:{port}", flush=True)
         report = work / "report.json"

@@ -10,7 +10,7 @@ from conftest import DIGITS, IRIS
 
 from edgekit import convert
 from edgekit.build.targets.tflite import VARIANTS, Variant
-from edgekit.errors import FlexOpsRequired
+from edgekit.errors import BadInput, FlexOpsRequired
 from edgekit.files import sha256_tree
 from edgekit.manifest import Manifest
 from edgekit.runtime import TFLiteModel
@@ -195,6 +195,28 @@ def test_same_input_gives_identical_artifacts_and_manifest(tmp_path):
 def test_manifest_round_trips_through_json(digits_out):
     text = (digits_out / "manifest.json").read_text()
     assert Manifest.read(digits_out).to_json() == text
+
+
+def test_a_manifest_with_fields_a_newer_edgekit_added_still_reads(digits_out):
+    """A device may run an older edgekit than the workstation that converted: within one
+    schema version fields are only added, and readers skip those they do not know."""
+    document = json.loads((digits_out / "manifest.json").read_text())
+    document["from_the_future"] = 1
+    for artifact in document["artifacts"]:
+        artifact["new_field"] = {"x": 1}
+        for tensor in artifact["inputs"] + artifact["outputs"]:
+            tensor["layout"] = "NHWC"
+        if artifact.get("check"):
+            artifact["check"]["new_rule"] = 0.5
+            for output in artifact["check"]["outputs"].values():
+                output["new_figure"] = 0.25
+    for signature in document["signatures"].values():
+        signature["inputs"][0]["layout"] = "NHWC"
+    manifest = Manifest.from_dict(document)
+    assert manifest.to_json() == (digits_out / "manifest.json").read_text()
+    del document["artifacts"][0]["status"]  # a field every reader needs is still required
+    with pytest.raises(BadInput, match="missing or has a malformed field"):
+        Manifest.from_dict(document)
 
 
 def test_an_output_without_a_row_per_example_and_a_string_input_are_handled(tmp_path):
