@@ -20,17 +20,16 @@ import numpy as np
 from edgekit._version import __version__
 from edgekit.agreement import CONFIDENT_MARGIN, compare_output, judge
 from edgekit.build import data, savedmodel
+from edgekit.build.targets import TARGETS
 from edgekit.build.targets import tfjs as tfjs_target
 from edgekit.build.targets.base import BuildContext, Pending, Target
-from edgekit.build.targets.onnx import OnnxOptions, OnnxTarget, require_onnx
-from edgekit.build.targets.tfjs import TfjsTarget
-from edgekit.build.targets.tflite import VARIANTS, TFLiteOptions, TFLiteTarget, Variant
+from edgekit.build.targets.onnx import OnnxOptions, require_onnx
+from edgekit.build.targets.tflite import VARIANTS, TFLiteOptions, Variant
 from edgekit.engines import tfjs as tfjs_runtime
 from edgekit.errors import BadInput, EdgekitError
 from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
 from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest
 from edgekit.native_logs import captured_native_output
-
 
 
 @dataclass(frozen=True)
@@ -152,11 +151,7 @@ def convert(saved_model: str | Path, out_dir: str | Path, options: ConvertOption
     try:
         context = BuildContext(source_dir, staging, signature, spec, calibration_rows, quiet, batch,
                                savedmodel.control_flow(loaded, signature))
-        targets: list[Target] = [TFLiteTarget(context, options.tflite)]
-        if options.tfjs:
-            targets.append(TfjsTarget(context, options.tfjs, options.tfjs_shard_mb))
-        if options.onnx:
-            targets.append(OnnxTarget(context, OnnxOptions(options.onnx_opset)))
+        targets: list[Target] = [t for t in (target.for_job(context, options) for target in TARGETS) if t]
         artifacts = _Job(targets, check_inputs, reference, batch, signature).run(progress)
         versions = {"edgekit": __version__, "tensorflow": tf.__version__, "numpy": np.__version__}
         for target in targets:

@@ -7,18 +7,23 @@ order that is fastest to build them in), builds a step into an `Artifact` (faile
 skipped or unverified: nothing to check) or a `Pending` (written, and opened in its
 runtime for the converter to check against the SavedModel), and says which versions of
 its tools went into the manifest. `start()` and `stop()` bracket the job, for a target that
-works in a process of its own (TF.js). `TARGETS` in targets/__init__.py is the registry.
+works in a process of its own (TF.js). `for_job()` makes the target a convert job asks for
+(or None); `TARGETS` in targets/__init__.py is the registry the converter loops over.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.agreement import Tolerance
 from edgekit.manifest import Artifact, SignatureSpec, TensorSpec
+
+if TYPE_CHECKING:
+    from edgekit.build.converter import ConvertOptions
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,12 @@ class Target(ABC):
 
     def __init__(self, context: BuildContext):
         self.context = context
+
+    @classmethod
+    @abstractmethod
+    def for_job(cls, context: BuildContext, options: ConvertOptions) -> Target | None:
+        """This target with its part of the job's options, or None when the job asks for
+        none of its artifacts."""
 
     @abstractmethod
     def steps(self) -> list[str]:

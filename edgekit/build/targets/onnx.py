@@ -111,6 +111,10 @@ class OnnxTarget(Target):
         super().__init__(context)
         self.options = options
 
+    @classmethod
+    def for_job(cls, context: BuildContext, options) -> OnnxTarget | None:
+        return cls(context, OnnxOptions(options.onnx_opset)) if options.onnx else None
+
     def steps(self) -> list[str]:
         return ["onnx"]
 

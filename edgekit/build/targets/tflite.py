@@ -271,6 +271,11 @@ class TFLiteTarget(Target):
         self.flex_needed = False  # once one variant needed flex, later ones start with it
         self.runtime = "unknown"
 
+    @classmethod
+    def for_job(cls, context: BuildContext, options) -> TFLiteTarget | None:
+        tflite = options.tflite
+        return cls(context, tflite) if tflite.variants else None
+
     def steps(self) -> list[str]:
         return [v.value for v in self.options.variants]
 

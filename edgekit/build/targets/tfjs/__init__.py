@@ -42,6 +42,10 @@ class TfjsTarget(Target):
         self.variants, self.shard_mb = variants, shard_mb
         self.writer: TfjsWriter | None = None
 
+    @classmethod
+    def for_job(cls, context: BuildContext, options) -> TfjsTarget | None:
+        return cls(context, options.tfjs, options.tfjs_shard_mb) if options.tfjs else None
+
     def steps(self) -> list[str]:
         return [f"tfjs_{variant}" for variant in self.variants]
 

@@ -16,8 +16,8 @@ from edgekit.build.targets.tfjs.graph import (
     freeze,
     graph_ops,
     optimize,
-    supported_ops,
     signature_entry,
+    supported_ops,
 )
 from edgekit.build.targets.tfjs.variants import (
     DEFAULT_SHARD_MB,
