@@ -5,7 +5,8 @@
 It prints the markdown table docs/convert.md shows.
 
 For each model, `edgekit convert --variants int8 --range-method M` for M in minmax, percentile,
-mse and auto (which tries the three and keeps the best on convert's check rows), auto with
+mse and auto (which tries the three, and the best with its biases corrected, and keeps the best
+on the calibration rows), auto with
 some ops kept float (--float-layers, O-Net only), plus the dynamic-range variant for comparison; then `edgekit bench` on held-out rows that calibration
 never saw: per output, error against the output's spread (rms_over_std) or, for probabilities,
 top-1 agreement over all rows and over confident ones; bytes; p50 latency at 1 thread; and the

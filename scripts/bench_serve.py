@@ -1,7 +1,7 @@
 """What `edgekit serve` costs per request, measured fairly, beside a bare interpreter loop and
 the plain Flask + LiteRT app a user would otherwise write.
 
-    python scripts/bench_serve.py [--seconds 5] [--clients 4] [--trees now=.,before=PATH]
+    python scripts/bench_serve.py [--seconds 5] [--repeat 3] [--clients 4] [--trees now=.,before=PATH]
                                   [--models digits,mobilenet_v2] [--json results/serve.json]
 
 On a machine with two or more cores, the server under test (or the bare loop) is pinned to
@@ -12,7 +12,9 @@ clients, batch 1, request logs off):
   set once, as TFLite's benchmark_model does);
 - the server's CPU time per request, from /proc/PID/stat, and the overhead per request:
   that CPU time less the bare loop's CPU per inference.
-Models: the sample digits CNN and MobileNetV2(weights=None), both full-integer int8 with float
+Each cell (and the bare loop) runs `--repeat` times, the cells of every tree in turn, and the
+median of each figure is reported (this machine's throughput drifts by 5-10% between runs; the
+runs are kept in the JSON). Models: the sample digits CNN and MobileNetV2(weights=None), both full-integer int8 with float
 inputs and outputs (the interpreter quantizes). `--trees` runs the same cells against other
 checkouts of edgekit (PYTHONPATH), so before and after come from one run on one machine.
 The Flask baseline needs `pip install flask waitress` (edgekit[bench]).
@@ -183,6 +185,13 @@ def wait_ready(port: int, process: subprocess.Popen, path: str = "/readyz") -> N
     raise SystemExit("the server did not become ready in 120 s")
 
 
+def median_cell(runs: list[dict]) -> dict:
+    """Each figure's median over the runs, with the runs themselves."""
+    keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float))]
+    cell = {k: round(float(np.median([run[k] for run in runs])), 4) for k in keys}
+    return {**cell, "runs": runs} if len(runs) > 1 else cell
+
+
 def run_cell(server_pid: int, port: int, model: str, input_name: str, body: Path, kind: str, clients: int,
              seconds: float, client_pin: list[str]) -> dict:
     before = cpu_seconds(server_pid)
@@ -195,7 +204,7 @@ def run_cell(server_pid: int, port: int, model: str, input_name: str, body: Path
 
 
 def measure_edgekit(tree: Path, base: Path, model: str, input_name: str, bodies: dict, clients: int,
-                    seconds: float, server_pin: list[str], client_pin: list[str]) -> dict:
+                    seconds: float, server_pin: list[str], client_pin: list[str], repeat: int = 1) -> dict:
     port, grpc_port = free_port(), free_port()
     server = subprocess.Popen([*server_pin, sys.executable, "-m", "edgekit.cli", "serve", str(base), "--model-name",
                                model, "--port", str(port), "--grpc-port", str(grpc_port), "--interpreters", "1",
@@ -204,19 +213,21 @@ def measure_edgekit(tree: Path, base: Path, model: str, input_name: str, bodies:
                               env=dict(os.environ, PYTHONPATH=str(tree)))
     try:
         wait_ready(port, server)
-        cells = {}
-        for kind in ("npy", "grpc", "json"):
-            cells[kind] = run_cell(server.pid, grpc_port if kind == "grpc" else port, model, input_name, bodies[kind],
-                                   "json" if kind == "json" else kind, clients, seconds, client_pin)
-            print(f"  {tree} {model} {kind}: {cells[kind]}", flush=True)
-        return cells
+        runs: dict[str, list[dict]] = {"npy": [], "grpc": [], "json": []}
+        for _ in range(repeat):
+            for kind in runs:
+                cell = run_cell(server.pid, grpc_port if kind == "grpc" else port, model, input_name, bodies[kind],
+                                "json" if kind == "json" else kind, clients, seconds, client_pin)
+                runs[kind].append(cell)
+                print(f"  {tree} {model} {kind}: {cell}", flush=True)
+        return {kind: median_cell(cells) for kind, cells in runs.items()}
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
 
 
 def measure_flask(tflite: Path, model: str, body: Path, clients: int, seconds: float, server_pin: list[str],
-                  client_pin: list[str]) -> dict | None:
+                  client_pin: list[str], repeat: int = 1) -> dict | None:
     try:
         import flask  # noqa: F401
         import waitress  # noqa: F401
@@ -227,9 +238,11 @@ def measure_flask(tflite: Path, model: str, body: Path, clients: int, seconds: f
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(port, server, f"/v1/models/{model}:predict")
-        cell = run_cell(server.pid, port, model, "", body, "json", clients, seconds, client_pin)
-        print(f"  flask {model} json: {cell}", flush=True)
-        return cell
+        runs = []
+        for _ in range(repeat):
+            runs.append(run_cell(server.pid, port, model, "", body, "json", clients, seconds, client_pin))
+            print(f"  flask {model} json: {runs[-1]}", flush=True)
+        return median_cell(runs)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -279,6 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; medians are reported")
     parser.add_argument("--models", default="digits,mobilenet_v2")
     parser.add_argument("--trees", default="now=.", help="label=path of edgekit checkouts to compare")
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "serve.json")
@@ -289,7 +303,7 @@ def main() -> None:
     results = {"machine": {"cpus": os.cpu_count(), "pinned": pinned,
                            "layout": "server (or bare loop) on core 0, load generator on core 1" if pinned
                            else "no pinning: fewer than 2 cores"},
-               "setup": {"clients": args.clients, "seconds_per_cell": args.seconds, "batch": 1,
+               "setup": {"clients": args.clients, "seconds_per_cell": args.seconds, "repeat": args.repeat, "batch": 1,
                          "server": "1 interpreter x 1 thread, request logs off"},
                "trees": {label: str(path) for label, path in trees.items()}, "models": {}}
     for name, (base, input_name, row) in prepare_models(work, args.models.split(",")).items():
@@ -297,21 +311,23 @@ def main() -> None:
         np.save(work / f"{name}.npy", row)
         bodies = {"npy": work / f"{name}.npy", "grpc": work / f"{name}.npy", "json": work / f"{name}.json"}
         bodies["json"].write_text(json.dumps({"instances": row.tolist()}))
-        bare = json.loads(subprocess.run([*server_pin, sys.executable, "-c", BARE, str(tflite), str(bodies["npy"]),
-                                          str(args.seconds)], capture_output=True, text=True, check=True,
-                                         env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout)
+        bare = median_cell([json.loads(subprocess.run(
+            [*server_pin, sys.executable, "-c", BARE, str(tflite), str(bodies["npy"]), str(args.seconds)],
+            capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout)
+            for _ in range(args.repeat)])
         print(f"{name}: bare loop {bare}", flush=True)
         entry = {"request_bytes": {"npy": bodies["npy"].stat().st_size, "json": bodies["json"].stat().st_size},
                  "bare_loop": bare, "edgekit": {}}
         for label, tree in trees.items():
             cells = measure_edgekit(tree, base, name, input_name, bodies, args.clients, args.seconds, server_pin,
-                                    client_pin)
+                                    client_pin, args.repeat)
             for cell in cells.values():
                 cell["ratio_to_bare"] = round(cell["throughput_rps"] / bare["throughput_rps"], 3)
                 cell["overhead_ms_per_request"] = round(cell["server_cpu_ms_per_request"]
                                                         - bare["cpu_ms_per_inference"], 4)
             entry["edgekit"][label] = cells
-        flask = measure_flask(tflite, name, bodies["json"], args.clients, args.seconds, server_pin, client_pin)
+        flask = measure_flask(tflite, name, bodies["json"], args.clients, args.seconds, server_pin, client_pin,
+                              args.repeat)
         if flask:
             flask["ratio_to_bare"] = round(flask["throughput_rps"] / bare["throughput_rps"], 3)
         entry["flask_waitress_json"] = flask

@@ -95,14 +95,14 @@ class ConvertOptions:
         int8_only = [flag for flag, given in (("--float-layers", self.float_layers), ("--diagnose", self.diagnose),
                                              (f"--range-method {self.range_method}", self.range_method != "auto"))
                      if given]
-        them = "it" if len(int8_only) == 1 else "them"
+        one = len(int8_only) == 1
+        int8_only_text = f"{', '.join(int8_only)} only {'applies' if one else 'apply'} to the int8 variant"
         if int8_only and self.variants is not None and Variant.INT8 not in self.tflite.variants:
-            raise BadInput(f"{', '.join(int8_only)} only {'applies' if len(int8_only) == 1 else 'apply'} to the "
-                           "int8 variant, which this run does not build", f"add int8 to --variants, or drop {them}")
+            raise BadInput(f"{int8_only_text}, which this run does not build",
+                           f"add int8 to --variants, or drop {'it' if one else 'them'}")
         if int8_only and self.calibration is None:
-            raise BadInput(f"{', '.join(int8_only)} only {'applies' if len(int8_only) == 1 else 'apply'} to the "
-                           "int8 variant, which needs calibration data (without it int8 is skipped)",
-                           f"pass --calibration with real samples, or drop {them}")
+            raise BadInput(f"{int8_only_text}, which needs calibration data (without it int8 is skipped)",
+                           f"pass --calibration with real samples, or drop {'it' if one else 'them'}")
         if self.onnx:
             OnnxOptions(self.onnx_opset)
             require_onnx()

@@ -12,7 +12,8 @@ method proposes a range per tensor:
 
 The signature's inputs keep their min/max range: clipping them would clip real data.
 The int8 target quantizes under each method and keeps the candidate closest to the float
-model on all the calibration rows (tflite.py); convert's check then judges the one kept.
+model on all the calibration rows (tflite.py); under `auto`, the best one with its biases
+corrected (bias_correction.py) is one more candidate. convert's check then judges the one kept.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from functools import partial
 import numpy as np
 
 from edgekit.agreement import Tolerance, compare_output, judge
+from edgekit.build.targets import bias_correction
 from edgekit.build.targets.int8_layers import (
     DIAGNOSIS_ROWS,
     float_layer_names,
@@ -223,6 +225,14 @@ class RangePicker:
             model = quantize(ranged[-1])
             candidates.append((method, model, self._score(model, expected)))
         best = min(range(len(candidates)), key=lambda i: (candidates[i][2]["loss"], i))
+        if self.methods == METHODS:  # auto: the best ranges, with their biases corrected, as one more candidate
+            method, model, _ = candidates[best]
+            model, count = bias_correction.corrected(ranged[best], model, list(chunks(self.rows, self.histogram_batch)),
+                                                     self.signature)
+            if count:
+                candidates.append((f"{method}+bias", model, self._score(model, expected)))
+                ranged.append(ranged[best])
+                best = min(range(len(candidates)), key=lambda i: (candidates[i][2]["loss"], i))
         self.record = {
             "method": candidates[best][0],
             "tensors": len(histograms),

@@ -142,7 +142,7 @@ def layer_errors(calibrated: bytes, quantized: bytes, parts: Iterable[dict[str, 
     rms error over the standard deviation of the tensor's float values, and how much of that
     the op added (`added`: its figure less the largest of its inputs'). `unmatched`: quantized
     outputs with no float tensor to compare."""
-    layers, unmatched, graph_inputs = _quantized_layers(calibrated, quantized)
+    layers, unmatched, graph_inputs = quantized_layers(calibrated, quantized)
     sums, low, high = _accumulate(layers, calibrated, quantized, parts, signature)
     result, by_tensor = [], {}
     for i, layer in enumerate(layers):
@@ -162,7 +162,7 @@ def layer_errors(calibrated: bytes, quantized: bytes, parts: Iterable[dict[str, 
     return {"layers": result, "unmatched": unmatched}
 
 
-def _quantized_layers(calibrated: bytes, quantized: bytes) -> tuple[list[dict], list[str], set[int]]:
+def quantized_layers(calibrated: bytes, quantized: bytes) -> tuple[list[dict], list[str], set[int]]:
     """Each quantized tensor of `quantized` (graph inputs, then op outputs in graph order) with
     its float twin's index in `calibrated`; the ones without a twin; the graph's input indices."""
     from tensorflow.lite.tools import flatbuffer_utils
@@ -209,7 +209,7 @@ def _accumulate(layers: list[dict], calibrated: bytes, quantized: bytes, parts: 
     low, high = np.full(len(layers), np.inf), np.full(len(layers), -np.inf)
     for part in parts:
         for runner in runners:
-            runner(**_feeds(runner, part))
+            runner(**feeds(runner, part))
         for i, layer in enumerate(layers):
             real = runs[0].get_tensor(layer["float_index"]).astype(np.float64)
             approx = (runs[1].get_tensor(layer["index"]).astype(np.float64) - layer["zero_point"]) * layer["scale"]
@@ -218,14 +218,14 @@ def _accumulate(layers: list[dict], calibrated: bytes, quantized: bytes, parts: 
     return sums, low, high
 
 
-def _feeds(runner, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def feeds(runner, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`part` as the runner's inputs take it: quantized with their scale where they are integer."""
-    feeds = {}
+    fed = {}
     for name, detail in runner.get_input_details().items():
         value = np.asarray(part[name], np.float64)
         scale, zero_point = detail["quantization"]
         if np.issubdtype(detail["dtype"], np.integer) and scale:
             limits = np.iinfo(detail["dtype"])
             value = np.clip(np.round(value / scale + zero_point), limits.min, limits.max)
-        feeds[name] = value.astype(detail["dtype"])
-    return feeds
+        fed[name] = value.astype(detail["dtype"])
+    return fed
