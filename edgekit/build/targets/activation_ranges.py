@@ -225,10 +225,14 @@ class RangePicker:
             model = quantize(ranged[-1])
             candidates.append((method, model, self._score(model, expected)))
         best = min(range(len(candidates)), key=lambda i: (candidates[i][2]["loss"], i))
+        bias_note = None
         if self.methods == METHODS:  # auto: the best ranges, with their biases corrected, as one more candidate
             method, model, _ = candidates[best]
-            model, count = bias_correction.corrected(ranged[best], model, list(chunks(self.rows, self.histogram_batch)),
-                                                     self.signature)
+            try:
+                model, count = bias_correction.corrected(ranged[best], model,
+                                                         list(chunks(self.rows, self.histogram_batch)), self.signature)
+            except (RuntimeError, ValueError, KeyError, IndexError, EdgekitError) as exc:  # never costs the artifact
+                count, bias_note = 0, f"bias correction skipped: {str(exc).strip().splitlines()[0][:200]}"
             if count:
                 candidates.append((f"{method}+bias", model, self._score(model, expected)))
                 ranged.append(ranged[best])
@@ -240,6 +244,8 @@ class RangePicker:
             "candidates": [{"method": method, "bytes": len(model), **{k: v for k, v in score.items() if k != "loss"}}
                            for method, model, score in candidates],
         }
+        if bias_note:
+            self.record["note"] = bias_note
         self.reason = candidates[best][2].get("reason")
         if self.diagnose or not candidates[best][2].get("passes"):
             self._add_layers(calibrated, candidates[best][1])
