@@ -171,7 +171,8 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
               show_default=True,
               help="Input/output tensor type of the int8 variant.")
 @click.option("--range-method", type=click.Choice(activation_ranges.CHOICES), default=activation_ranges.CHOICES[0],
-              show_default=True, help="How int8 sets each activation's range; auto tries all, keeps the best check.")
+              show_default=True,
+              help="How int8 sets each activation's range; auto tries all, and bias correction, keeps the best.")
 @click.option("--diagnose", is_flag=True,
               help="Record int8's per-layer errors even when it passes (always done when it does not).")
 @click.option("--float-layers", default="",
