@@ -74,6 +74,15 @@ def test_auto_offers_the_best_ranges_with_their_biases_corrected_and_keeps_it_wh
     assert onet_int8["auto"].check.outputs["box"].rms_over_std < onet_int8["minmax"].check.outputs["box"].rms_over_std
 
 
+def test_bias_correction_needs_enough_calibration_rows_and_says_so(tmp_path):
+    """On 16 rows a channel's mean error is mostly those rows' own: fitting it would only
+    look better on the rows it was fitted to."""
+    ranges = convert(ONET / "saved_model", tmp_path / "few", variants=("int8",), tfjs=(), int8_io="float",
+                     calibration=ONET / "calibration.npz", calibration_samples=16).artifacts[0].quantization["ranges"]
+    assert [c["method"] for c in ranges["candidates"]] == ["minmax", "percentile", "mse"]
+    assert ranges["note"].startswith("bias correction skipped: 16 calibration rows")
+
+
 def test_bias_correction_takes_each_channels_mean_shift_out_in_graph_order(tmp_path):
     from edgekit.build.targets import bias_correction
     from edgekit.build.targets.activation_ranges import chunks

@@ -39,6 +39,8 @@ CHOICES = ("auto", *METHODS)  # auto: try every method, keep the best on the che
 BINS = 2048
 TAIL = 1e-4  # percentile: the share of values clipped at each end (99.99th percentile)
 SCALES = np.linspace(0.25, 1.0, 31)  # mse: the fractions of each end of the min/max range tried
+BIAS_MIN_ROWS = 32  # fewer calibration rows: a channel's mean error is mostly those rows' own
+BIAS_MARGIN = 0.01  # how much better (relative worst error) a bias-corrected candidate must score
 
 
 @dataclass
@@ -202,7 +204,10 @@ class RangePicker:
             self.refusal = unknown_layers_error(unknown, calibrated)
             return quantize(calibrated)
         model, ranged = self._pick(calibrated, partial(quantize, denylisted_nodes=nodes, denylisted_ops=ops))
-        self._add_float_cost(calibrated, model, quantize(ranged), nodes, ops)
+        all_int8 = quantize(ranged)
+        if self.record["method"].endswith("+bias"):  # compared like with like: all-int8 corrected too
+            all_int8 = self._bias_corrected(ranged, all_int8)[0]
+        self._add_float_cost(calibrated, model, all_int8, nodes, ops)
         return model
 
     def _pick(self, calibrated: bytes, quantize: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
@@ -227,16 +232,13 @@ class RangePicker:
         best = min(range(len(candidates)), key=lambda i: (candidates[i][2]["loss"], i))
         bias_note = None
         if self.methods == METHODS:  # auto: the best ranges, with their biases corrected, as one more candidate
-            method, model, _ = candidates[best]
-            try:
-                model, count = bias_correction.corrected(ranged[best], model,
-                                                         list(chunks(self.rows, self.histogram_batch)), self.signature)
-            except (RuntimeError, ValueError, KeyError, IndexError, EdgekitError) as exc:  # never costs the artifact
-                count, bias_note = 0, f"bias correction skipped: {str(exc).strip().splitlines()[0][:200]}"
+            method, model, score = candidates[best]
+            model, count, bias_note = self._bias_corrected(ranged[best], model)
             if count:
-                candidates.append((f"{method}+bias", model, self._score(model, expected)))
+                candidates.append((f"{method}+bias", model, {**self._score(model, expected), "ops_corrected": count}))
                 ranged.append(ranged[best])
-                best = min(range(len(candidates)), key=lambda i: (candidates[i][2]["loss"], i))
+                if _clearly_better(candidates[-1][2], score):
+                    best = len(candidates) - 1
         self.record = {
             "method": candidates[best][0],
             "tensors": len(histograms),
@@ -250,6 +252,23 @@ class RangePicker:
         if self.diagnose or not candidates[best][2].get("passes"):
             self._add_layers(calibrated, candidates[best][1])
         return candidates[best][1], ranged[best]
+
+    def _bias_corrected(self, ranged: bytes, model: bytes) -> tuple[bytes, int, str | None]:
+        """`model` with its biases corrected (bias_correction.py), how many ops were, and why
+        none were when that is so."""
+        rows = len(next(iter(self.rows.values())))
+        if rows < BIAS_MIN_ROWS:
+            return model, 0, (f"bias correction skipped: {rows} calibration rows, and a channel's mean error "
+                              f"needs at least {BIAS_MIN_ROWS} to be more than those rows' own")
+        try:
+            model, count = bias_correction.corrected(ranged, model, list(chunks(self.rows, self.histogram_batch)),
+                                                     self.signature)
+        except (RuntimeError, ValueError, KeyError, IndexError, EdgekitError) as exc:  # never costs the artifact
+            return model, 0, f"bias correction skipped: {str(exc).strip().splitlines()[0][:200]}"
+        if not count:
+            return model, 0, ("bias correction found nothing to correct: no convolution or fully-connected op "
+                              "without a fused activation has an int32 bias of its own")
+        return model, count, None
 
     def _add_float_cost(self, calibrated: bytes, model: bytes, all_int8: bytes, nodes: set[str],
                         ops: set[str]) -> None:
@@ -294,6 +313,15 @@ class RangePicker:
         reason = judge(per_output, self.tolerance, "int8")
         score = {"passes": reason is None, "worst_error": worst, "loss": (reason is not None, worst)}
         return score if reason is None else {**score, "reason": reason}
+
+
+def _clearly_better(candidate: dict, than: dict) -> bool:
+    """A bias-corrected candidate replaces the one it corrects only when it passes where that
+    fails, or has a smaller worst error by more than BIAS_MARGIN (not a tie on the rows it was
+    fitted to)."""
+    if candidate.get("passes") != than.get("passes"):
+        return bool(candidate.get("passes"))
+    return candidate.get("worst_error", np.inf) < than.get("worst_error", np.inf) * (1 - BIAS_MARGIN)
 
 
 def _error(check) -> float:
