@@ -74,6 +74,26 @@ def test_auto_offers_the_best_ranges_with_their_biases_corrected_and_keeps_it_wh
     assert onet_int8["auto"].check.outputs["box"].rms_over_std < onet_int8["minmax"].check.outputs["box"].rms_over_std
 
 
+def test_bias_less_convolutions_get_a_bias_of_their_own_to_correct(tmp_path):
+    """TFLite gives every bias-less convolution one shared zero bias: each is copied (4 bytes a
+    channel) so each op takes its own shift out."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="pixels")
+    hidden = keras.layers.MaxPooling2D()(keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs))
+    hidden = keras.layers.MaxPooling2D()(keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(hidden))
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(hidden))
+    keras.Model(inputs, outputs).export(str(tmp_path / "saved_model"), verbose=False)
+    with np.load(DIGITS / "calibration.npz") as archive:
+        np.savez(tmp_path / "rows.npz", pixels=archive["pixels"][:100])
+    ranges = convert(tmp_path / "saved_model", tmp_path / "out", variants=("int8",), tfjs=(),
+                     calibration=tmp_path / "rows.npz").artifacts[0].quantization["ranges"]
+    plain, corrected = ranges["candidates"][2], ranges["candidates"][3]
+    assert corrected["method"].endswith("+bias") and corrected["ops_corrected"] == 2  # both convolutions
+    assert 0 < corrected["bytes"] - plain["bytes"] <= 2 * 16 * 4 + 64
+
+
 def test_bias_correction_needs_enough_calibration_rows_and_says_so(tmp_path):
     """On 16 rows a channel's mean error is mostly those rows' own: fitting it would only
     look better on the rows it was fitted to."""

@@ -8,7 +8,8 @@ itself). Ops are corrected one at a time in graph order, each measured after the
 it were corrected (correcting all at once overshoots: an op's error includes the shift its
 inputs passed on, which their own correction removes). Only ops whose output is compared
 with a float twin (int8_layers) and whose bias is an int32 tensor of its own are corrected.
-The range picker offers the result as one more candidate, kept only when it scores better.
+(A bias buffer several ops share, as TFLite gives bias-less convolutions, is first copied per
+op.) The range picker offers the result as one more candidate, kept only when it scores better.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from edgekit.build.targets.int8_layers import feeds, quantized_layers
+from edgekit.build.targets.int8_layers import feeds, op_type, quantized_layers
 
 CORRECTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -24,6 +25,7 @@ CORRECTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 def corrected(calibrated: bytes, quantized: bytes, parts: list[dict[str, np.ndarray]],
               signature: str) -> tuple[bytes, int]:
     """`quantized` with its biases corrected, and how many ops were corrected (0: unchanged)."""
+    quantized = _unshared_biases(calibrated, quantized)
     model = bytearray(quantized)
     targets = _correctable(calibrated, quantized)
     views = _bias_views(model, targets)  # views into `model`, valid as long as it is not resized
@@ -37,6 +39,41 @@ def corrected(calibrated: bytes, quantized: bytes, parts: list[dict[str, np.ndar
         step = np.rint(error / target["bias_scale"]).astype(np.int64)
         bias[:] = np.clip(bias.astype(np.int64) - step, -2**31, 2**31 - 1).astype(np.int32)
     return bytes(model), len(targets)
+
+
+def _unshared_biases(calibrated: bytes, quantized: bytes) -> bytes:
+    """The converter gives every bias-less convolution one shared zero bias buffer: each op to
+    correct gets a copy of its own (a few bytes per channel), so each can take its own shift."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
+    graph = model.subgraphs[0]
+    outputs = {layer["index"] for layer in quantized_layers(calibrated, quantized)[0]}
+    users: dict[int, int] = {}
+    for tensor in graph.tensors:
+        users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
+    split = 0
+    for op in graph.operators:
+        if op.outputs[0] not in outputs or not _eligible(model, op):
+            continue
+        bias = graph.tensors[op.inputs[2]]
+        if bias.type == 2 and users.get(bias.buffer, 0) > 1 and model.buffers[bias.buffer].data is not None:
+            copy = schema.BufferT()
+            copy.data = np.array(model.buffers[bias.buffer].data, copy=True)
+            users[bias.buffer] -= 1
+            model.buffers.append(copy)
+            bias.buffer = len(model.buffers) - 1
+            users[bias.buffer] = 1
+            split += 1
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if split else quantized
+
+
+def _eligible(model, op) -> bool:
+    """A convolution or fully-connected op with a bias input and no fused activation (a clipped
+    output's mean is no bias's)."""
+    return (op_type(model, op) in CORRECTED_OPS and len(op.inputs) >= 3 and op.inputs[2] >= 0
+            and getattr(op.builtinOptions, "fusedActivationFunction", 0) == 0)
 
 
 def _correctable(calibrated: bytes, quantized: bytes) -> list[dict]:
@@ -53,9 +90,7 @@ def _correctable(calibrated: bytes, quantized: bytes) -> list[dict]:
     targets = []
     for layer in layers:
         op = producer.get(layer["index"])
-        if op is None or layer["op"] not in CORRECTED_OPS or len(op.inputs) < 3 or op.inputs[2] < 0:
-            continue
-        if getattr(op.builtinOptions, "fusedActivationFunction", 0) != 0:  # a clipped output's mean is no bias's
+        if op is None or not _eligible(model, op):
             continue
         bias = graph.tensors[op.inputs[2]]
         scales = bias.quantization.scale if bias.quantization is not None else None

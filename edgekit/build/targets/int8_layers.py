@@ -34,7 +34,7 @@ class _Graph:
         model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
         graph = model.subgraphs[0]
         names = [tensor.name.decode() for tensor in graph.tensors]
-        return cls({_op_type(model, op) for op in graph.operators},
+        return cls({op_type(model, op) for op in graph.operators},
                    [names[index] for op in graph.operators for index in op.outputs],
                    {names[index] for index in graph.inputs})
 
@@ -46,7 +46,7 @@ def _builtin_names() -> dict[int, str]:
     return {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
 
 
-def _op_type(model, op) -> str:
+def op_type(model, op) -> str:
     """An op's TFLite type name (FULLY_CONNECTED), from a flatbuffer_utils model object."""
     code = model.operatorCodes[op.opcodeIndex]
     return _builtin_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
@@ -104,7 +104,7 @@ def op_precision(model_bytes: bytes) -> dict:
     quantized, floating = {3, 7, 9}, {0, 1}  # TensorType: UINT8, INT16, INT8; FLOAT32, FLOAT16
     counts = {"ops_int8": 0, "ops_float": 0}
     for op in graph.operators:
-        if _op_type(model, op) in NOT_KEPT_FLOAT:
+        if op_type(model, op) in NOT_KEPT_FLOAT:
             continue
         types = {graph.tensors[index].type for index in op.outputs}
         if types & quantized:
@@ -125,10 +125,10 @@ def requantized_outputs(model_bytes: bytes) -> list[str]:
     found = []
     for index in graph.outputs:
         op = producer.get(index)
-        if op is None or _op_type(model, op) != "QUANTIZE":
+        if op is None or op_type(model, op) != "QUANTIZE":
             continue
         before = producer.get(op.inputs[0])
-        if before is not None and _op_type(model, before) != "DEQUANTIZE" and graph.tensors[op.inputs[0]].type == 0:
+        if before is not None and op_type(model, before) != "DEQUANTIZE" and graph.tensors[op.inputs[0]].type == 0:
             found.append(graph.tensors[index].name.decode().split(";")[0])
     return found
 
@@ -174,11 +174,11 @@ def quantized_layers(calibrated: bytes, quantized: bytes) -> tuple[list[dict], l
     # With float I/O an output's int8 tensor may be renamed, a DEQUANTIZE taking the float name;
     # a QUANTIZE's int8 output stands for its float input.
     other_names = {op.inputs[0]: graph.tensors[op.outputs[0]].name for op in graph.operators
-                   if _op_type(model, op) == "DEQUANTIZE"}
+                   if op_type(model, op) == "DEQUANTIZE"}
     other_names.update({op.outputs[0]: graph.tensors[op.inputs[0]].name for op in graph.operators
-                        if _op_type(model, op) == "QUANTIZE"})
+                        if op_type(model, op) == "QUANTIZE"})
     produced = [("INPUT", index, []) for index in graph.inputs]
-    produced += [(_op_type(model, op), op.outputs[0], list(op.inputs)) for op in graph.operators]
+    produced += [(op_type(model, op), op.outputs[0], list(op.inputs)) for op in graph.operators]
     layers, unmatched = [], []
     for op, index, inputs in produced:
         tensor = graph.tensors[index]
