@@ -25,7 +25,6 @@ from edgekit.build.targets import tfjs as tfjs_target
 from edgekit.build.targets.base import BuildContext, Pending, Target
 from edgekit.build.targets.onnx import OnnxOptions, require_onnx
 from edgekit.build.targets.tflite import VARIANTS, TFLiteOptions, Variant
-from edgekit.engines import tfjs as tfjs_runtime
 from edgekit.errors import BadInput, EdgekitError
 from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
 from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest
@@ -260,9 +259,9 @@ class _Job:
     def _check(self, pending: Pending, engine: str) -> tuple[Artifact, float]:
         """Run the artifact on the check inputs and compare with the SavedModel (worker thread).
 
-        A TF.js artifact is checked on the wasm backend. When wasm cannot run it (its
-        kernels mishandle TensorList ops inside a While loop, for one), the check runs on
-        the cpu backend instead, and its reason says so: the browser app must pick cpu.
+        When the model cannot run and its target gave a fallback (TF.js: the cpu backend
+        when wasm's kernels cannot run it), the check runs on that instead, and its reason
+        says so. A model with a `close()` (a Node process) is closed after its check.
         """
         started = time.perf_counter()
         model, fields, tolerance = pending.model, pending.fields, pending.tolerance
@@ -278,12 +277,11 @@ class _Job:
             try:
                 per_output = run(model)
             except EdgekitError as exc:
-                if not isinstance(model, tfjs_runtime.TfjsModel) or model.backend != "wasm":
+                if pending.fallback is None:
                     raise
-                model.close()
-                model = tfjs_runtime.TfjsModel(model.folder, backend="cpu")
+                _close(model)
+                model, note = pending.fallback(exc.message)
                 per_output = run(model)
-                note = f"checked on TF.js's cpu backend: the wasm backend cannot run it ({exc.message})"
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
             check = Check(status="failed", samples=samples, tolerance_rel_l2=tolerance.rel_l2,
                           tolerance_spread=tolerance.spread, reason=f"{engine} could not run it: {exc}")
@@ -291,8 +289,7 @@ class _Job:
                                 error=check.reason, **fields)
             return artifact, time.perf_counter() - started
         finally:
-            if isinstance(model, tfjs_runtime.TfjsModel):
-                model.close()  # one Node process per check, not one per artifact kept open
+            _close(model)  # one Node process per check, not one per artifact kept open
         reason = "; ".join(r for r in (judge(per_output, tolerance, pending.label), pending.known_failure) if r) or None
         passed = reason is None
         check = Check(status="passed" if passed else "failed", samples=samples, tolerance_rel_l2=tolerance.rel_l2,
@@ -301,3 +298,9 @@ class _Job:
         artifact = Artifact(status="ok" if passed else "failed", inputs=inputs, outputs=outputs, check=check,
                             error=reason, **fields)
         return artifact, time.perf_counter() - started
+
+
+def _close(model) -> None:
+    close = getattr(model, "close", None)
+    if close is not None:
+        close()

@@ -13,6 +13,7 @@ works in a process of its own (TF.js). `for_job()` makes the target a convert jo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +52,8 @@ class Pending:
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     known_failure: str | None = None  # a check rule it already broke while being built (on other rows)
+    # When `model` cannot run the check rows: given why, another way to open it and a note saying so
+    fallback: Callable[[str], tuple[object, str]] | None = None
 
 
 class Target(ABC):

@@ -106,4 +106,10 @@ class TfjsTarget(Target):
         except EdgekitError as exc:
             return Artifact(status="failed", inputs=inputs, outputs=outputs,
                             error=f"TF.js cannot load it: {exc.message}", **fields)
-        return Pending(step, fields, model, tolerance, inputs, outputs)
+        def on_cpu(why: str) -> tuple[object, str]:
+            """wasm's kernels mishandle some ops (TensorList inside a While loop): the browser app
+            must pick the cpu backend, and the check says so."""
+            return (tfjs_runtime.TfjsModel(folder, backend="cpu"),
+                    f"checked on TF.js's cpu backend: the wasm backend cannot run it ({why})")
+
+        return Pending(step, fields, model, tolerance, inputs, outputs, fallback=on_cpu)
