@@ -41,6 +41,7 @@ TAIL = 1e-4  # percentile: the share of values clipped at each end (99.99th perc
 SCALES = np.linspace(0.25, 1.0, 31)  # mse: the fractions of each end of the min/max range tried
 BIAS_MIN_ROWS = 32  # fewer calibration rows: a channel's mean error is mostly those rows' own
 BIAS_MARGIN = 0.01  # how much better (relative worst error) a bias-corrected candidate must score
+BIAS_MAX_ROWS = 128  # rows each corrected op's means are taken on (one model run per op: it adds up)
 
 
 @dataclass
@@ -260,9 +261,12 @@ class RangePicker:
         if rows < BIAS_MIN_ROWS:
             return model, 0, (f"bias correction skipped: {rows} calibration rows, and a channel's mean error "
                               f"needs at least {BIAS_MIN_ROWS} to be more than those rows' own")
+        from edgekit.build.data import spread_rows
+
         try:
-            model, count = bias_correction.corrected(ranged, model, list(chunks(self.rows, self.histogram_batch)),
-                                                     self.signature)
+            model, count = bias_correction.corrected(
+                ranged, model, list(chunks(spread_rows(self.rows, BIAS_MAX_ROWS), self.histogram_batch)),
+                self.signature)
         except (RuntimeError, ValueError, KeyError, IndexError, EdgekitError) as exc:  # never costs the artifact
             return model, 0, f"bias correction skipped: {str(exc).strip().splitlines()[0][:200]}"
         if not count:
