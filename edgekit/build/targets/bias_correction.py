@@ -87,6 +87,10 @@ def _correctable(calibrated: bytes, quantized: bytes) -> list[dict]:
     users: dict[int, int] = {}
     for tensor in graph.tensors:
         users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
+    readers: dict[int, int] = {}
+    for op in graph.operators:
+        for index in op.inputs:
+            readers[int(index)] = readers.get(int(index), 0) + 1
     targets = []
     for layer in layers:
         op = producer.get(layer["index"])
@@ -95,7 +99,8 @@ def _correctable(calibrated: bytes, quantized: bytes) -> list[dict]:
         bias = graph.tensors[op.inputs[2]]
         scales = bias.quantization.scale if bias.quantization is not None else None
         channels = bias.shape[-1] if bias.shape is not None and len(bias.shape) else 0
-        if bias.type != 2 or scales is None or users.get(bias.buffer) != 1 or not channels:  # INT32, own buffer
+        own = users.get(bias.buffer) == 1 and readers.get(int(op.inputs[2])) == 1  # no other op reads it
+        if bias.type != 2 or scales is None or not own or not channels:  # INT32
             continue
         targets.append({**layer, "buffer": bias.buffer, "channels": int(channels),
                         "bias_scale": np.broadcast_to(np.asarray(scales, np.float64), (int(channels),)).copy()})
