@@ -254,7 +254,7 @@ class Manifest:
         return cls.from_dict(data)
 
 
-def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
+def known_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
     """The fields `cls` has. Within one schema version fields are only ever added, and a reader
     ignores those it does not know: a Pi running an older edgekit still serves what a newer
     convert wrote. A missing required field still fails (TypeError)."""
@@ -263,7 +263,7 @@ def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tensor(data: dict[str, Any]) -> TensorSpec:
-    return TensorSpec(**_known(TensorSpec, data))
+    return TensorSpec(**known_fields(TensorSpec, data))
 
 
 def _signature(data: dict[str, Any]) -> SignatureSpec:
@@ -273,12 +273,12 @@ def _signature(data: dict[str, Any]) -> SignatureSpec:
 
 
 def _artifact(data: dict[str, Any]) -> Artifact:
-    data = _known(Artifact, data)
+    data = known_fields(Artifact, data)
     data["inputs"] = [_tensor(t) for t in data.get("inputs", [])]
     data["outputs"] = [_tensor(t) for t in data.get("outputs", [])]
     check = data.get("check")
     if check is not None:
-        check = _known(Check, check)
-        check["outputs"] = {k: OutputCheck(**_known(OutputCheck, v)) for k, v in check.get("outputs", {}).items()}
+        check = known_fields(Check, check)
+        check["outputs"] = {k: OutputCheck(**known_fields(OutputCheck, v)) for k, v in check.get("outputs", {}).items()}
         data["check"] = Check(**check)
     return Artifact(**data)

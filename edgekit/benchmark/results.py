@@ -4,14 +4,14 @@ for convert. numpy only: package reads a report without loading bench's pipeline
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgekit.benchmark.timing import Latency
 from edgekit.errors import BadInput, NotFound
-from edgekit.manifest import top1_over_outputs
+from edgekit.manifest import known_fields, top1_over_outputs
 
 SCHEMA_VERSION = 1
 TASKS = ("classification", "regression")  # the task metrics bench scores labels with
@@ -56,8 +56,7 @@ class Row:
 
     @classmethod
     def from_dict(cls, document: dict) -> Row:
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in document.items() if key in known}
+        values = known_fields(cls, document)
         values["latency_ms"] = {threads: Latency(**figures)
                                 for threads, figures in (document.get("latency_ms") or {}).items()}
         return cls(**values)
@@ -102,8 +101,7 @@ class BenchReport:
                 raise BadInput(f"{path} is not an edgekit bench report of schema {SCHEMA_VERSION} "
                                f"(schema_version: {document.get('schema_version')!r})",
                                "run `edgekit bench OUT_DIR --json FILE` with this edgekit")
-            known = {f.name for f in fields(cls)}
-            values = {key: value for key, value in document.items() if key in known}
+            values = known_fields(cls, document)
             values["reference"] = Row.from_dict(document["reference"])
             values["artifacts"] = [Row.from_dict(row) for row in document["artifacts"]]
             return cls(**values)
