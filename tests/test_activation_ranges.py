@@ -130,7 +130,9 @@ def test_bias_correction_takes_each_channels_mean_shift_out_in_graph_order(tmp_p
     parts = list(chunks(rows, 1))
     calibrated, quantized = captured["calibrated"], captured["quantized"]
     fixed, count = bias_correction.corrected(calibrated, quantized, parts, "serving_default")
-    targets = bias_correction._correctable(calibrated, quantized)
+    from edgekit.build.targets.int8_layers import quantized_layers
+
+    targets = bias_correction._correctable(quantized, quantized_layers(calibrated, quantized)[0])
     assert count == len(targets) == 8 and len(fixed) == len(quantized)  # O-Net's 4 convs and 4 fully-connected
 
     def mean_shift(model):

@@ -24,6 +24,7 @@ from functools import partial
 import numpy as np
 
 from edgekit.agreement import Tolerance, compare_output, judge
+from edgekit.build.data import spread_rows
 from edgekit.build.targets import bias_correction
 from edgekit.build.targets.int8_layers import (
     DIAGNOSIS_ROWS,
@@ -195,6 +196,7 @@ class RangePicker:
         self.record: dict | None = None
         self.reason: str | None = None  # why the kept candidate breaks a check rule on the calibration rows
         self.refusal: EdgekitError | None = None  # --float-layers named what the model lacks
+        self.expected: dict[str, np.ndarray] | None = None  # the float model's outputs, once profiled
 
     def __call__(self, calibrated: bytes, quantize: Callable[..., bytes]) -> bytes:
         """`quantize(model, **denylists)` is the converter's own quantize step."""
@@ -221,6 +223,7 @@ class RangePicker:
             return model, calibrated
         try:
             histograms, expected = profile(calibrated, self.rows, self.signature, self.batch, self.histogram_batch)
+            self.expected = expected
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:  # LiteRT cannot run the calibrated model
             self.record = {"method": "minmax", "note": f"TFLite's own: the calibrated model could not be profiled "
                                                        f"({str(exc).strip().splitlines()[0][:200]})"}
@@ -261,8 +264,6 @@ class RangePicker:
         if rows < BIAS_MIN_ROWS:
             return model, 0, (f"bias correction skipped: {rows} calibration rows, and a channel's mean error "
                               f"needs at least {BIAS_MIN_ROWS} to be more than those rows' own")
-        from edgekit.build.data import spread_rows
-
         try:
             model, count = bias_correction.corrected(
                 ranged, model, list(chunks(spread_rows(self.rows, BIAS_MAX_ROWS), self.histogram_batch)),
@@ -284,8 +285,8 @@ class RangePicker:
                   "bytes_added": len(model) - len(all_int8)}  # the target adds the artifact's own bytes
         if model == all_int8:
             record["note"] = "changed nothing: TFLite runs these ops in float anyway"
-        try:
-            expected = run_in_chunks(calibrated, self.rows, self.signature, self.batch)
+        try:  # the float model's outputs, unless profiling already ran it (minmax alone does not)
+            expected = self.expected or run_in_chunks(calibrated, self.rows, self.signature, self.batch)
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
             record["error"] = str(exc).strip().splitlines()[0][:200]
         else:

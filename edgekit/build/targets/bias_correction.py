@@ -17,7 +17,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from edgekit.build.targets.int8_layers import feeds, op_type, quantized_layers
+from edgekit.build.targets.int8_layers import (
+    kept_tensor_runs,
+    op_type,
+    quantized_layers,
+)
 
 CORRECTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -25,9 +29,10 @@ CORRECTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 def corrected(calibrated: bytes, quantized: bytes, parts: list[dict[str, np.ndarray]],
               signature: str) -> tuple[bytes, int]:
     """`quantized` with its biases corrected, and how many ops were corrected (0: unchanged)."""
-    quantized = _unshared_biases(calibrated, quantized)
+    layers = quantized_layers(calibrated, quantized)[0]  # tensor indices: splitting buffers keeps them
+    quantized = _unshared_biases(quantized, layers)
     model = bytearray(quantized)
-    targets = _correctable(calibrated, quantized)
+    targets = _correctable(quantized, layers)
     views = _bias_views(model, targets)  # views into `model`, valid as long as it is not resized
     targets, biases = [t for t, v in zip(targets, views) if v is not None], [v for v in views if v is not None]
     if not targets:
@@ -41,7 +46,7 @@ def corrected(calibrated: bytes, quantized: bytes, parts: list[dict[str, np.ndar
     return bytes(model), len(targets)
 
 
-def _unshared_biases(calibrated: bytes, quantized: bytes) -> bytes:
+def _unshared_biases(quantized: bytes, layers: list[dict]) -> bytes:
     """The converter gives every bias-less convolution one shared zero bias buffer: each op to
     correct gets a copy of its own (a few bytes per channel), so each can take its own shift."""
     from tensorflow.lite.python import schema_py_generated as schema
@@ -49,7 +54,7 @@ def _unshared_biases(calibrated: bytes, quantized: bytes) -> bytes:
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
     graph = model.subgraphs[0]
-    outputs = {layer["index"] for layer in quantized_layers(calibrated, quantized)[0]}
+    outputs = {layer["index"] for layer in layers}
     users: dict[int, int] = {}
     for tensor in graph.tensors:
         users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
@@ -76,11 +81,11 @@ def _eligible(model, op) -> bool:
             and getattr(op.builtinOptions, "fusedActivationFunction", 0) == 0)
 
 
-def _correctable(calibrated: bytes, quantized: bytes) -> list[dict]:
-    """The ops whose bias can be corrected, with their output's quantization and the bias's."""
+def _correctable(quantized: bytes, layers: list[dict]) -> list[dict]:
+    """Of `layers` (int8_layers.quantized_layers), the ops whose bias can be corrected, with
+    their output's quantization and the bias's."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    layers, _, _ = quantized_layers(calibrated, quantized)
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
     graph = model.subgraphs[0]
     producer = {op.outputs[0]: op for op in graph.operators}
@@ -110,15 +115,9 @@ def _correctable(calibrated: bytes, quantized: bytes) -> list[dict]:
 def _channel_means(model: bytes, parts: Iterable[dict[str, np.ndarray]], signature: str,
                    tensors: list[int]) -> list[np.ndarray]:
     """Each tensor's mean per last-axis channel over every part, as stored (not dequantized)."""
-    from edgekit.runtime.tflite import interpreter_class
-
-    interpreter_cls, _ = interpreter_class()
-    interpreter = interpreter_cls(model_content=model, experimental_preserve_all_tensors=True)
-    runner = interpreter.get_signature_runner(signature)
     sums = [0.0] * len(tensors)
     counts = [0] * len(tensors)
-    for part in parts:
-        runner(**feeds(runner, part))
+    for interpreter in kept_tensor_runs(model, signature, parts):
         for i, index in enumerate(tensors):
             value = interpreter.get_tensor(index)
             sums[i] = sums[i] + value.reshape(-1, value.shape[-1]).sum(axis=0, dtype=np.float64)

@@ -6,7 +6,7 @@ intermediate tensor kept; activation_ranges.RangePicker calls them.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -199,26 +199,33 @@ def _accumulate(layers: list[dict], calibrated: bytes, quantized: bytes, parts: 
                 signature: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Both models run on each part with every tensor kept; per layer, the sums the figures
     need (squared error, sum, sum of squares, count of the float values) and their range."""
-    from edgekit.runtime.tflite import interpreter_class
-
-    interpreter_cls, _ = interpreter_class()
-    runs = [interpreter_cls(model_content=content, experimental_preserve_all_tensors=True)
-            for content in (calibrated, quantized)]
-    runners = [interpreter.get_signature_runner(signature) for interpreter in runs]
+    parts = list(parts)  # each model runs over them
     sums = np.zeros((len(layers), 4))
     low, high = np.full(len(layers), np.inf), np.full(len(layers), -np.inf)
-    for part in parts:
-        for runner in runners:
-            runner(**feeds(runner, part))
+    for real_run, int8_run in zip(kept_tensor_runs(calibrated, signature, parts),
+                                  kept_tensor_runs(quantized, signature, parts)):
         for i, layer in enumerate(layers):
-            real = runs[0].get_tensor(layer["float_index"]).astype(np.float64)
-            approx = (runs[1].get_tensor(layer["index"]).astype(np.float64) - layer["zero_point"]) * layer["scale"]
+            real = real_run.get_tensor(layer["float_index"]).astype(np.float64)
+            approx = (int8_run.get_tensor(layer["index"]).astype(np.float64) - layer["zero_point"]) * layer["scale"]
             sums[i] += [np.sum((approx - real) ** 2), real.sum(), np.sum(real**2), real.size]
             low[i], high[i] = min(low[i], real.min()), max(high[i], real.max())
     return sums, low, high
 
 
-def feeds(runner, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def kept_tensor_runs(model: bytes, signature: str, parts: Iterable[dict[str, np.ndarray]]) -> Iterator:
+    """`model` run on each part with every intermediate tensor kept (LiteRT reuses their memory
+    otherwise): yields the interpreter after each run, to read any tensor of it."""
+    from edgekit.runtime.tflite import interpreter_class
+
+    interpreter_cls, _ = interpreter_class()
+    interpreter = interpreter_cls(model_content=model, experimental_preserve_all_tensors=True)
+    runner = interpreter.get_signature_runner(signature)
+    for part in parts:
+        runner(**_feeds(runner, part))
+        yield interpreter
+
+
+def _feeds(runner, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`part` as the runner's inputs take it: quantized with their scale where they are integer."""
     fed = {}
     for name, detail in runner.get_input_details().items():
