@@ -226,7 +226,7 @@ class RangePicker:
             self.expected = expected
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:  # LiteRT cannot run the calibrated model
             self.record = {"method": "minmax", "note": f"TFLite's own: the calibrated model could not be profiled "
-                                                       f"({str(exc).strip().splitlines()[0][:200]})"}
+                                                       f"({_first_line(exc)})"}
             return quantize(calibrated), calibrated
         candidates, ranged = [], []
         for method in self.methods:
@@ -269,7 +269,7 @@ class RangePicker:
                 ranged, model, list(chunks(spread_rows(self.rows, BIAS_MAX_ROWS), self.histogram_batch)),
                 self.signature)
         except (RuntimeError, ValueError, KeyError, IndexError, EdgekitError) as exc:  # never costs the artifact
-            return model, 0, f"bias correction skipped: {str(exc).strip().splitlines()[0][:200]}"
+            return model, 0, f"bias correction skipped: {_first_line(exc)}"
         if not count:
             return model, 0, ("bias correction found nothing to correct: no convolution or fully-connected op "
                               "without a fused activation has an int32 bias of its own")
@@ -288,7 +288,7 @@ class RangePicker:
         try:  # the float model's outputs, unless profiling already ran it (minmax alone does not)
             expected = self.expected or run_in_chunks(calibrated, self.rows, self.signature, self.batch)
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
-            record["error"] = str(exc).strip().splitlines()[0][:200]
+            record["error"] = _first_line(exc)
         else:
             for key, candidate in (("worst_error", model), ("worst_error_all_int8", all_int8)):
                 record[key] = self._score(candidate, expected).get("worst_error")
@@ -299,7 +299,7 @@ class RangePicker:
             first = {name: array[:DIAGNOSIS_ROWS] for name, array in self.rows.items()}
             found = layer_errors(calibrated, quantized, chunks(first, self.histogram_batch), self.signature)
         except (RuntimeError, ValueError, KeyError) as exc:  # a diagnosis must not cost the artifact
-            self.record["layers_error"] = str(exc).strip().splitlines()[0][:200]
+            self.record["layers_error"] = _first_line(exc)
             return
         self.record["layers"] = found["layers"]
         if found["unmatched"]:
@@ -318,6 +318,11 @@ class RangePicker:
         reason = judge(per_output, self.tolerance, "int8")
         score = {"passes": reason is None, "worst_error": worst, "loss": (reason is not None, worst)}
         return score if reason is None else {**score, "reason": reason}
+
+
+def _first_line(exc: Exception) -> str:
+    """What a failed step says, short enough for the manifest (LiteRT's messages run long)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _clearly_better(candidate: dict, than: dict) -> bool:

@@ -38,7 +38,7 @@ class VariantSpec:
     needs_calibration: bool
     # What the post-conversion check accepts: relative L2 error (norm(tflite - savedmodel) /
     # norm(savedmodel)) on every output, error relative to the spread on outputs that are not
-    # probabilities (see metrics.judge).
+    # probabilities (see agreement.judge).
     tolerance: Tolerance
     summary: str
 
