@@ -14,7 +14,9 @@ from edgekit.serve.codec import (
     NPZ,
     ServingTensor,
     decode_binary,
+    _one_numeric_tensor,
     decode_json,
+    decode_json_body,
     encode_binary,
     encode_json,
     parse_json,
@@ -159,3 +161,74 @@ def test_bad_binary_bodies():
     np.savez(buffer, petal=np.ones((2, 2)), sepal=np.zeros((3, 2)))
     with pytest.raises(BadInput, match="different batch sizes"):
         decode_binary(buffer.getvalue(), NPZ, IRIS)
+
+
+def _decoded_or_error(decode, body, specs):
+    try:
+        request = decode(body, specs)
+    except BadInput as exc:
+        return ("error", str(exc))
+    return (request.signature_name, request.style,
+            {name: (array.dtype.str, array.shape, array.tobytes()) for name, array in request.inputs.items()})
+
+
+def _general(body, specs):
+    document = parse_json(body)
+    return decode_json(document, specs)
+
+
+def _whole(body, specs):
+    return decode_json_body(body, lambda signature: specs)
+
+
+IMAGE = [ServingTensor("image", np.dtype(np.float32), (-1, 4, 3, 2))]
+IDS = [ServingTensor("ids", np.dtype(np.int32), (-1, 3))]
+BODIES = [
+    b'{"instances": [5]}', b'{"instances": []}', b'{"instances": [[]]}', b'{"inputs": [[1,2],[3,4]]}',
+    b'{"instances": [[1,2],[3,4,5],[6]]}', b'{"instances": [[1,2],[3,4]], "x": [1]}', b'{"instances": [1e+5]}',
+    b'{"instances": [[-1, 18446744073709551615, 3]]}', b'{"instances": [[99999999999999999999999, 1, 2]]}',
+    b'{"instances": [1 2]}', b' {\n"instances" :\t[ [1.5 , 2] ,[3,4] ] }\r\n', b'{"instances": [[[1]],[[2]]]}',
+    b'{"instances": [NaN]}', b'{"instances": [01]}', b'{"instances": [[1,2],[3,4]]', b'{"instances": [1,2]}}',
+    b'{"instances": [[1,2,3]], "signature_name": "serving_default"}', b'{"instances": [[1, 2, 3.0]]}',
+    b'{"inputs": [[1, 2, 2147483648]]}', b'{"instances": [["1", 2, 3]]}', b'{"instances": [[true, 2, 3]]}',
+    b'{"instances": [[1,,3]]}', b'{"instances": [[1,2,3,]]}', b'{"instances": [[-, 2, 3]]}', b'{"instances": [[1e, 2, 3]]}',
+    b'{"instances": [[.5, 2, 3]]}', b'{"instances": [[1., 2, 3]]}', b'{"instances": [[1, 2, 3]],}', b'{"Instances": [[1,2,3]]}',
+    b'{"instances": [[1, 2, 3]]} x', b'{"instances": [[1, 2, 3]]}\x0b', b'{"instances":[[1,2,3]][[4,5,6]]}',
+    *(b'{"instances": ' + b"[" * depth + b"1" + b"]" * depth + b"}" for depth in (31, 32, 33, 64, 65, 2000)),
+]
+
+
+@pytest.mark.parametrize("specs", [PIXELS, IDS, IMAGE, TEXT], ids=["float", "int32", "image", "text"])
+def test_the_fast_json_path_answers_as_the_general_one_does(specs):
+    """Every body, valid or not, gets the same arrays or the same error either way: the
+    listed edge cases, then 300 random corruptions of a valid body of the signature's shape."""
+    rng = np.random.default_rng(7)
+    shape = tuple(2 if axis < 0 else axis for axis in specs[0].shape)
+    values = rng.integers(-300, 300, shape) if specs[0].dtype.kind == "i" else rng.normal(size=shape).round(3)
+    valid = json.dumps({"instances": values.tolist()}).encode()
+    alphabet = list(b'[],. -+e0123456789"ax{}:\n')
+    bodies = list(BODIES) + [valid]
+    for _ in range(300):
+        body = bytearray(valid)
+        for _ in range(int(rng.integers(1, 4))):
+            at, how = int(rng.integers(0, len(body))), rng.integers(0, 3)
+            if how == 0:
+                del body[at]
+            elif how == 1:
+                body.insert(at, int(rng.choice(alphabet)))
+            else:
+                body[at] = int(rng.choice(alphabet))
+        bodies.append(bytes(body))
+    for body in bodies:
+        assert _decoded_or_error(_whole, body, specs) == _decoded_or_error(_general, body, specs), body
+    taken = sum(_one_numeric_tensor(body) is not None for body in bodies)
+    assert 20 < taken < len(bodies) - 100  # both paths are tried, on valid and on broken bodies
+
+
+def test_an_image_body_takes_the_fast_path_and_keeps_every_value():
+    image = np.random.default_rng(0).random((2, 4, 3, 2)).astype(np.float32)
+    body = json.dumps({"inputs": image.tolist()}, indent=1).encode()
+    key, array = _one_numeric_tensor(body)
+    assert key == "inputs" and array.shape == image.shape
+    request = decode_json_body(body, lambda signature: IMAGE)
+    assert request.style == "columnar" and np.array_equal(request.inputs["image"], image)

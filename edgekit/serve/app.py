@@ -216,11 +216,8 @@ def _decode_run_encode(service: Service, loaded: LoadedVersion, body: bytes, con
     # TF Serving reads any other body as JSON (curl -d sends a form type)
     admission.need(service.json_cost(loaded, codec.DEFAULT_SIGNATURE, len(body)), f"a {len(body)}-byte JSON body")
     with service.slot(wait):
-        document = codec.parse_json(body)
-        signature = codec.signature_name_of(document)
-        decoded = codec.decode_json(document, loaded.specs(signature).inputs)
-        del document
-        outputs = service.run(loaded, signature, decoded.inputs, wait)
+        decoded = codec.decode_json_body(body, lambda signature: loaded.specs(signature).inputs)
+        outputs = service.run(loaded, decoded.signature_name, decoded.inputs, wait)
         return Response(200, codec.encode_json(outputs, decoded.style))
 
 
