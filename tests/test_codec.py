@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgekit.errors import BadInput
+from edgekit.serve import codec
 from edgekit.serve.codec import (
     NPY,
     NPZ,
@@ -199,9 +200,10 @@ BODIES = [
 
 
 @pytest.mark.parametrize("specs", [PIXELS, IDS, IMAGE, TEXT], ids=["float", "int32", "image", "text"])
-def test_the_fast_json_path_answers_as_the_general_one_does(specs):
+def test_the_fast_json_path_answers_as_the_general_one_does(specs, monkeypatch):
     """Every body, valid or not, gets the same arrays or the same error either way: the
     listed edge cases, then 300 random corruptions of a valid body of the signature's shape."""
+    monkeypatch.setattr(codec, "FAST_JSON_MIN_BYTES", 0)  # small bodies here, to try many
     rng = np.random.default_rng(7)
     shape = tuple(2 if axis < 0 else axis for axis in specs[0].shape)
     values = rng.integers(-300, 300, shape) if specs[0].dtype.kind == "i" else rng.normal(size=shape).round(3)
@@ -226,9 +228,11 @@ def test_the_fast_json_path_answers_as_the_general_one_does(specs):
 
 
 def test_an_image_body_takes_the_fast_path_and_keeps_every_value():
-    image = np.random.default_rng(0).random((2, 4, 3, 2)).astype(np.float32)
+    image = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
     body = json.dumps({"inputs": image.tolist()}, indent=1).encode()
+    assert len(body) >= codec.FAST_JSON_MIN_BYTES
     key, array = _one_numeric_tensor(body)
     assert key == "inputs" and array.shape == image.shape
-    request = decode_json_body(body, lambda signature: IMAGE)
+    specs = [ServingTensor("image", np.dtype(np.float32), (-1, 32, 32, 3))]
+    request = decode_json_body(body, lambda signature: specs)
     assert request.style == "columnar" and np.array_equal(request.inputs["image"], image)

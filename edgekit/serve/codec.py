@@ -104,9 +104,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
 def decode_json_body(body: bytes, specs_of: Callable[[str], list[ServingTensor]]) -> Request:
     """A JSON predict body -> Request. The common large body, one numeric tensor under
     "instances" or "inputs" for a one-input signature (an image), skips a Python list per
-    axis: 1.8x faster on a 224x224x3 image. Anything else takes the general path, which
-    also words every error."""
-    fast = _one_numeric_tensor(body) if orjson is not None else None
+    axis: 1.5x faster on a 224x224x3 image, and 2x the requests a second in the server, which
+    no longer collects 50,000 lists as garbage. Small bodies, and anything else, take the
+    general path, which also words every error."""
+    fast = _one_numeric_tensor(body) if orjson is not None and len(body) >= FAST_JSON_MIN_BYTES else None
     if fast is not None:
         key, array = fast
         specs = specs_of(DEFAULT_SIGNATURE)
@@ -118,6 +119,8 @@ def decode_json_body(body: bytes, specs_of: Callable[[str], list[ServingTensor]]
     return decode_json(document, specs_of(signature))
 
 
+# Below this, checking the body costs more than the lists it saves (measured: 680 bytes, 14 against 5 µs).
+FAST_JSON_MIN_BYTES = 64 * 1024
 _JSON_SPACE = b" \t\n\r"
 # Every byte a JSON number can hold ('+' only follows an 'e': such bodies go the general way)
 _NUMBERS_TO_D = bytes.maketrans(b"0123456789.eE-", b"d" * 14)
