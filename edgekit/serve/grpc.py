@@ -306,8 +306,12 @@ def create_server(service: Service, *, host: str, port: int, workers: int = 2) -
                ("grpc.server_handshake_timeout_ms", int(limits.read_timeout * 1000)),
                ("grpc.max_connection_idle_ms", 300_000),
                # no flow-control window growth (BDP probing): calls waiting for a worker hold
-               # less of their message here (30 calls of 31 MB: 463 MB peak instead of 974)
-               ("grpc.http2.bdp_probe", 0)]
+               # less of their message here (30 calls of 31 MB: 340-353 MB peak instead of 864)
+               ("grpc.http2.bdp_probe", 0),
+               # but a fixed 1 MB window instead of 64 KB, so that an image's message is not
+               # sent in 64 KB steps: 11-20% more 602 KB requests a second, for 16 MB more peak
+               # in those 30 calls (window updates cost the server CPU per step)
+               ("grpc.http2.lookahead_bytes", 1 << 20)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgekit-grpc"),
                          options=options, maximum_concurrent_rpcs=limits.max_connections)
     door = _Door(service)
