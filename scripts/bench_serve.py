@@ -2,7 +2,7 @@
 the plain Flask + LiteRT app a user would otherwise write.
 
     python scripts/bench_serve.py [--seconds 5] [--repeat 3] [--clients 4] [--trees now=.,before=PATH]
-                                  [--models digits,mobilenet_v2] [--json results/serve.json]
+                                  [--models digits,mobilenet_v2,image_floor] [--json results/serve.json]
 
 On a machine with two or more cores, the server under test (or the bare loop) is pinned to
 core 0 with one interpreter and one thread, and the load generator to core 1 (`taskset`),
@@ -15,7 +15,8 @@ clients, batch 1, request logs off):
 Each cell (and the bare loop) runs `--repeat` times, the cells of every tree in turn, and the
 median of each figure is reported (this machine's throughput drifts by 5-10% between runs; the
 runs are kept in the JSON). Models: the sample digits CNN and MobileNetV2(weights=None), both full-integer int8 with float
-inputs and outputs (the interpreter quantizes). `--trees` runs the same cells against other
+inputs and outputs (the interpreter quantizes), and image_floor: MobileNetV2's 602 KB input into a
+float32 model that only averages it, the floor of what such a request costs the server. `--trees` runs the same cells against other
 checkouts of edgekit (PYTHONPATH), so before and after come from one run on one machine.
 The Flask baseline needs `pip install flask waitress` (edgekit[bench]).
 """
@@ -248,6 +249,21 @@ def measure_flask(tflite: Path, model: str, body: Path, clients: int, seconds: f
         server.wait(timeout=30)
 
 
+def _image_mean(path: Path) -> Path:
+    """A SavedModel that only averages a 224x224x3 image: served, it shows what moving MobileNetV2's
+    602 KB input through TCP, HTTP or gRPC and Python costs, with almost no inference."""
+    import tensorflow as tf
+
+    class ImageMean(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.float32, name="image")])
+        def serve(self, image):
+            return {"mean": tf.reduce_mean(image, axis=[1, 2])}
+
+    module = ImageMean()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
 def prepare_models(work: Path, names: list[str]) -> dict[str, tuple[Path, str, np.ndarray]]:
     """name -> (base path with 1/model.tflite, input name, one row)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -260,7 +276,7 @@ def prepare_models(work: Path, names: list[str]) -> dict[str, tuple[Path, str, n
                 calibration=DIGITS / "calibration.npz")
         with np.load(DIGITS / "eval.npz") as archive:
             row = archive["pixels"][:1]
-        models["digits"] = (work / "digits_out", "pixels", row)
+        models["digits"] = (work / "digits_out" / "model_int8.tflite", "pixels", row)
     if "mobilenet_v2" in names:
         from mobilenet import export_mobilenet_v2, smooth_images
 
@@ -269,13 +285,19 @@ def prepare_models(work: Path, names: list[str]) -> dict[str, tuple[Path, str, n
         np.save(work / "calibration.npy", images[:100])
         convert(saved_model, work / "mobilenet_out", variants=("int8",), int8_io="float", tfjs=(),
                 calibration=work / "calibration.npy", calibration_samples=100)
-        models["mobilenet_v2"] = (work / "mobilenet_out", None, images[100:101])
+        models["mobilenet_v2"] = (work / "mobilenet_out" / "model_int8.tflite", None, images[100:101])
+    if "image_floor" in names:
+        from mobilenet import smooth_images
+
+        convert(_image_mean(work / "image_mean_saved_model"), work / "image_floor_out", variants=("float32",),
+                tfjs=())
+        models["image_floor"] = (work / "image_floor_out" / "model_float32.tflite", "image", smooth_images(1))
     laid_out = {}
-    for name, (out, input_name, row) in models.items():
+    for name, (tflite, input_name, row) in models.items():
         # served as TF Serving's layout (1/model.tflite): a random-weight MobileNetV2's int8 artifact
         # fails convert's accuracy check, and its speed is what is measured here
         (work / name / "1").mkdir(parents=True)
-        shutil.copy(out / "model_int8.tflite", work / name / "1" / "model.tflite")
+        shutil.copy(tflite, work / name / "1" / "model.tflite")
         if input_name is None:
             from edgekit.runtime import TFLiteModel
 
@@ -293,7 +315,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell; medians are reported")
-    parser.add_argument("--models", default="digits,mobilenet_v2")
+    parser.add_argument("--models", default="digits,mobilenet_v2,image_floor")
     parser.add_argument("--trees", default="now=.", help="label=path of edgekit checkouts to compare")
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "serve.json")
     args = parser.parse_args()
