@@ -1,5 +1,6 @@
 """An int8 model op by op: where it drifts from the float model (the per-layer diagnosis), and
-which ops --float-layers keeps in float (names, counts, outputs quantized again).
+which ops --float-layers keeps in float (names, counts, outputs quantized again); for
+int16x8, which ops LiteRT had no 16x8 kernel for.
 
 Both read the .tflite flatbuffer (TensorFlow's flatbuffer_utils) and run LiteRT with every
 intermediate tensor kept; activation_ranges.RangePicker calls them.
@@ -95,23 +96,31 @@ def unknown_layers_error(unknown: list[str], calibrated: bytes) -> EdgekitError:
 
 
 def op_precision(model_bytes: bytes) -> dict:
-    """How many ops of a quantized model compute in int8 and how many in float (QUANTIZE and
-    DEQUANTIZE, the conversions between them, and integer shape arithmetic left out)."""
+    """How many ops of a quantized model compute in integers and how many in float."""
+    found = ops_by_precision(model_bytes)
+    return {"ops_int8": len(found["integer"]), "ops_float": len(found["float"])}
+
+
+def ops_by_precision(model_bytes: bytes) -> dict[str, list[str]]:
+    """The op types of a quantized model computing in integers (int8, or int16x8's int16) and in
+    float, in graph order (QUANTIZE and DEQUANTIZE, the conversions between them, and integer
+    shape arithmetic left out)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
     graph = model.subgraphs[0]
     quantized, floating = {3, 7, 9}, {0, 1}  # TensorType: UINT8, INT16, INT8; FLOAT32, FLOAT16
-    counts = {"ops_int8": 0, "ops_float": 0}
+    found: dict[str, list[str]] = {"integer": [], "float": []}
     for op in graph.operators:
-        if op_type(model, op) in NOT_KEPT_FLOAT:
+        kind = op_type(model, op)
+        if kind in NOT_KEPT_FLOAT:
             continue
         types = {graph.tensors[index].type for index in op.outputs}
         if types & quantized:
-            counts["ops_int8"] += 1
+            found["integer"].append(kind)
         elif types & floating:
-            counts["ops_float"] += 1
-    return counts
+            found["float"].append(kind)
+    return found
 
 
 def requantized_outputs(model_bytes: bytes) -> list[str]:

@@ -132,6 +132,8 @@ def _configure(converter, variant: Variant, options: TFLiteOptions, calibration:
         converter.representative_dataset = calibration
         builtins = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
     ops = [builtins]
+    if variant is Variant.INT16X8:  # an op with no 16x8 kernel (PRELU, say) runs in float; the manifest names it
+        ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
     if flex:
         ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
         converter._experimental_lower_tensor_list_ops = False
@@ -323,6 +325,8 @@ class TFLiteTarget(Target):
         except EdgekitError as exc:
             return Artifact(status="failed", **common, error=str(exc))
         failure = self._record_ranges(picker, common["quantization"], result.model)
+        if variant is Variant.INT16X8:
+            failure = _record_float_ops(common["quantization"], result.model)
         if failure:
             return Artifact(status="failed", **common, error=failure)
         self.flex_needed = self.flex_needed or result.requires_flex
@@ -397,6 +401,22 @@ class TFLiteTarget(Target):
             known_failure = f"on the {rows} calibration rows, against the float model: {picker.reason}"
         return Pending(step, fields, model, tolerance, [_tensor_spec(i) for i in model.inputs(context.signature)],
                        [_tensor_spec(o) for o in model.outputs(context.signature)], known_failure)
+
+
+def _record_float_ops(quantization: dict, model: bytes) -> str | None:
+    """int16x8: the ops LiteRT has no 16x8 kernel for (the converter keeps them float, between
+    DEQUANTIZE and QUANTIZE) into the manifest; why the artifact fails when no op is left in int16."""
+    found = int8_layers.ops_by_precision(model)
+    if not found["float"]:
+        return None
+    floating = {kind: found["float"].count(kind) for kind in sorted(set(found["float"]))}
+    quantization.update(ops_integer=len(found["integer"]), ops_float=len(found["float"]), float_ops=floating)
+    listed = ", ".join(f"{name} x{count}" for name, count in floating.items())
+    quantization["note"] = (f"LiteRT has no 16x8 kernel for {listed}: computed in float32, between a DEQUANTIZE "
+                            "and a QUANTIZE; the rest runs in int16")
+    if not found["integer"]:
+        return f"no op of this model has a 16x8 kernel ({listed}): this would be float32 under another name"
+    return None
 
 
 def quantization_record(variant: Variant, calibration_rows: dict[str, np.ndarray] | None) -> dict:
