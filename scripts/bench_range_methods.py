@@ -7,7 +7,8 @@ It prints the markdown table docs/convert.md shows.
 For each model, `edgekit convert --variants int8 --range-method M` for M in minmax, percentile,
 mse and auto (which tries the three, and the best with its biases corrected, and keeps the best
 on the calibration rows), auto with
-some ops kept float (--float-layers, O-Net only), plus the dynamic-range variant for comparison; then `edgekit bench` on held-out rows that calibration
+some ops kept float (--float-layers, O-Net only), plus the int16x8 and dynamic-range variants
+for comparison; then `edgekit bench` on held-out rows that calibration
 never saw: per output, error against the output's spread (rms_over_std) or, for probabilities,
 top-1 agreement over all rows and over confident ones; bytes; p50 latency at 1 thread; and the
 seconds convert took (for auto, the extra over minmax is the range search).
@@ -35,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 METHODS = ("minmax", "percentile", "mse", "auto")
 # Mixed precision, the last resort: auto ranges with these ops kept float (--float-layers).
 FLOAT_LAYERS = {"onet": {"float box head": "StatefulPartitionedCall:0", "float fully-connected": "FULLY_CONNECTED"}}
+# The other quantized variants, for comparison: int16 activations, and float activations.
+OTHER_VARIANTS = ("int16x8", "dynamic")
 
 
 def models(work: Path, names: list[str]) -> dict[str, tuple[Path, Path, Path]]:
@@ -75,10 +78,10 @@ def measure(name: str, saved_model: Path, calibration: Path, eval_data: Path, wo
 
     result = {}
     kept_float = FLOAT_LAYERS.get(name, {})
-    for method in (*METHODS, *kept_float, "dynamic"):
+    for method in (*METHODS, *kept_float, *OTHER_VARIANTS):
         out = work / f"{name}_{method.replace(' ', '_')}"
         started = time.perf_counter()
-        variant = "dynamic" if method == "dynamic" else "int8"
+        variant = method if method in OTHER_VARIANTS else "int8"
         manifest = convert(saved_model, out, variants=(variant,), tfjs=(), calibration=calibration,
                            range_method=method if method in METHODS else "auto",
                            float_layers=kept_float.get(method, ()),
@@ -89,7 +92,9 @@ def measure(name: str, saved_model: Path, calibration: Path, eval_data: Path, wo
         report = bench(out, eval_data=eval_data, runs=50, warmup=5, threads=(1,), memory=False)
         row = next(r for r in report.artifacts if r.name == artifact.name)
         entry = {"convert_seconds": round(seconds, 1), "check": artifact.status, **figures(row)}
-        if method != "dynamic":
+        if method == "int16x8":
+            entry["float_ops"] = artifact.quantization.get("float_ops", {})
+        elif method != "dynamic":
             ranges = artifact.quantization["ranges"]
             entry["method_kept"] = ranges["method"]
             if "float_layers" in ranges:
@@ -114,6 +119,9 @@ def markdown(results: dict) -> str:
                       for name, o in run["outputs"].items()]
             if method == "dynamic":
                 label = "dynamic"
+            elif method == "int16x8":
+                floating = ", ".join(f"{op} x{count}" for op, count in run["float_ops"].items())
+                label = f"int16x8 ({floating} float)" if floating else "int16x8"
             elif method == "auto":
                 label = f"int8 auto (kept {run['method_kept']})"
             elif method in METHODS:
