@@ -162,8 +162,9 @@ class _Session:
                 except EdgekitError as exc:
                     dropped.append(f"{setting}: {exc.message}")
                     runners.pop(setting).close()
-            if outputs is None:
-                return skip("cannot run it: " + "; ".join(dropped))
+            if outputs is None:  # one reason, when every setting gave the same
+                reasons = {reason.split(": ", 1)[1] for reason in dropped}
+                return skip("cannot run it: " + (reasons.pop() if len(reasons) == 1 else "; ".join(dropped)))
             row = _row(entry.name, first, entry.variant, entry.bytes)
             row.reason = "; ".join(dropped) or None
             _score(row, outputs, self.reference_outputs, self.labels, self.task, self.output, self.reference)

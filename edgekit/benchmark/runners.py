@@ -24,8 +24,8 @@ from edgekit.benchmark.timing import (
     summarize,
 )
 from edgekit.build.data import run_in_batches
-from edgekit.errors import BadInput
-from edgekit.runtime.tflite import zeros
+from edgekit.errors import BadInput, EdgekitError
+from edgekit.runtime.tflite import runtime_error_text, zeros
 
 
 class Runner(ABC):
@@ -79,7 +79,10 @@ class LiteRTRunner(Runner):
         self.engine = self.model.runtime.split()[0]
 
     def run(self, inputs):
-        return self.model.run(inputs, self.signature)
+        try:
+            return self.model.run(inputs, self.signature)
+        except RuntimeError as exc:  # a kernel LiteRT lacks for a type the converter chose: a row, not a crash
+            raise EdgekitError(f"LiteRT stops at run time: {runtime_error_text(exc)}") from None
 
     def prepare(self, inputs):
         return self.model.prepare(inputs, self.signature)

@@ -29,6 +29,7 @@ from edgekit.errors import BadInput, EdgekitError
 from edgekit.files import replace_dir, sha256_file, sha256_tree, staging_dir
 from edgekit.manifest import SCHEMA_VERSION, Artifact, Check, Manifest
 from edgekit.native_logs import captured_native_output
+from edgekit.runtime.tflite import runtime_error_text
 
 
 @dataclass(frozen=True)
@@ -283,8 +284,9 @@ class _Job:
                 model, note = pending.fallback(exc.message)
                 per_output = run(model)
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
+            words = runtime_error_text(exc) if isinstance(exc, RuntimeError) else str(exc)
             check = Check(status="failed", samples=samples, tolerance_rel_l2=tolerance.rel_l2,
-                          tolerance_spread=tolerance.spread, reason=f"{engine} could not run it: {exc}")
+                          tolerance_spread=tolerance.spread, reason=f"{engine} could not run it: {words}")
             artifact = Artifact(status="failed", inputs=inputs, outputs=outputs, check=check,
                                 error=check.reason, **fields)
             return artifact, time.perf_counter() - started

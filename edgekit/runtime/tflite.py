@@ -134,6 +134,18 @@ def flex_ops_in(message: str) -> list[str]:
     return sorted(set(re.findall(r"\b(Flex\w+)", message)))
 
 
+# TfLiteType codes, as LiteRT's kernels name the type they were given ("got 7")
+_TFLITE_TYPES = {1: "float32", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 6: "bool", 7: "int16", 9: "int8",
+                 10: "float16", 11: "float64", 13: "uint64", 16: "uint32", 17: "uint16", 18: "int4"}
+
+
+def runtime_error_text(exc: BaseException) -> str:
+    """LiteRT's invoke() error in words: a kernel's "got 7" becomes "got int16" (an op the
+    converter quantized but LiteRT has no kernel for at that type), with its sentences apart."""
+    text = re.sub(r"\.(?=Node number)", ". ", str(exc).strip())
+    return re.sub(r"\bgot (\d+)\b", lambda m: f"got {_TFLITE_TYPES.get(int(m[1]), m[1])}", text)
+
+
 class TFLiteModel:
     """One loaded .tflite, ready to run any of its signatures on float or integer inputs."""
 
