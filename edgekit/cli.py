@@ -232,7 +232,7 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
                        err=True)
         if "float_layers" in ranges:
             click.echo(f"{artifact.variant}: {float_layers_summary(ranges['float_layers'])}", err=True)
-        if artifact.quantization.get("float_ops"):
+        if artifact.quantization.get("note"):
             click.echo(f"note: {artifact.variant}: {artifact.quantization['note']}", err=True)
     notes = set()  # the TF.js variants share one writer, so they share a failure
     for artifact in manifest.artifacts:

@@ -337,7 +337,8 @@ def test_int16x8_keeps_ops_without_a_16x8_kernel_in_float_and_names_them(tmp_pat
     artifact = manifest.artifact("int16x8")
     assert artifact.quantization["float_ops"] == {"PRELU": 5}
     assert artifact.quantization["ops_integer"] > artifact.quantization["ops_float"] == 5
-    assert "no 16x8 kernel for PRELU x5" in artifact.quantization["note"]
+    assert artifact.quantization["note"].startswith("PRELU x5 compute in float32")
+    assert "LiteRT has no 16x8 kernel" in artifact.quantization["note"]
     with np.load(ONET / "eval.npz") as data:
         rows = data["image"].astype(np.float32)
     import tensorflow as tf
@@ -359,4 +360,42 @@ def test_int16x8_with_no_op_left_in_int16_fails_and_says_why(tmp_path):
     manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("int16x8",), tfjs=(),
                        calibration=tmp_path / "calibration.npz")
     artifact = manifest.artifact("int16x8")
-    assert artifact.status == "failed" and "no op of this model has a 16x8 kernel (PRELU x1)" in artifact.error
+    assert artifact.status == "failed" and "no op of this model computes in int16 (PRELU x1" in artifact.error
+    assert "note" not in artifact.quantization
+
+
+def test_an_int16x8_op_without_an_int16_kernel_fails_its_check_in_words_and_bench_skips_it(tmp_path):
+    """LayerNormalization's SQUARED_DIFFERENCE is quantized to int16, which LiteRT has no kernel
+    for: the check fails naming the op and the type, and bench gives the row a reason, not a crash."""
+    import tensorflow as tf
+
+    from edgekit import bench
+
+    inputs = tf.keras.Input((8,), name="x")
+    hidden = tf.keras.layers.LayerNormalization()(tf.keras.layers.Dense(8)(inputs))
+    tf.keras.Model(inputs, tf.keras.layers.Dense(2)(hidden)).export(str(tmp_path / "saved_model"))
+    rows = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    np.savez(tmp_path / "rows.npz", x=rows)
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32", "int16x8"), tfjs=(),
+                       calibration=tmp_path / "rows.npz")
+    artifact = manifest.artifact("int16x8")
+    assert artifact.status == "failed" and "SQUARED_DIFFERENCE" in artifact.error and "got int16" in artifact.error
+    report = bench(tmp_path / "out", eval_data=tmp_path / "rows.npz", runs=5, warmup=1, threads=(1,), memory=False)
+    rows_by_name = {row.name: row for row in report.artifacts}
+    assert rows_by_name["tflite_float32"].status == "measured"
+    skipped = rows_by_name["tflite_int16x8"]
+    assert skipped.status == "skipped" and "LiteRT stops at run time" in skipped.reason and "got int16" in skipped.reason
+
+
+def test_int16x8_on_an_integer_input_says_its_quantizer_cannot_take_it(tmp_path):
+    import tensorflow as tf
+
+    ids = tf.keras.Input((5,), dtype="int32", name="ids")
+    pooled = tf.keras.layers.GlobalAveragePooling1D()(tf.keras.layers.Embedding(20, 4)(ids))
+    tf.keras.Model(ids, tf.keras.layers.Dense(2)(pooled)).export(str(tmp_path / "saved_model"))
+    np.savez(tmp_path / "rows.npz", ids=np.random.default_rng(0).integers(0, 20, (30, 5)).astype(np.int32))
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("int16x8",), tfjs=(),
+                       calibration=tmp_path / "rows.npz")
+    artifact = manifest.artifact("int16x8")
+    assert artifact.status == "failed" and "16x8 quantizer has no range for tensor serving_default_ids" in artifact.error
+    assert "ship int8 or dynamic" in artifact.error

@@ -226,6 +226,13 @@ def convert_variant(
             "delegate, which the Python LiteRT and tflite-runtime wheels lack), or change the "
             "model to use TFLite-friendly ops",
         )
+    unranged = re.search(r"(?:should be recorded during calibration: Failed for tensor|Empty min/max for tensor) "
+                         r"([^\s:]+(?::\d+)?)", failure)
+    if variant is Variant.INT16X8 and unranged:
+        raise ConversionFailed(
+            f"int16x8: TFLite's 16x8 quantizer has no range for tensor {unranged[1]}: it cannot quantize an "
+            "integer tensor (token ids, a loop's counter) or one its calibration never reached",
+            "ship int8 or dynamic for this model")
     raise ConversionFailed(f"{variant.value}: TFLite could not convert the model: {_first_error_line(failure)}")
 
 
@@ -325,8 +332,8 @@ class TFLiteTarget(Target):
         except EdgekitError as exc:
             return Artifact(status="failed", **common, error=str(exc))
         failure = self._record_ranges(picker, common["quantization"], result.model)
-        if variant is Variant.INT16X8:
-            failure = _record_float_ops(common["quantization"], result.model)
+        if VARIANTS[variant].needs_calibration:
+            failure = failure or _record_float_ops(variant, common["quantization"], result.model)
         if failure:
             return Artifact(status="failed", **common, error=failure)
         self.flex_needed = self.flex_needed or result.requires_flex
@@ -403,19 +410,23 @@ class TFLiteTarget(Target):
                        [_tensor_spec(o) for o in model.outputs(context.signature)], known_failure)
 
 
-def _record_float_ops(quantization: dict, model: bytes) -> str | None:
-    """int16x8: the ops LiteRT has no 16x8 kernel for (the converter keeps them float, between
-    DEQUANTIZE and QUANTIZE) into the manifest; why the artifact fails when no op is left in int16."""
+def _record_float_ops(variant: Variant, quantization: dict, model: bytes) -> str | None:
+    """The ops of a full-integer variant that compute in float32 (between a DEQUANTIZE and a
+    QUANTIZE), counted by type into the manifest, also when there are none: int16x8 keeps the
+    ops LiteRT has no 16x8 kernel for in float, int8 what --float-layers or the quantizer left.
+    Why the artifact fails when no op is left in integers."""
     found = int8_layers.ops_by_precision(model)
-    if not found["float"]:
-        return None
     floating = {kind: found["float"].count(kind) for kind in sorted(set(found["float"]))}
     quantization.update(ops_integer=len(found["integer"]), ops_float=len(found["float"]), float_ops=floating)
+    if not floating:
+        return None
     listed = ", ".join(f"{name} x{count}" for name, count in floating.items())
-    quantization["note"] = (f"LiteRT has no 16x8 kernel for {listed}: computed in float32, between a DEQUANTIZE "
-                            "and a QUANTIZE; the rest runs in int16")
     if not found["integer"]:
-        return f"no op of this model has a 16x8 kernel ({listed}): this would be float32 under another name"
+        return (f"no op of this model computes in {VARIANTS[variant].activations} ({listed} stay float32): this "
+                "would be float32 under another name")
+    why = ("LiteRT has no 16x8 kernel for them" if variant is Variant.INT16X8
+           else "an int8-only accelerator (an Edge TPU, an NPU) cannot run them")
+    quantization["note"] = f"{listed} compute in float32, between a DEQUANTIZE and a QUANTIZE: {why}"
     return None
 
 
