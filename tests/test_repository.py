@@ -187,3 +187,13 @@ def test_a_manifest_cannot_point_outside_its_version_folder(base):
     (base / "1" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BadInput, match="outside its folder"):
         model_file(base / "1", None)
+
+
+def test_when_every_version_failed_the_answer_says_why(tmp_path):
+    (tmp_path / "4").mkdir()
+    (tmp_path / "4" / "model.tflite").write_bytes(b"\x00" * 100)
+    repository = ModelRepository([ModelConfig("digits", tmp_path)])
+    repository.poll_once()
+    with pytest.raises(Unavailable, match="no version is loaded: version 4 failed to load") as raised:
+        repository.resolve("digits")
+    assert "fix or replace that version's files" in raised.value.hint

@@ -533,6 +533,12 @@ class ModelRepository:
             version = self._version_for_label(config, label)
         if version is None:
             if not served:
+                statuses = self._status[name]
+                failed = [v for v in sorted(statuses, reverse=True) if statuses[v].error_code != "OK"]
+                if failed and not any(s.state in ("START", "LOADING") for s in statuses.values()):
+                    raise Unavailable(f"Servable not found for request: Latest({name}); no version is loaded: "
+                                      f"version {failed[0]} {statuses[failed[0]].error_message[:300]}",
+                                      "fix or replace that version's files: the server retries when they change")
                 raise Unavailable(f"Servable not found for request: Latest({name}); no version is loaded yet",
                                   "wait for the model to load, or check the server's log")
             return served[max(served)]
