@@ -675,3 +675,19 @@ def test_api_keys_http_cannot_carry_are_refused_and_surrounding_spaces_are_forgi
         status, _, _ = Client(running.port).request("GET", "/v1/models/half",
                                                     headers={"Authorization": f"Bearer {'k' * 20} "})
         assert status == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/models/nope:predict", "/v1/models/digits/versions/9:predict",
+                                  "/v1/models/digits:nope"])
+def test_an_answer_before_a_large_body_is_read_reaches_the_client(server, path):
+    """A 404 decided from the path alone, while 12 MB are still on their way: the client reads
+    it (a lingering close), rather than a connection reset mid-upload."""
+    import http.client
+
+    body = b'{"instances": [' + b",".join([b"0"] * 6_000_000) + b"]}"
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status in (400, 404, 501) and "error" in json.loads(response.read())
+    connection.close()
+    alive(server)

@@ -514,7 +514,10 @@ class _Connection(asyncio.Protocol):
         self.queue.popleft()
         self.task = None
         if not keep_alive:
-            self.transport.close()
+            if body.complete:
+                self.transport.close()
+            else:  # answered before its body was read (a 404, a 503): the client is still sending
+                self._linger_close()
             return
         if self.queue:
             self._start_next()
@@ -551,15 +554,18 @@ class _Connection(asyncio.Protocol):
         for body in self.queue:
             self._release(body)
         self.queue.clear()
+        self._write(error_response(status, message), keep_alive=False)
+        self._linger_close()
+
+    def _linger_close(self) -> None:
+        """A lingering close, as nginx does: end our side, and read (and drop) what the client
+        still sends for a moment, so it gets the answer instead of a reset mid-upload."""
         self.current = None
         self.closing = True
         self.discarding = True
         self.server.paused.discard(self)
         self.server.receiving.pop(self, None)
-        self._write(error_response(status, message), keep_alive=False)
         self._disarm()
-        # A lingering close, as nginx does: end our side, and read (and drop) what the client
-        # still sends for a moment, so it gets the answer instead of a reset mid-upload.
         if self.transport.can_write_eof():
             self.transport.write_eof()
             if self.reading_paused:
