@@ -196,6 +196,7 @@ BODIES = [
     b'{"instances": [[.5, 2, 3]]}', b'{"instances": [[1., 2, 3]]}', b'{"instances": [[1, 2, 3]],}', b'{"Instances": [[1,2,3]]}',
     b'{"instances": [[1, 2, 3]]} x', b'{"instances": [[1, 2, 3]]}\x0b', b'{"instances":[[1,2,3]][[4,5,6]]}',
     *(b'{"instances": ' + b"[" * depth + b"1" + b"]" * depth + b"}" for depth in (31, 32, 33, 64, 65, 2000)),
+    *(b'{"instances": ' + b"[" * depth + b'"a"' + b"]" * depth + b"}" for depth in (64, 65, 600)),
 ]
 
 

@@ -265,7 +265,12 @@ def check_names(got: set[str], specs: list[ServingTensor], where: str) -> None:
                    "the signature's inputs are: " + ", ".join(spec.name for spec in specs))
 
 
-def _unb64(value: Any) -> Any:
+_MAX_AXES = 64  # numpy's limit
+
+
+def _unb64(value: Any, depth: int = 0) -> Any:
+    if depth > _MAX_AXES:  # deeper lists would exhaust Python's stack (a 500 once)
+        raise BadInput(f"the values nest deeper than {_MAX_AXES} levels", "a tensor needs one level per axis")
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise BadInput('a binary value must be {"b64": "<base64 string>"}', "encode bytes with base64")
@@ -274,7 +279,7 @@ def _unb64(value: Any) -> Any:
         except ValueError:
             raise BadInput("a b64 value is not valid base64", "encode bytes with standard base64") from None
     if isinstance(value, list):
-        return [_unb64(v) for v in value]
+        return [_unb64(v, depth + 1) for v in value]
     return value
 
 
