@@ -7,7 +7,8 @@ Builds edgekit's wheel, installs it with `[runtime]` in the emulated Raspberry P
 `edgekit serve --allow-bench` there on this machine's loopback, converts the sample
 digits CNN here, and benches it against the "device". Emulated code runs 100-500x slower:
 the timings mean nothing; what is checked is that every TFLite artifact was measured on an
-aarch64 machine and that its outputs there agree with the SavedModel. Exits 0 with a note
+aarch64 machine and that its outputs there agree with the SavedModel, and that a served predict
+sent as a large JSON body and as .npy gives the same answer. Exits 0 with a note
 when no pi-root tool is present (CI machines without it).
 """
 from __future__ import annotations
@@ -27,6 +28,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "sample_models" / "digits_cnn"
+
+
+def served_json_matches_npy(port: int, key: str) -> None:
+    """A served answer on aarch64: 200 digits rows as a JSON body over 64 KB (the server's one-tensor
+    fast path) and as .npy give the same predictions."""
+    import io
+
+    import numpy as np
+
+    with np.load(DIGITS / "eval.npz") as archive:
+        rows = archive["pixels"][:200]
+    answers = {}
+    bodies = {"application/json": json.dumps({"instances": rows.tolist()}, indent=1).encode()}
+    assert len(bodies["application/json"]) >= 64 * 1024
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    bodies["application/x-npy"] = buffer.getvalue()
+    for content_type, body in bodies.items():
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/digits:predict", data=body, method="POST",
+                                         headers={"Content-Type": content_type, "Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(request, timeout=600) as reply:
+            payload = reply.read()
+        answers[content_type] = (np.array(json.loads(payload)["predictions"]) if content_type == "application/json"
+                                 else np.load(io.BytesIO(payload)))
+    np.testing.assert_allclose(answers["application/json"], answers["application/x-npy"], rtol=1e-6, atol=1e-7)
+    print(f"served on aarch64: {len(rows)} rows as {len(bodies['application/json'])} bytes of JSON and as .npy agree")
 
 
 def main() -> None:
@@ -102,6 +129,7 @@ def main() -> None:
                                          "note": "emulated under qemu-user: the timings mean nothing",
                                          "report": document}, indent=2) + "\n")
         print(f"aarch64 device rows: {agreement}; wrote {args.json}")
+        served_json_matches_npy(port, key)
     finally:
         server.terminate()
         subprocess.run(["pkill", "-f", f"edgekit serve /srv/bench/models/digits --port {port}"])
