@@ -309,8 +309,8 @@ def create_server(service: Service, *, host: str, port: int, workers: int = 2) -
                # less of their message here (30 calls of 31 MB: 340-353 MB peak instead of 864)
                ("grpc.http2.bdp_probe", 0),
                # but a fixed 1 MB window instead of 64 KB, so that an image's message is not
-               # sent in 64 KB steps: 11-20% more 602 KB requests a second, for 16 MB more peak
-               # in those 30 calls (window updates cost the server CPU per step)
+               # sent in 64 KB steps (each window update costs the server CPU): 8-11% more 602 KB
+               # requests a second, for 5-20 MB more peak in those 30 calls
                ("grpc.http2.lookahead_bytes", 1 << 20)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgekit-grpc"),
                          options=options, maximum_concurrent_rpcs=limits.max_connections)
