@@ -57,6 +57,9 @@ def test_manifest_records_source_signatures_calibration_and_versions(digits_out)
     assert manifest.calibration["samples"] == 200
     assert manifest.calibration["samples_available"] == 300
     assert manifest.artifact("int8").quantization["calibration_samples"] == 200
+    for variant in ("int8", "int16x8"):  # the full-integer variants say which ops stay float, also when none do
+        quantization = manifest.artifact(variant).quantization
+        assert quantization["float_ops"] == {} and quantization["ops_float"] == 0 < quantization["ops_integer"]
     assert set(manifest.versions) >= {"edgekit", "tensorflow", "runtime"}
 
 
