@@ -245,7 +245,21 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
             click.echo(f"note: {artifact.name}: {artifact.check.reason}", err=True)
         if artifact.status == "unverified":
             click.echo(f"warning: {artifact.name} was not checked: {artifact.check.reason}", err=True)
+    finer = _int16x8_where_int8_failed(manifest)
+    if finer:
+        click.echo(f"note: {finer}", err=True)
     sys.exit(0 if manifest.all_ok else 1)
+
+
+def _int16x8_where_int8_failed(manifest) -> str | None:
+    """When int8 failed its check and int16x8 passed in the same run, say so: it is the integer
+    artifact that holds such a model (int16 activations), at a size and speed to weigh."""
+    tflite = {a.variant: a for a in manifest.artifacts if a.format == "tflite"}
+    int8, int16x8 = tflite.get("int8"), tflite.get("int16x8")
+    if not (int8 and int16x8 and int8.status == "failed" and int16x8.status == "ok" and int8.bytes):
+        return None
+    return (f"int8 failed its check where int16x8 passed (int16 activations, {int16x8.bytes / int8.bytes:.2f}x "
+            "int8's bytes); LiteRT runs int16x8 on reference kernels, so weigh its speed with edgekit bench")
 
 
 def _read_key(path: Path | None) -> str | None:

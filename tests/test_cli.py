@@ -189,3 +189,13 @@ def test_debug_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(cli, ["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "--debug"])
     assert result.exit_code != 0
     assert result.exception is not None and "does not exist" in str(result.exception)
+
+
+def test_where_int8_fails_and_int16x8_passes_convert_points_to_it(tmp_path):
+    from conftest import ONET
+
+    result = run(ONET / "saved_model", "-o", tmp_path / "out", "--calibration", ONET / "calibration.npz",
+                 "--variants", "int8,int16x8", "--range-method", "minmax", "--check-samples", "200", "--tfjs", "none")
+    assert result.exit_code == 1, result.output
+    assert "note: int8 failed its check where int16x8 passed (int16 activations, 1.03x int8's bytes)" in result.stderr
+    assert "note: int16x8: PRELU x5 compute in float32" in result.stderr
