@@ -162,13 +162,13 @@ def grpc_broadcast_attack(target):
 
 
 def large_batch_attack(target):
-    rows = np.random.default_rng(0).random((110000, 8, 8, 1)).astype(np.float32)
+    rows = np.random.default_rng(0).random((60000, 8, 8, 1)).astype(np.float32)  # 15.4 MB: under the 16 MB body limit
     body = npy_bytes(rows)
     before = target.memory()
     replies = [answer(raw_exchange(target.port, post(PREDICT, body, "application/x-npy"), timeout=120))[:3]
                for _ in range(3)]
     time.sleep(0.5)
-    return {"sent": f"a legal {len(body) / 1e6:.1f} MB .npy batch (110,000 rows), three times", "answer": replies,
+    return {"sent": f"a legal {len(body) / 1e6:.1f} MB .npy batch ({len(rows):,} rows), three times", "answer": replies,
             "rss_before_mb": before and before["rss_mb"], "rss_after_mb": (target.memory() or {}).get("rss_mb")}
 
 
