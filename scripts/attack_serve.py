@@ -299,12 +299,34 @@ def concurrent_budget_attack(target):
             "answer": {str(s): statuses.count(s) for s in sorted(set(statuses), key=str)}}
 
 
+def json_memory_attack(target):
+    """What a large one-tensor JSON body really takes (the server's fast path), against the 32x of
+    the body the memory budget reserves for any JSON body: one fresh server per kind of number,
+    with room enough (--max-memory-mb 4096, --max-body-mb 32) to let each through."""
+    kinds = {"300 (int objects)": b"300", "1e0 (float objects)": b"1e0", "0 (cached ints)": b"0",
+             "0.5488135218620300 (long floats)": b"0.5488135218620300"}
+    measured = {}
+    for label, token in kinds.items():
+        body = b'{"instances": [' + b",".join([token] * (14_000_000 // (len(token) + 1))) + b"]}"
+        fresh = Target(target.config, extra=("--max-memory-mb", "4096", "--max-body-mb", "32"))
+        try:
+            idle = fresh.memory()["peak_rss_mb"]
+            status = status_of(raw_exchange(fresh.port, post(HALF, body), timeout=120))
+            peak = fresh.memory()["peak_rss_mb"]
+            measured[label] = {"body_mb": round(len(body) / 1e6, 1), "status": status,
+                               "peak_over_body": round((peak - idle) * (1 << 20) / len(body), 1)}
+        finally:
+            fresh.stop()
+    return {"sent": "14 MB JSON bodies of one [N] tensor, one kind of number each, to half_plus_two",
+            "answer": measured}
+
+
 ATTACKS = {
     "npz_bomb": npz_bomb_attack, "grpc_broadcast": grpc_broadcast_attack, "large_batch": large_batch_attack,
     "slow_bodies": slow_body_attack, "endless_headers": endless_header_attack,
     "idle_connections": idle_connections_attack, "broken_manifest": broken_manifest_attack,
     "malformed_rest": malformed_rest_attack, "malformed_grpc": malformed_grpc_attack, "ports": port_attack,
-    "concurrent_json": concurrent_budget_attack,
+    "concurrent_json": concurrent_budget_attack, "json_memory": json_memory_attack,
 }
 
 
