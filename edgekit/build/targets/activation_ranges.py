@@ -30,6 +30,7 @@ from edgekit.build.targets.int8_layers import (
     DIAGNOSIS_ROWS,
     float_layer_names,
     layer_errors,
+    model_object,
     op_precision,
     unknown_layers_error,
 )
@@ -59,9 +60,7 @@ class Histogram:
 def recorded_ranges(calibrated: bytes) -> dict[int, tuple[float, float]]:
     """The min/max range the calibrator recorded for each tensor of the model's first subgraph
     (the signature's, for the models convert takes; tensors in other subgraphs keep min/max)."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    model = model_object(calibrated)
     ranges = {}
     for index, tensor in enumerate(model.subgraphs[0].tensors):
         quantization = tensor.quantization
@@ -169,7 +168,7 @@ def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> by
         return calibrated
     from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    model = model_object(calibrated)
     tensors = model.subgraphs[0].tensors
     for index, (low, high) in ranges.items():
         tensors[index].quantization.min = [low]

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekit.build.targets.int8_layers import (
     kept_tensor_runs,
+    model_object,
     op_type,
     quantized_layers,
 )
@@ -52,7 +53,7 @@ def _unshared_biases(quantized: bytes, layers: list[dict]) -> bytes:
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
+    model = model_object(quantized)
     graph = model.subgraphs[0]
     outputs = {layer["index"] for layer in layers}
     users: dict[int, int] = {}
@@ -84,9 +85,7 @@ def _eligible(model, op) -> bool:
 def _correctable(quantized: bytes, layers: list[dict]) -> list[dict]:
     """Of `layers` (int8_layers.quantized_layers), the ops whose bias can be corrected, with
     their output's quantization and the bias's."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
+    model = model_object(quantized)
     graph = model.subgraphs[0]
     producer = {op.outputs[0]: op for op in graph.operators}
     users: dict[int, int] = {}

@@ -30,9 +30,7 @@ class _Graph:
 
     @classmethod
     def of(cls, model_bytes: bytes) -> _Graph:
-        from tensorflow.lite.tools import flatbuffer_utils
-
-        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+        model = model_object(model_bytes)
         graph = model.subgraphs[0]
         names = [tensor.name.decode() for tensor in graph.tensors]
         return cls({op_type(model, op) for op in graph.operators},
@@ -41,16 +39,25 @@ class _Graph:
 
 
 @cache
-def _builtin_names() -> dict[int, str]:
+def builtin_names() -> dict[int, str]:
+    """TFLite builtin op codes -> their names (FULLY_CONNECTED)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     return {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
 
 
+def model_object(model_bytes: bytes):
+    """A .tflite flatbuffer as TensorFlow's flatbuffer_utils objects (subgraphs, tensors,
+    operators, buffers), to read, or to change and write back."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+
+
 def op_type(model, op) -> str:
     """An op's TFLite type name (FULLY_CONNECTED), from a flatbuffer_utils model object."""
     code = model.operatorCodes[op.opcodeIndex]
-    return _builtin_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+    return builtin_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
 
 
 def float_layer_names(calibrated: bytes, wanted: tuple[str, ...]) -> tuple[set[str], set[str], list[str]]:
@@ -105,9 +112,7 @@ def ops_by_precision(model_bytes: bytes) -> dict[str, list[str]]:
     """The op types of a quantized model computing in integers (int8, or int16x8's int16) and in
     float, in graph order (QUANTIZE and DEQUANTIZE, the conversions between them, and integer
     shape arithmetic left out)."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    model = model_object(model_bytes)
     graph = model.subgraphs[0]
     quantized, floating = {3, 7, 9}, {0, 1}  # TensorType: UINT8, INT16, INT8; FLOAT32, FLOAT16
     found: dict[str, list[str]] = {"integer": [], "float": []}
@@ -126,9 +131,7 @@ def ops_by_precision(model_bytes: bytes) -> dict[str, list[str]]:
 def requantized_outputs(model_bytes: bytes) -> list[str]:
     """Outputs of a finished int8 model that a float op computes and a QUANTIZE then rounds
     to int8 again (an output op kept float under --int8-io int8)."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    model = model_object(model_bytes)
     graph = model.subgraphs[0]
     producer = {index: op for op in graph.operators for index in op.outputs}
     found = []
@@ -174,12 +177,9 @@ def layer_errors(calibrated: bytes, quantized: bytes, parts: Iterable[dict[str, 
 def quantized_layers(calibrated: bytes, quantized: bytes) -> tuple[list[dict], list[str], set[int]]:
     """Each quantized tensor of `quantized` (graph inputs, then op outputs in graph order) with
     its float twin's index in `calibrated`; the ones without a twin; the graph's input indices."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
+    model = model_object(quantized)
     graph = model.subgraphs[0]
-    float_index = {t.name: i for i, t in enumerate(flatbuffer_utils.convert_bytearray_to_object(
-        bytearray(calibrated)).subgraphs[0].tensors)}
+    float_index = {t.name: i for i, t in enumerate(model_object(calibrated).subgraphs[0].tensors)}
     # With float I/O an output's int8 tensor may be renamed, a DEQUANTIZE taking the float name;
     # a QUANTIZE's int8 output stands for its float input.
     other_names = {op.inputs[0]: graph.tensors[op.outputs[0]].name for op in graph.operators

@@ -8,6 +8,7 @@ knobs and validates them before TensorFlow is imported.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -156,7 +157,7 @@ def operator_codes(model: bytes) -> tuple[set[str], set[str]]:
     """The builtin op names and the custom op codes a .tflite flatbuffer uses."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    names = int8_layers.builtin_names()
     root = schema.Model.GetRootAsModel(model, 0)
     builtins, customs = set(), set()
     for i in range(root.OperatorCodesLength()):
@@ -416,7 +417,7 @@ def _record_float_ops(variant: Variant, quantization: dict, model: bytes) -> str
     ops LiteRT has no 16x8 kernel for in float, int8 what --float-layers or the quantizer left.
     Why the artifact fails when no op is left in integers."""
     found = int8_layers.ops_by_precision(model)
-    floating = {kind: found["float"].count(kind) for kind in sorted(set(found["float"]))}
+    floating = dict(sorted(Counter(found["float"]).items()))
     quantization.update(ops_integer=len(found["integer"]), ops_float=len(found["float"]), float_ops=floating)
     if not floating:
         return None
