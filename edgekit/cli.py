@@ -419,7 +419,10 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--port", default=8501, show_default=True, help="REST port (TF Serving's default).")
 @click.option("--grpc-port", default=8500, show_default=True, help="gRPC port (TF Serving's default); 0 turns it off.")
 @click.option("--threads", default=1, show_default=True, help="CPU threads per interpreter.")
-@click.option("--interpreters", type=int, help="Interpreters per loaded version [default: cores / threads].")
+@click.option("--interpreters", type=int,
+              help="Interpreters per loaded version (per worker) [default: cores / threads / workers].")
+@click.option("--workers", default=1, show_default=True,
+              help="Server processes on the same ports, for boards where one Python process is the bottleneck.")
 @click.option("--poll-seconds", default=2.0, show_default=True, help="How often the model folders are rescanned.")
 @click.option("--max-body-mb", default=16.0, show_default=True, help="Largest request body or gRPC message (413 beyond).")
 @click.option("--max-memory-mb", default=192.0, show_default=True,
@@ -450,7 +453,7 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks of start-up errors.")
 @_handle_errors
-def serve(model_base_path, model_name, model_config, host, port, grpc_port, threads, interpreters, poll_seconds,
+def serve(model_base_path, model_name, model_config, host, port, grpc_port, threads, interpreters, workers, poll_seconds,
           max_body_mb, max_memory_mb, max_inflight, max_batch_rows, max_header_kb, read_timeout, keepalive_timeout,
           queue_timeout, max_connections, api_key_file, variant, version_policy, allow_bench, bench_max_mb, log_level,
           debug):
@@ -468,9 +471,9 @@ def serve(model_base_path, model_name, model_config, host, port, grpc_port, thre
         run,
     )
 
-    if threads < 1 or (interpreters is not None and interpreters < 1) or poll_seconds <= 0:
-        raise BadInput("--threads, --interpreters and --poll-seconds must be positive", "e.g. --threads 1")
-    interpreters = interpreters or default_interpreters(threads)
+    if threads < 1 or (interpreters is not None and interpreters < 1) or poll_seconds <= 0 or workers < 1:
+        raise BadInput("--threads, --interpreters, --workers and --poll-seconds must be positive", "e.g. --threads 1")
+    interpreters = interpreters or default_interpreters(threads, workers)
     limits = Limits(max_body_bytes=int(max_body_mb * MB), max_memory_bytes=int(max_memory_mb * MB),
                     max_inflight=2 * interpreters if max_inflight is None else max_inflight,
                     max_batch_rows=max_batch_rows, max_header_bytes=int(max_header_kb * 1024),
@@ -479,7 +482,7 @@ def serve(model_base_path, model_name, model_config, host, port, grpc_port, thre
     configs = model_configs(model_base_path, model_name, model_config, variant, VersionPolicy(version_policy))
     run(configs, limits, host=host, port=port, grpc_port=grpc_port, threads=threads, interpreters=interpreters,
         poll_seconds=poll_seconds, api_key=read_api_key(api_key_file), log_level=log_level,
-        bench_max_bytes=int(bench_max_mb * MB) if allow_bench else None)
+        bench_max_bytes=int(bench_max_mb * MB) if allow_bench else None, workers=workers)
 
 
 @cli.command("package")

@@ -104,7 +104,7 @@ class RestApp:
             self._authorize(request)
         except EdgekitError as exc:
             return error_response(exc.http_status, client_message(exc))
-        text = self.service.metrics.render(repository.served_versions(), self.service.gauges())
+        text = self.service.metrics_text(repository.served_versions())
         return Response(200, text.encode(), METRICS_TYPE)
 
     def _authorize(self, request: Request) -> None:

@@ -291,9 +291,12 @@ class ModelService(serving_pb2_grpc.ModelServiceServicer):
         return self.door.call("grpc_reload", context, work)
 
 
-def create_server(service: Service, *, host: str, port: int, workers: int = 2) -> tuple[grpc.Server, int]:
+def create_server(service: Service, *, host: str, port: int, workers: int = 2,
+                  share_port: bool = False) -> tuple[grpc.Server, int]:
     """A started-later gRPC server on host:port (0 picks a free port), bound exclusively
     (no SO_REUSEPORT: a second server cannot silently share the port); returns it and its port.
+    `share_port`: one of `serve --workers` processes, joining the port the parent reserved
+    (workers.reserve_shared_port).
 
     Bounds: messages of --max-body-mb (RESOURCE_EXHAUSTED beyond, from gRPC itself);
     `workers` threads (one per interpreter), each holding at most one message while it waits
@@ -302,7 +305,7 @@ def create_server(service: Service, *, host: str, port: int, workers: int = 2) -
     limits = service.limits
     options = [("grpc.max_receive_message_length", limits.max_body_bytes),
                ("grpc.max_send_message_length", limits.max_body_bytes),
-               ("grpc.so_reuseport", 0),
+               ("grpc.so_reuseport", 1 if share_port else 0),
                ("grpc.server_handshake_timeout_ms", int(limits.read_timeout * 1000)),
                ("grpc.max_connection_idle_ms", 300_000),
                # no flow-control window growth (BDP probing): calls waiting for a worker hold

@@ -1,12 +1,22 @@
 """Prometheus metrics in the text exposition format, without a client library:
-counters and histograms keyed by label values, safe to update from many threads."""
+counters and histograms keyed by label values, safe to update from many threads, and
+summed across the processes of `edgekit serve --workers N` (`MetricsFolder`)."""
 from __future__ import annotations
 
 import bisect
+import json
+import os
 import threading
 from collections import defaultdict
+from pathlib import Path
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _number(value: float) -> str:
+    """Every digit: `:g` would print 1234567 requests as 1.23457e+06, and a counter would
+    stand still for thousands of requests."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
@@ -29,11 +39,21 @@ class Counter:
     def value(self, *values: str) -> float:
         return self._values.get(tuple(map(str, values)), 0.0)
 
+    def state(self) -> list:
+        with self._lock:
+            return [[list(key), value] for key, value in self._values.items()]
+
+    def absorb(self, state: list) -> None:
+        """Add another process's `state()` to these counts."""
+        with self._lock:
+            for key, value in state:
+                self._values[tuple(key)] += value
+
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         with self._lock:
             for key, value in sorted(self._values.items()):
-                lines.append(f"{self.name}{{{_labels(self.labels, key)}}} {value:g}")
+                lines.append(f"{self.name}{{{_labels(self.labels, key)}}} {_number(value)}")
         return lines
 
 
@@ -50,6 +70,19 @@ class Histogram:
             counts = self._counts.setdefault(key, [0] * (len(self.buckets) + 1))
             counts[bisect.bisect_left(self.buckets, seconds)] += 1
             self._sums[key] += seconds
+
+    def state(self) -> list:
+        with self._lock:
+            return [[list(key), list(counts), self._sums[key]] for key, counts in self._counts.items()]
+
+    def absorb(self, state: list) -> None:
+        with self._lock:
+            for key, counts, total in state:
+                key = tuple(key)
+                mine = self._counts.setdefault(key, [0] * (len(self.buckets) + 1))
+                for i, count in enumerate(counts[:len(mine)]):
+                    mine[i] += count
+                self._sums[key] += total
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
@@ -86,6 +119,17 @@ class ServerMetrics:
         self.loads = Counter("edgekit_model_load_events_total",
                              "Model version load events: loaded, load_failed, unloaded.", ("model", "version", "event"))
 
+    def _all(self) -> dict:
+        return {"requests": self.requests, "latency": self.latency, "inference": self.inference,
+                "errors": self.errors, "loads": self.loads}
+
+    def state(self) -> dict:
+        return {name: metric.state() for name, metric in self._all().items()}
+
+    def absorb(self, state: dict) -> None:
+        for name, metric in self._all().items():
+            metric.absorb(state.get(name, []))
+
     def predicts(self) -> float:
         """Predict requests answered so far, both doors."""
         with self.requests._lock:
@@ -100,5 +144,73 @@ class ServerMetrics:
                   "# TYPE edgekit_model_versions_served gauge"]
         lines += [f'edgekit_model_versions_served{{model="{name}"}} {len(versions)}' for name, versions in served.items()]
         for name, (help_text, value) in (gauges or {}).items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_number(value)}"]
         return "\n".join(lines) + "\n"
+
+
+class MetricsFolder:
+    """How the worker processes of one server (`--workers N`) answer a scrape for all of
+    them: each writes its counts and gauges to FOLDER/worker-<pid>.json every second, and
+    the worker that is scraped adds the others' latest files to its own live figures. A
+    worker that died keeps its file, so totals never go down; only its gauges drop out."""
+
+    WRITE_SECONDS = 1.0
+
+    def __init__(self, folder: Path, metrics: ServerMetrics, gauges) -> None:
+        self.folder, self.metrics, self.gauges = Path(folder), metrics, gauges
+        self.path = self.folder / f"worker-{os.getpid()}.json"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="edgekit-metrics", daemon=True)
+
+    def start(self) -> None:
+        self.write()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.write(live=False)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.WRITE_SECONDS):
+            self.write()
+
+    def write(self, live: bool = True) -> None:
+        document = {"pid": os.getpid(), "live": live, "metrics": self.metrics.state(),
+                    "gauges": {name: list(value) for name, value in self.gauges().items()} if live else {}}
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(document))
+        os.replace(temporary, self.path)  # a reader sees the old file or the new one, never half
+
+    def render(self, served: dict[str, list[int]]) -> str:
+        """All workers' figures: counters and histograms summed, gauges summed over the
+        workers that are alive, plus how many those are."""
+        total = ServerMetrics()
+        total.absorb(self.metrics.state())
+        gauges = {name: list(value) for name, value in self.gauges().items()}
+        workers = 1
+        for path in self.folder.glob("worker-*.json"):
+            if path == self.path:
+                continue
+            try:
+                document = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # a file being replaced, or a worker that died while writing
+            total.absorb(document.get("metrics", {}))
+            if document.get("live") and _alive(document.get("pid", 0)):
+                workers += 1
+                for name, (help_text, value) in document.get("gauges", {}).items():
+                    gauges.setdefault(name, [help_text, 0.0])[1] += value
+        gauges["edgekit_workers"] = ["Server processes answering on this port (--workers).", workers]
+        return total.render(served, {name: tuple(value) for name, value in gauges.items()})
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False  # kill(0, ...) would signal our own process group
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

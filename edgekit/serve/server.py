@@ -4,7 +4,8 @@ gRPC front doors on one service.
 Both ports are bound before anything else starts, exclusively: a port that is taken stops
 start-up with an error that names it. On SIGTERM or SIGINT the server stops accepting,
 lets the requests in flight finish (up to 30 s), then stops gRPC and the poller and exits
-0. Logs are JSON lines on stderr.
+0. Logs are JSON lines on stderr. With --workers N, a parent process holds the ports and N
+forked processes serve on them (workers.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from edgekit.errors import BadInput
@@ -39,9 +41,12 @@ log = logging.getLogger("edgekit.serve")
 SHUTDOWN_GRACE_SECONDS = 30
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str = "info", worker: int | None = None) -> None:
+    """JSON lines on stderr; each of several worker processes names itself in its lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter('{"time": "%(asctime)s", "level": "%(levelname)s", "log": %(message)s}'))
+    who = "" if worker is None else f'"worker": {int(worker)}, '
+    handler.setFormatter(logging.Formatter('{"time": "%(asctime)s", "level": "%(levelname)s", ' + who
+                                           + '"log": %(message)s}'))
     log.handlers[:] = [handler]
     log.setLevel(level.upper())
     log.propagate = False
@@ -102,8 +107,9 @@ def read_api_key(path: str | None) -> str | None:
     return key
 
 
-def default_interpreters(threads: int) -> int:
-    return max(1, (os.cpu_count() or 1) // threads)
+def default_interpreters(threads: int, workers: int = 1) -> int:
+    """One interpreter per core, shared out among the worker processes."""
+    return max(1, (os.cpu_count() or 1) // (threads * workers))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -152,13 +158,50 @@ def _warn_at_start(configs: list[ModelConfig], host: str, api_key: str | None) -
 
 def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", port: int = 8501,
         grpc_port: int = 8500, threads: int = 1, interpreters: int | None = None, poll_seconds: float = 2.0,
-        api_key: str | None = None, log_level: str = "info", bench_max_bytes: int | None = None) -> None:
+        api_key: str | None = None, log_level: str = "info", bench_max_bytes: int | None = None,
+        workers: int = 1) -> None:
     """Serve until SIGTERM: REST on `port`, gRPC on `grpc_port` (0: no gRPC), same models.
-    `bench_max_bytes` turns the bench endpoint on (device_bench.py); it needs `api_key`."""
+    `bench_max_bytes` turns the bench endpoint on (device_bench.py); it needs `api_key`.
+    `workers` > 1: that many processes on the same ports (workers.py), sharing `limits`'
+    memory budget evenly; `interpreters` is then per worker."""
     if bench_max_bytes is not None and api_key is None:
         raise BadInput("--allow-bench needs --api-key-file: the bench endpoint runs uploaded models",
                        "start with --allow-bench --api-key-file FILE")
+    if workers < 1:
+        raise BadInput("--workers must be positive", "e.g. --workers 2 on a board with 2 or more cores")
     configure_logging(log_level)
+    interpreters = interpreters or default_interpreters(threads, workers)
+    options = dict(host=host, grpc_port=grpc_port, threads=threads, interpreters=interpreters,
+                   poll_seconds=poll_seconds, api_key=api_key, bench_max_bytes=bench_max_bytes)
+    if workers == 1:
+        serve_process(bind(host, port), configs, limits, **options)
+        return
+    from edgekit.serve import workers as supervisor
+
+    supervisor.can_fork()
+    sock = bind(host, port)
+    try:
+        held = [sock] + ([supervisor.reserve_shared_port(host, grpc_port)] if grpc_port else [])
+    except BaseException:
+        sock.close()
+        raise
+    share = replace(limits, max_memory_bytes=max(1, limits.max_memory_bytes // workers))
+    log.info(json.dumps({"event": "start_workers", "workers": workers, "host": host, "port": port,
+                         "grpc_port": grpc_port or None, "pid": os.getpid(),
+                         "max_memory_bytes_per_worker": share.max_memory_bytes}))
+
+    def serve_worker(number: int, metrics_folder: Path) -> None:
+        configure_logging(log_level, worker=number)
+        serve_process(sock, configs, share, **options, worker=number, metrics_folder=metrics_folder)
+
+    supervisor.supervise(serve_worker, workers, SHUTDOWN_GRACE_SECONDS, held)
+
+
+def serve_process(sock: socket.socket, configs: list[ModelConfig], limits: Limits, *, host: str, grpc_port: int,
+                  threads: int, interpreters: int, poll_seconds: float, api_key: str | None,
+                  bench_max_bytes: int | None, worker: int | None = None, metrics_folder: Path | None = None) -> None:
+    """One server process on the bound REST socket `sock`: the whole server, or one of
+    --workers (`worker`, with the folder where the workers share their metrics)."""
     started = time.perf_counter()
     metrics = ServerMetrics()
 
@@ -171,9 +214,7 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
                  "runtime_output": logging.DEBUG}.get(kind, logging.INFO)
         log.log(level, json.dumps({"event": kind, **fields}))
 
-    sock = bind(host, port)
     malloc.tune()
-    interpreters = interpreters or default_interpreters(threads)
     repository = ModelRepository(configs, threads=threads, interpreters=interpreters, poll_seconds=poll_seconds,
                                  on_event=on_event, max_batch_rows=limits.max_batch_rows,
                                  max_call_bytes=limits.max_memory_bytes // interpreters)
@@ -182,31 +223,42 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
         from edgekit.serve.device_bench import DeviceBench
 
         service.bench = DeviceBench(bench_max_bytes, metrics.predicts)
+    if metrics_folder is not None:
+        from edgekit.serve.prometheus import MetricsFolder
+
+        service.shared_metrics = MetricsFolder(metrics_folder, metrics, service.gauges)
     grpc_server = None
     try:
         if grpc_port:
             from edgekit.serve.grpc import create_server
 
-            grpc_server, grpc_port = create_server(service, host=host, port=grpc_port, workers=max(2, interpreters))
+            grpc_server, grpc_port = create_server(service, host=host, port=grpc_port, workers=max(2, interpreters),
+                                                   share_port=worker is not None)
     except BaseException:
         sock.close()
         raise
-    log.info(json.dumps({"event": "start", "host": host, "port": port, "grpc_port": grpc_port or None,
+    log.info(json.dumps({"event": "start", "host": host, "port": sock.getsockname()[1],
+                         "grpc_port": grpc_port or None,
                          "models": {c.name: str(c.base_path) for c in configs}, "threads": threads,
                          "interpreters": repository.interpreters, "auth": api_key is not None,
                          "bench_endpoint": bench_max_bytes is not None,
                          "limits": {k: v for k, v in vars(limits).items()}}))
-    _warn_at_start(configs, host, api_key)
+    if worker in (None, 0):
+        _warn_at_start(configs, host, api_key)
     try:
         from uvloop import run as run_loop  # the faster event loop, where installed
     except ImportError:
         run_loop = asyncio.run
-    run_loop(_serve(sock, service, grpc_server))
+    run_loop(_serve(sock, service, grpc_server, load_first=worker is not None))
 
 
-async def _serve(sock: socket.socket, service: Service, grpc_server) -> None:
+async def _serve(sock: socket.socket, service: Service, grpc_server, load_first: bool = False) -> None:
+    """`load_first`: one pass over the models before accepting, so that of several workers
+    on one port only those that have loaded take connections."""
     loop = asyncio.get_running_loop()
     app = RestApp(service)
+    if load_first:
+        await loop.run_in_executor(None, service.repository.poll_once)
 
     def on_protocol_error(status: int, reason: str) -> None:
         service.record("rest", "http", "-", "-", str(status), 0.0, reason=reason)
@@ -215,6 +267,8 @@ async def _serve(sock: socket.socket, service: Service, grpc_server) -> None:
     service.connections = lambda: len(http.connections)
     await http.start(sock)
     service.repository.start()  # the poller loads the models; /readyz says when they are in
+    if service.shared_metrics is not None:
+        service.shared_metrics.start()
     if grpc_server is not None:
         grpc_server.start()
     stop = asyncio.Event()
@@ -227,5 +281,7 @@ async def _serve(sock: socket.socket, service: Service, grpc_server) -> None:
     if grpc_stopped is not None:
         await loop.run_in_executor(None, grpc_stopped.wait)
     service.repository.stop()
+    if service.shared_metrics is not None:
+        service.shared_metrics.stop()
     app.close()
     log.info(json.dumps({"event": "shutdown"}))

@@ -82,6 +82,7 @@ class Service:
         self.slots = Slots(limits.max_inflight)
         self.connections = None  # set by the REST door: a callable counting its open connections
         self.bench = None  # a DeviceBench when the server runs with --allow-bench
+        self.shared_metrics = None  # a MetricsFolder when this is one of several worker processes
 
     # --- who and what ------------------------------------------------------------------------
     def authorize(self, credential: str | None, how: str) -> None:
@@ -141,6 +142,12 @@ class Service:
     @property
     def logs_requests(self) -> bool:
         return log.isEnabledFor(logging.INFO)
+
+    def metrics_text(self, served: dict[str, list[int]]) -> str:
+        """What GET /metrics answers: this process's figures, or all workers' (--workers)."""
+        if self.shared_metrics is not None:
+            return self.shared_metrics.render(served)
+        return self.metrics.render(served, self.gauges())
 
     def gauges(self) -> dict[str, tuple[str, float]]:
         budget = self.budget
