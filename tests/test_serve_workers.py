@@ -215,3 +215,37 @@ def test_a_worker_that_dies_before_its_first_accept_stops_the_server(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "error: worker 1 stopped (exit status 1) before it took a connection" in result.stdout
     assert "RuntimeError: an import that fails" in result.stderr and len(list(tmp_path.iterdir())) == 1
+
+
+def test_metrics_folder_sums_counters_of_all_workers_and_gauges_of_live_ones(tmp_path):
+    import subprocess
+    import sys
+
+    from edgekit.serve.prometheus import MetricsFolder, ServerMetrics
+
+    def worker_file(pid: int, requests: int, connections: float, live: bool = True) -> None:
+        other = ServerMetrics()
+        other.requests.inc("digits", "1", "predict", "200", amount=requests)
+        other.latency.observe(0.003, "digits", "1", "predict")
+        (tmp_path / f"worker-{pid}.json").write_text(json.dumps({
+            "pid": pid, "live": live, "metrics": other.state(),
+            "gauges": {"edgekit_http_connections": ["Open REST connections.", connections]} if live else {}}))
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        worker_file(alive.pid, 1_000_000, 3)
+        worker_file(dead.pid, 234_567, 7)  # killed: its file says live, its pid is gone
+        (tmp_path / "worker-1.json").write_text('{"pid": 1, "metrics": {"requests": [[[')  # half-written
+        mine = ServerMetrics()
+        mine.requests.inc("digits", "1", "predict", "200")
+        folder = MetricsFolder(tmp_path, mine, lambda: {"edgekit_http_connections": ("Open REST connections.", 2)})
+        text = folder.render({"digits": [1]})
+    finally:
+        alive.kill()
+    # every digit: 1,234,568 requests, not 1.23457e+06
+    assert 'edgekit_requests_total{model="digits",version="1",api="predict",code="200"} 1234568' in text
+    assert 'edgekit_request_duration_seconds_count{model="digits",version="1",api="predict"} 2' in text
+    assert "edgekit_http_connections 5" in text.splitlines()  # 2 here + 3 in the live one; the dead one's 7 dropped
+    assert "edgekit_workers 2" in text.splitlines()
