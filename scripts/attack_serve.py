@@ -300,24 +300,35 @@ def concurrent_budget_attack(target):
 
 
 def json_memory_attack(target):
-    """What a large one-tensor JSON body really takes (the server's fast path), against the 32x of
-    the body the memory budget reserves for any JSON body: one fresh server per kind of number,
-    with room enough (--max-memory-mb 4096, --max-body-mb 32) to let each through."""
-    kinds = {"300 (int objects)": b"300", "1e0 (float objects)": b"1e0", "0 (cached ints)": b"0",
-             "0.5488135218620300 (long floats)": b"0.5488135218620300"}
+    """What large JSON bodies really take, against what the memory budget reserves for them: one
+    fresh server per body, with room enough (--max-memory-mb 4096, --max-body-mb 32) to let each
+    through. Numbers-only bodies take the fast path (reserved at its own cost); one written with
+    'E+' exponents is declined by it, and takes the general path's 32x of the body then."""
+    rows = np.random.default_rng(0).random((10_000, 8, 8, 1))
+    bodies = {f"{label} to half_plus_two": (HALF, b'{"instances": [' + b",".join(
+        [token] * (14_000_000 // (len(token) + 1))) + b"]}")
+        for label, token in (("[N] of 300 (int objects)", b"300"), ("[N] of 1e0 (float objects)", b"1e0"),
+                             ("[N] of 0 (cached ints)", b"0"),
+                             ("[N] of 0.5488135218620300 (long floats)", b"0.5488135218620300"))}
+    bodies["[N,8,8,1] full floats to digits"] = (PREDICT, json.dumps({"instances": rows.tolist()}).encode())
+    bodies["[N,8,8,1] 'E+' floats to digits (general path)"] = (PREDICT, json.dumps(
+        {"instances": (rows * 1e20).tolist()}).replace("e+", "E+").encode())
     measured = {}
-    for label, token in kinds.items():
-        body = b'{"instances": [' + b",".join([token] * (14_000_000 // (len(token) + 1))) + b"]}"
+    for label, (path, body) in bodies.items():
         fresh = Target(target.config, extra=("--max-memory-mb", "4096", "--max-body-mb", "32"))
         try:
             idle = fresh.memory()["peak_rss_mb"]
-            status = status_of(raw_exchange(fresh.port, post(HALF, body), timeout=120))
+            status = status_of(raw_exchange(fresh.port, post(path, body), timeout=120))
             peak = fresh.memory()["peak_rss_mb"]
+            metrics = raw_exchange(fresh.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reserved = next(float(line.split()[1]) for line in metrics.decode().splitlines()
+                            if line.startswith("edgekit_request_memory_peak_bytes "))
             measured[label] = {"body_mb": round(len(body) / 1e6, 1), "status": status,
-                               "peak_over_body": round((peak - idle) * (1 << 20) / len(body), 1)}
+                               "peak_over_body": round((peak - idle) * (1 << 20) / len(body), 1),
+                               "reserved_over_body": round(reserved / len(body), 1)}
         finally:
             fresh.stop()
-    return {"sent": "14 MB JSON bodies of one [N] tensor, one kind of number each, to half_plus_two",
+    return {"sent": "13-26 MB JSON bodies of one tensor, one kind of number each",
             "answer": measured}
 
 

@@ -205,6 +205,7 @@ def test_the_fast_json_path_answers_as_the_general_one_does(specs, monkeypatch):
     """Every body, valid or not, gets the same arrays or the same error either way: the
     listed edge cases, then 300 random corruptions of a valid body of the signature's shape."""
     monkeypatch.setattr(codec, "FAST_JSON_MIN_BYTES", 0)  # small bodies here, to try many
+    monkeypatch.setattr(codec, "FAST_JSON_PIECE_BYTES", 3)  # numbers parsed a few at a time
     rng = np.random.default_rng(7)
     shape = tuple(2 if axis < 0 else axis for axis in specs[0].shape)
     values = rng.integers(-300, 300, shape) if specs[0].dtype.kind == "i" else rng.normal(size=shape).round(3)
@@ -237,3 +238,69 @@ def test_an_image_body_takes_the_fast_path_and_keeps_every_value():
     specs = [ServingTensor("image", np.dtype(np.float32), (-1, 32, 32, 3))]
     request = decode_json_body(body, lambda signature: specs)
     assert request.style == "columnar" and np.array_equal(request.inputs["image"], image)
+
+
+def _json_bodies_of_many_kinds():
+    rng = np.random.default_rng(3)
+    image = rng.random((1, 96, 96, 3))
+    float_image = [ServingTensor("image", np.dtype(np.float32), (-1, 96, 96, 3))]
+    rows = [ServingTensor("x", np.dtype(np.float32), (-1, 64))]
+    flat = [ServingTensor("x", np.dtype(np.float32), (-1,))]
+    ids = [ServingTensor("ids", np.dtype(np.int64), (-1,))]
+    deep = [ServingTensor("x", np.dtype(np.float32), (-1, 2, 2, 2, 2, 2))]
+    return [
+        ("image, full floats", json.dumps({"instances": image.tolist()}), float_image),
+        ("image, 3 decimals", json.dumps({"instances": image.round(3).tolist()}), float_image),
+        ("image, 0-255", json.dumps({"instances": (image * 255).astype(int).tolist()}), float_image),
+        ("image, pretty", json.dumps({"inputs": image.round(2).tolist()}, indent=1), float_image),
+        ("rows", json.dumps({"instances": rng.random((800, 64)).tolist()}), rows),
+        ("flat 300s", '{"instances": [' + ",".join(["300"] * 60_000) + "]}", flat),
+        ("flat 0s", '{"instances": [' + ",".join(["0"] * 100_000) + "]}", flat),
+        ("int64 ids", json.dumps({"instances": rng.integers(0, 10**12, 30_000).tolist()}), ids),
+        ("deep lists", json.dumps({"instances": rng.random((2000, 2, 2, 2, 2, 2)).round(1).tolist()}), deep),
+        # the fast path declines these: the general path's memory is taken then
+        ("exponents with +", json.dumps({"instances": (image * 1e20).tolist()}).replace("e+", "E+"), float_image),
+        ("ragged", json.dumps({"instances": [[1.5] * 64] * 400 + [[1.5] * 63]}), rows),
+    ]
+
+
+@pytest.mark.parametrize("name, text, specs", _json_bodies_of_many_kinds(), ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "")
+def test_a_json_body_parses_within_the_memory_the_server_reserves_for_it(name, text, specs):
+    """The server admits a numbers-only JSON body at the fast path's cost, and takes the
+    general path's only if the fast path declines the body: each within its reservation
+    (tracemalloc sees orjson's and numpy's allocations), and the first far below the general."""
+    import tracemalloc
+
+    from edgekit.serve.service import json_parse_costs
+
+    body = text.encode()
+    assert len(body) >= codec.FAST_JSON_MIN_BYTES
+    first, general, values = json_parse_costs(body)
+    declined = []
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        try:
+            decode_json_body(body, lambda signature: specs, before_general=lambda: declined.append(
+                tracemalloc.get_traced_memory()[1] - base))
+        except BadInput:
+            assert name == "ragged"
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    if declined:
+        assert name in ("exponents with +", "ragged")
+        assert declined[0] <= first and peak <= general, (declined[0] / len(body), peak / len(body))
+    else:
+        assert peak <= first, (peak / len(body), first / len(body))
+
+
+def test_a_json_image_is_admitted_at_a_fraction_of_the_general_cost():
+    from edgekit.serve.service import json_parse_costs
+
+    image = np.random.default_rng(0).random((1, 224, 224, 3))
+    for body, share in ((json.dumps({"instances": image.tolist()}), 0.25),
+                        (json.dumps({"instances": image.round(3).tolist()}), 0.45)):
+        first, general, values = json_parse_costs(body.encode())
+        # 150,528 numbers and 50,401 lists in all, counted by commas and brackets
+        assert first < share * general and values == 150_528 + 50_401 + 1

@@ -303,3 +303,26 @@ def test_every_log_line_is_json_and_both_doors_log_their_requests(repo):
     doors = {event.get("door") for event in events if event["event"] == "request"}
     assert doors == {"rest", "grpc"}
     assert any(event["event"] == "runtime_output" and "XNNPACK" in event["text"] for event in events)
+
+
+def test_a_numbers_only_json_body_is_admitted_at_the_fast_paths_cost_and_the_general_path_pays_the_rest(repo):
+    """600 digits rows of full floats need about 11 MB on the fast path and 28 MB on the general
+    one: under a 16 MB budget the body is answered, and the same numbers written with 'E+'
+    exponents (which the fast path declines) get 413 naming the general path's estimate."""
+    from edgekit.serve.service import json_parse_costs
+
+    import re
+
+    rows = np.random.default_rng(5).random((600, 8, 8, 1)) + 0.001
+    body = json.dumps({"instances": rows.tolist()})
+    exponents = re.sub(r"(\d)(?=[,\]])", r"\1E+0", body)  # 0.5488135039273248E+0: the same numbers
+    assert np.array_equal(json.loads(exponents)["instances"], rows)
+    first, general, _ = json_parse_costs(body.encode())
+    assert first < 14 * (1 << 20) < 16 * (1 << 20) < general
+    with Server([str(repo / "digits"), "--max-memory-mb", "16"]) as running:
+        status, _, payload = running.client.request("POST", "/v1/models/digits:predict", body, "application/json")
+        assert status == 200 and len(json.loads(payload)["predictions"]) == 600
+        status, _, payload = running.client.request("POST", "/v1/models/digits:predict", exponents,
+                                                    "application/json")
+        assert status == 413 and "needs an estimated" in json.loads(payload)["error"]
+        assert running.client.request("POST", "/v1/models/digits:predict", body, "application/json")[0] == 200

@@ -214,9 +214,12 @@ def _decode_run_encode(service: Service, loaded: LoadedVersion, body: bytes, con
             payload, media_type = codec.encode_binary(outputs, decoded.style)
         return Response(200, payload, media_type)
     # TF Serving reads any other body as JSON (curl -d sends a form type)
-    admission.need(service.json_cost(loaded, codec.DEFAULT_SIGNATURE, len(body)), f"a {len(body)}-byte JSON body")
+    what = f"a {len(body)}-byte JSON body"
+    first, general = service.json_costs(loaded, codec.DEFAULT_SIGNATURE, body)
+    admission.need(first, what)
     with service.slot(wait):
-        decoded = codec.decode_json_body(body, lambda signature: loaded.specs(signature).inputs)
+        decoded = codec.decode_json_body(body, lambda signature: loaded.specs(signature).inputs,
+                                         before_general=lambda: admission.need_now(general, what))
         outputs = service.run(loaded, decoded.signature_name, decoded.inputs, wait)
         return Response(200, codec.encode_json(outputs, decoded.style))
 

@@ -19,8 +19,9 @@ Request memory is reserved from one `MemoryBudget` shared by REST and gRPC: a re
 reserves its estimated peak before it is decoded and releases it when the reply is
 written. The estimate is an upper bound measured on real bodies (scripts/attack_serve.py,
 results/serve_attacks.json): parsing JSON takes up to 32x the body in Python objects
-(orjson's lists and floats), a binary body its decoded tensors three times over (the
-cast, the quantized copy, the interpreter's input).
+(orjson's lists and floats), a large body of numbers only far less (the codec's fast path,
+below), a binary body its decoded tensors three times over (the cast, the quantized copy,
+the interpreter's input).
 """
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ from edgekit.errors import BadInput, PayloadTooLarge, ServerBusy
 MB = 1 << 20
 # Peak bytes per body byte while a JSON body becomes arrays (measured: 15-31x).
 JSON_PARSE_FACTOR = 32
+# A large JSON body of numbers only (one quoted string: its key; an image, rows of features) goes
+# to the codec's fast path, which parses the numbers in pieces: it is first admitted at what that
+# takes (measured with tracemalloc on 12 kinds of body: 3.0-9.1x the body, against 14-24x for the
+# general path), costed by its text, lists and values, plus one piece's parse. If the fast path
+# declines it, the rest of JSON_PARSE_FACTOR is taken then, or 503 if it is not free at once.
+FAST_JSON_BYTES_PER_TEXT_BYTE = 4  # the body's copies: the tensor's text, its marks, the blanked numbers
+FAST_JSON_BYTES_PER_LIST = 24  # the bracket positions the checks gather
+FAST_JSON_BYTES_PER_VALUE = 24  # each piece's array, the joined array, the cast
+FAST_JSON_PIECE_PARSE_FACTOR = 16  # orjson's working memory, per byte of the piece it parses (13.5x seen)
 # Peak bytes per output byte while outputs become a JSON reply (orjson from numpy).
 JSON_REPLY_FACTOR = 4
 # Copies of the decoded tensors alive at once for a binary or gRPC body.

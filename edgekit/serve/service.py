@@ -20,11 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError, NotFound, Unauthorized
-from edgekit.serve import malloc
+from edgekit.errors import EdgekitError, NotFound, ServerBusy, Unauthorized
+from edgekit.serve import codec, malloc
 from edgekit.serve.limits import (
+    FAST_JSON_BYTES_PER_LIST,
+    FAST_JSON_BYTES_PER_TEXT_BYTE,
+    FAST_JSON_BYTES_PER_VALUE,
+    FAST_JSON_PIECE_PARSE_FACTOR,
     JSON_PARSE_FACTOR,
     JSON_REPLY_FACTOR,
+    MB,
     TENSOR_COPIES,
     Limits,
     MemoryBudget,
@@ -51,6 +56,17 @@ class Admission:
     def __init__(self, service: Service, held: int = 0):
         self.service, self.held = service, held
         self.wait = True
+
+    def need_now(self, total: int, what: str) -> None:
+        """Hold `total` bytes in all, now or never (503): for a caller that holds an inference
+        slot, where waiting for memory could wait on requests that wait for that slot."""
+        budget = self.service.budget
+        budget.check(total, what)
+        if total > self.held:
+            if not budget.try_reserve(total - self.held):
+                raise ServerBusy(f"{what} needs {(total - self.held) / MB:.1f} MB more memory than its first "
+                                 "estimate, which is in use now", "retry shortly, or send it as .npy")
+            self.held = total
 
     def need(self, total: int, what: str) -> None:
         """Hold `total` bytes in all: 413 if it could never fit, else wait for room (or,
@@ -113,13 +129,13 @@ class Service:
     def admission(self, held: int = 0) -> Admission:
         return Admission(self, held)
 
-    def json_cost(self, loaded: LoadedVersion, signature: str, body_bytes: int) -> int:
-        """Peak memory for a JSON body: parsing it, plus a JSON reply for as many rows (and
-        values) as the body could hold (every number takes at least two characters)."""
+    def json_costs(self, loaded: LoadedVersion, signature: str, body: bytes) -> tuple[int, int]:
+        """Peak memory for a JSON body, first and if the codec's fast path declines it: parsing
+        it (json_parse_costs), plus a JSON reply for as many rows and values as it holds."""
         served = loaded.signatures.get(signature) or next(iter(loaded.signatures.values()))
-        values = body_bytes // 2 + 1
-        return body_bytes * JSON_PARSE_FACTOR + _output_bytes(served, values // served.row_values + 1,
-                                                              values) * JSON_REPLY_FACTOR
+        first, general, values = json_parse_costs(body)
+        reply = _output_bytes(served, values // served.row_values + 1, values) * JSON_REPLY_FACTOR
+        return first + reply, general + reply
 
     def tensor_cost(self, served: ServedSignature, message_bytes: int, decoded_bytes: int, rows: int,
                     values: int) -> int:
@@ -187,6 +203,25 @@ class _Slot:
 
     def __exit__(self, *exc_info) -> None:
         self.slots.release()
+
+
+def json_parse_costs(body: bytes) -> tuple[int, int, int]:
+    """(memory to parse `body` first, if the fast path declines it, the values it can hold).
+    A body with one quoted string (its key) holds only numbers, lists and literals, counted by
+    its commas and brackets (a few ms for 16 MB); any other is assumed to hold a value per two
+    characters, each a Python object."""
+    size = len(body)
+    general = size * JSON_PARSE_FACTOR
+    if body.count(b'"') != 2:
+        return general, general, size // 2 + 1
+    lists = body.count(b"[")
+    values = body.count(b",") + lists + 1  # a list of k values has k - 1 commas
+    if size < codec.FAST_JSON_MIN_BYTES:
+        return general, general, values
+    piece = min(size, codec.FAST_JSON_PIECE_BYTES + 64)  # a piece ends at the first comma past its size
+    first = (size * FAST_JSON_BYTES_PER_TEXT_BYTE + lists * FAST_JSON_BYTES_PER_LIST
+             + values * FAST_JSON_BYTES_PER_VALUE + piece * FAST_JSON_PIECE_PARSE_FACTOR)
+    return min(general, first), general, values
 
 
 def _output_bytes(served: ServedSignature, rows: int, values: int) -> int:
