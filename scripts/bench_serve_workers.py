@@ -2,7 +2,7 @@
 one process with N interpreters on the same N cores (what a single server does with more cores).
 
     python scripts/bench_serve_workers.py [--models digits,mobilenet_v2] [--workers 1,2,4]
-                                          [--seconds 4] [--repeat 2] [--clients 4]
+                                          [--seconds 4] [--repeat 2] [--clients 4] [--kinds npy,grpc,json]
                                           [--prepare DIR | --prepared DIR] [--json results/serve_workers.json]
 
 The machine's cores are split: the server gets the first max(--workers) cores and each
@@ -100,7 +100,7 @@ def measure(base: Path, model: str, input_name: str, bodies: dict, workers: int,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=ENV)
     try:
         wait_ready(port, server)
-        cells: dict[str, list[dict]] = {"npy": [], "grpc": []}
+        cells: dict[str, list[dict]] = {kind: [] for kind in args.kinds.split(",")}
         for _ in range(args.repeat):
             for kind in cells:
                 pids = descendants(server.pid)
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--clients", type=int, default=4, help="keep-alive connections per load generator")
+    parser.add_argument("--kinds", default="npy,grpc", help="request kinds: npy, grpc, json")
     parser.add_argument("--prepare", type=Path, help="convert the models into this folder and stop")
     parser.add_argument("--prepared", type=Path, help="models from an earlier --prepare")
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "serve_workers.json")
@@ -163,7 +164,8 @@ def main() -> None:
     for name in names:
         base, body = work / name, work / f"{name}.npy"
         input_name = json.loads((work / f"{name}.json").read_text())["input_name"]
-        bodies = {"npy": body, "grpc": body}
+        bodies = {"npy": body, "grpc": body, "json": work / f"{name}.body.json"}
+        bodies["json"].write_text(json.dumps({"instances": np.load(body).tolist()}))
         bare = median_cell([json.loads(subprocess.run(
             ["taskset", "-c", str(server_cores[0]), sys.executable, "-c", BARE, str(base / "1" / "model.tflite"),
              str(body), str(args.seconds)], capture_output=True, text=True, check=True,
@@ -179,7 +181,7 @@ def main() -> None:
                                        **cells})
         for cell in entry["cells"]:
             one = entry["cells"][0]
-            for kind in ("npy", "grpc"):
+            for kind in args.kinds.split(","):
                 cell[kind]["x_one_core"] = round(cell[kind]["throughput_rps"] / one[kind]["throughput_rps"], 2)
         results["models"][name] = entry
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -187,12 +189,12 @@ def main() -> None:
     print(f"wrote {args.json}")
     for name, entry in results["models"].items():
         print(f"\n{name} (bare loop, one core: {entry['bare_loop_one_core']['throughput_rps']}/s)")
-        print("cores  workers x interpreters   .npy req/s (x1 core, CPU ms/req, load busy)   gRPC req/s (x1 core)")
+        print("cores  workers x interpreters   " + "   ".join(f"{kind} req/s (x1 core, CPU ms/req)"
+                                                          for kind in args.kinds.split(",")))
         for cell in entry["cells"]:
-            npy, grpc = cell["npy"], cell["grpc"]
-            print(f"{cell['cores']:>5}  {cell['workers']:>7} x {cell['interpreters_per_worker']:<12}  "
-                  f"{npy['throughput_rps']:>10,.0f} ({npy['x_one_core']}x, {npy['server_cpu_ms_per_request']}, "
-                  f"{npy['load_cores_busy']})   {grpc['throughput_rps']:>10,.0f} ({grpc['x_one_core']}x)")
+            print(f"{cell['cores']:>5}  {cell['workers']:>7} x {cell['interpreters_per_worker']:<12}  " + "   ".join(
+                f"{cell[kind]['throughput_rps']:>9,.0f} ({cell[kind]['x_one_core']}x, "
+                f"{cell[kind]['server_cpu_ms_per_request']})" for kind in args.kinds.split(",")))
 
 
 if __name__ == "__main__":

@@ -326,3 +326,40 @@ def test_a_numbers_only_json_body_is_admitted_at_the_fast_paths_cost_and_the_gen
                                                     "application/json")
         assert status == 413 and "needs an estimated" in json.loads(payload)["error"]
         assert running.client.request("POST", "/v1/models/digits:predict", body, "application/json")[0] == 200
+
+
+def test_many_large_json_requests_under_a_tight_budget_never_stand_still(repo):
+    """16 keep-alive clients sending for 6 s, each body 2.8 MB of JSON that needs about 25 MB
+    to decode, under a 56 MB budget: every request is answered within seconds (200, or 503
+    with retry-after when the line is too long), none waits out the 30 s queue timeout. A
+    REST worker thread used to wait for memory that the bodies queued behind it for a
+    thread held, and the server stood still until the timeout."""
+    import http.client
+
+    rows = np.random.default_rng(9).random((2000, 8, 8, 1))
+    body = json.dumps({"instances": rows.tolist()}).encode()
+    answers: list[tuple[int, float]] = []
+
+    with Server([str(repo / "digits"), "--interpreters", "1", "--max-memory-mb", "56"]) as running:
+        def client():
+            connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=60)
+            deadline = time.time() + 6
+            while time.time() < deadline:
+                started = time.time()
+                connection.request("POST", "/v1/models/digits:predict", body, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                answers.append((response.status, time.time() - started))
+                if response.getheader("connection", "").lower() == "close":
+                    connection.close()
+                    connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=60)
+            connection.close()
+
+        threads = [threading.Thread(target=client) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 20, (len(answers), sorted(set(statuses)))
+    assert max(seconds for _, seconds in answers) < 10

@@ -63,6 +63,7 @@ def _grpc_predict(port: int) -> serving_pb2.PredictResponse:
 @pytest.fixture(scope="module")
 def workers(repo):
     running = Server([str(repo / "digits"), "--workers", "2"])
+    assert _wait_for(lambda: len(_events(running, "ready")) == 2)  # /readyz answered: one of them is
     yield running
     running.stop()
 
@@ -76,8 +77,8 @@ def test_both_workers_answer_on_one_port_and_metrics_add_up(workers):
     text = workers.client.request("GET", "/metrics")[2].decode()
     assert _metric(text, r'edgekit_requests_total\{model="digits",version="1",api="predict",code="200"\}') >= 60
     assert _metric(text, r"edgekit_workers ") == 2
-    # the budget is shared out: 192 MB in all, 96 MB each
-    assert _metric(text, r"edgekit_request_memory_limit_bytes ") == 192 * (1 << 20)
+    # a budget of request memory each, summed: 2 x 192 MB
+    assert _metric(text, r"edgekit_request_memory_limit_bytes ") == 2 * 192 * (1 << 20)
 
 
 def test_grpc_answers_on_the_shared_port(workers):
@@ -110,9 +111,12 @@ def test_a_new_version_reaches_every_worker(repo, tmp_path):
     base = tmp_path / "digits"
     shutil.copytree(repo / "digits" / "1", base / "1")
     with Server([str(base), "--workers", "2"]) as running:
+        # both serving version 1 first (a worker still starting would load version 2 alone)
+        assert _wait_for(lambda: len(_events(running, "ready")) == 2)
         deploy_version(base, 2, repo / "digits" / "1" / "model_float32.tflite", tmp_path / "staging")
 
-        assert _wait_for(lambda: len(_events(running, "unloaded")) == 2)  # version 1, once in each worker
+        # version 1 unloaded once in each worker
+        assert _wait_for(lambda: len(_events(running, "unloaded")) == 2), _log(running)[-3000:]
         answers = [running.client.json("GET", "/v1/models/digits")[1]["model_version_status"][0]["version"]
                    for _ in range(12)]
         assert answers == ["2"] * 12

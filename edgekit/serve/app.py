@@ -122,6 +122,7 @@ class RestApp:
         loaded = self.service.resolve(match["name"], number, label)  # 404/503 before the body is read
         data, held = await body.read()
         admission = self.service.admission(held)
+        admission.wait_for_memory_here = False  # a worker thread never waits for memory: see below
         content_type = request.headers.get("content-type", codec.JSON).split(";")[0].strip().lower()
         if loaded.quick and len(data) <= QUICK_BODY_BYTES:
             try:  # memory, a slot and an interpreter free right now: answer here, no thread hop
@@ -133,18 +134,34 @@ class RestApp:
             except BaseException:
                 admission.close()
                 raise
-        work = asyncio.get_running_loop().run_in_executor(
-            self.executor, _predict, self.service, loaded, data, content_type, request.query, admission)
-        try:
-            response = await work
-        except asyncio.CancelledError:  # the client left: the worker still owns the admission
-            work.add_done_callback(lambda done: admission.close())
-            raise
-        except BaseException:
-            admission.close()
-            raise
-        response.on_sent = admission.close
-        return response, str(loaded.version)
+        while True:
+            work = asyncio.get_running_loop().run_in_executor(
+                self.executor, _predict, self.service, loaded, data, content_type, request.query, admission)
+            try:
+                response = await work
+            except WouldWait as short:
+                # no memory free now: wait for it here, in the budget's line, holding no thread (a
+                # thread that waited could wait for bodies queued behind it for a thread), then go on
+                if short.memory <= admission.held:  # only memory sends a request back; never loop
+                    admission.close()
+                    raise RuntimeError("a worker thread would wait for something other than memory") from None
+                try:
+                    await admission.wait_async(short.memory)
+                except EdgekitError as exc:
+                    admission.close()
+                    return error_response(exc.http_status, client_message(exc)), str(loaded.version)
+                except BaseException:
+                    admission.close()
+                    raise
+                continue
+            except asyncio.CancelledError:  # the client left: the worker still owns the admission
+                work.add_done_callback(lambda done: admission.close())
+                raise
+            except BaseException:
+                admission.close()
+                raise
+            response.on_sent = admission.close
+            return response, str(loaded.version)
 
     async def _bench(self, request: Request, body: Body, loaded: LoadedVersion | None) -> Response:
         """GET /v1/bench: this device; POST /v1/bench: an uploaded .tflite (an .npz with

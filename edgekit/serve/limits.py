@@ -25,6 +25,7 @@ the interpreter's input).
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 from collections.abc import Callable
@@ -147,16 +148,47 @@ class MemoryBudget:
             self._preempt()
         if self.on_pressure is not None:
             self.on_pressure()
-        granted = waiter.signal.wait(timeout)
+        waiter.signal.wait(timeout)
+        self._end_wait(waiter)
+
+    async def reserve_async(self, amount: int, timeout: float, held: int = 0) -> None:
+        """`reserve` for the event loop: the request waits in the same line without holding a
+        thread. (A REST worker thread that waited here could wait for memory held by the bodies
+        of requests queued behind it for a thread: with memory for two requests and two
+        threads, the server stood still until the queue timeout.)"""
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
         with self._lock:
-            if waiter in self._waiters:
+            if not self._waiters and self.used + amount <= self.capacity:
+                self._take(amount)
+                return
+            waiter = _Waiter(amount, held, lambda: loop.call_soon_threadsafe(_resolve, woken))
+            self._waiters.append(waiter)
+            self._preempt()
+        if self.on_pressure is not None:
+            self.on_pressure()
+        try:
+            await asyncio.wait_for(woken, timeout)
+        except asyncio.TimeoutError:
+            pass
+        except asyncio.CancelledError:  # the client left while it waited
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif not waiter.preempted:
+                    self.used -= amount  # granted as it left: give it back
+                self._grant()
+            raise
+        self._end_wait(waiter)
+
+    def _end_wait(self, waiter: _Waiter) -> None:
+        """After a wait: return if the memory was granted, else leave the line and 503."""
+        with self._lock:
+            if waiter in self._waiters:  # still in line at the timeout
                 self._waiters.remove(waiter)
                 self._grant()
-            elif granted and not waiter.preempted:
+            elif not waiter.preempted:
                 return
-            elif not waiter.preempted:  # granted just as it gave up: hand it back
-                self.used -= amount
-                self._grant()
         raise ServerBusy(f"the server is busy: no memory for this request "
                          f"{'in time' if not waiter.preempted else 'while larger ones wait'} "
                          f"({self.used / MB:.0f} of {self.capacity / MB:.3g} MB in use by other requests)",
@@ -168,11 +200,13 @@ class MemoryBudget:
             self._grant()
 
     def deficit(self) -> int:
-        """Bytes that requests waiting in line need beyond what is free (0: none waits)."""
+        """Bytes that the first request in line needs beyond what is free (0: none waits). Only
+        the first: the line is served in order, and (now that every REST request waiting for
+        memory stands in it) counting them all would shed paused bodies the head never needed."""
         with self._lock:
             if not self._waiters:
                 return 0
-            return max(0, self.used + sum(w.amount for w in self._waiters) - self.capacity)
+            return max(0, self.used + self._waiters[0].amount - self.capacity)
 
     def _take(self, amount: int) -> None:
         self.used += amount
@@ -182,7 +216,7 @@ class MemoryBudget:
         while self._waiters and self.used + self._waiters[0].amount <= self.capacity:
             waiter = self._waiters.popleft()
             self._take(waiter.amount)
-            waiter.signal.set()
+            waiter.wake()
 
     def _preempt(self) -> None:
         """While the head of the line could not fit even with every running request done,
@@ -193,19 +227,35 @@ class MemoryBudget:
                 return
             last = self._waiters.pop()
             last.preempted = True
-            last.signal.set()
+            last.wake()
 
 
 class _Waiter:
-    __slots__ = ("amount", "held", "signal", "preempted")
+    __slots__ = ("amount", "held", "signal", "preempted", "notify")
 
-    def __init__(self, amount: int, held: int):
+    def __init__(self, amount: int, held: int, notify: Callable[[], None] | None = None):
         self.amount, self.held, self.signal, self.preempted = amount, held, threading.Event(), False
+        self.notify = notify  # an event loop's waiter: how to wake it
+
+    def wake(self) -> None:
+        self.signal.set()
+        if self.notify is not None:
+            self.notify()
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class WouldWait(Exception):
     """Raised by the non-waiting variants (memory, a slot, an interpreter) when the thing is
-    not free right now: the caller takes the waiting path instead."""
+    not free right now: the caller takes the waiting path instead. `memory`: for memory, the
+    bytes the request must hold in all before it goes on."""
+
+    def __init__(self, memory: int = 0):
+        super().__init__()
+        self.memory = memory
 
 
 class Slots:

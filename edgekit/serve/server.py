@@ -18,7 +18,6 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from edgekit.errors import BadInput
@@ -162,8 +161,8 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
         workers: int = 1) -> None:
     """Serve until SIGTERM: REST on `port`, gRPC on `grpc_port` (0: no gRPC), same models.
     `bench_max_bytes` turns the bench endpoint on (device_bench.py); it needs `api_key`.
-    `workers` > 1: that many processes on the same ports (workers.py), sharing `limits`'
-    memory budget evenly; `interpreters` is then per worker."""
+    `workers` > 1: that many processes on the same ports (workers.py), each with its own
+    interpreters and `limits` (a budget of request memory each)."""
     if bench_max_bytes is not None and api_key is None:
         raise BadInput("--allow-bench needs --api-key-file: the bench endpoint runs uploaded models",
                        "start with --allow-bench --api-key-file FILE")
@@ -185,14 +184,13 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
     except BaseException:
         sock.close()
         raise
-    share = replace(limits, max_memory_bytes=max(1, limits.max_memory_bytes // workers))
     log.info(json.dumps({"event": "start_workers", "workers": workers, "host": host, "port": port,
                          "grpc_port": grpc_port or None, "pid": os.getpid(),
-                         "max_memory_bytes_per_worker": share.max_memory_bytes}))
+                         "request_memory_bytes_in_all": workers * limits.max_memory_bytes}))
 
     def serve_worker(number: int, metrics_folder: Path) -> None:
         configure_logging(log_level, worker=number)
-        serve_process(sock, configs, share, **options, worker=number, metrics_folder=metrics_folder)
+        serve_process(sock, configs, limits, **options, worker=number, metrics_folder=metrics_folder)
 
     supervisor.supervise(serve_worker, workers, SHUTDOWN_GRACE_SECONDS, held)
 

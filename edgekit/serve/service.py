@@ -51,11 +51,35 @@ def client_message(exc: EdgekitError) -> str:
 
 
 class Admission:
-    """A predict's share of the memory budget, held until its reply has left."""
+    """A predict's share of the memory budget, held until its reply has left.
+
+    `wait` False (the event loop's quick path): nothing waits, WouldWait instead.
+    `wait_for_memory_here` False (REST): memory is never waited for in the calling thread;
+    WouldWait(total) sends the request back to the event loop to wait there (`wait_async`)."""
 
     def __init__(self, service: Service, held: int = 0):
         self.service, self.held = service, held
         self.wait = True
+        self.wait_for_memory_here = True
+
+    def need(self, total: int, what: str) -> None:
+        """Hold `total` bytes in all: 413 if it could never fit, else wait for room (or raise
+        WouldWait, above)."""
+        budget = self.service.budget
+        budget.check(total, what)
+        if total > self.held:
+            if not (self.wait and self.wait_for_memory_here):
+                if not budget.try_reserve(total - self.held):
+                    raise WouldWait(total)
+            else:
+                budget.reserve(total - self.held, self.service.limits.queue_timeout, self.held)
+            self.held = total
+
+    async def wait_async(self, total: int) -> None:
+        """On the event loop: wait in the budget's line until `total` bytes are held in all."""
+        if total > self.held:
+            await self.service.budget.reserve_async(total - self.held, self.service.limits.queue_timeout, self.held)
+            self.held = total
 
     def need_now(self, total: int, what: str) -> None:
         """Hold `total` bytes in all, now or never (503): for a caller that holds an inference
@@ -66,19 +90,6 @@ class Admission:
             if not budget.try_reserve(total - self.held):
                 raise ServerBusy(f"{what} needs {(total - self.held) / MB:.1f} MB more memory than its first "
                                  "estimate, which is in use now", "retry shortly, or send it as .npy")
-            self.held = total
-
-    def need(self, total: int, what: str) -> None:
-        """Hold `total` bytes in all: 413 if it could never fit, else wait for room (or,
-        on the event loop's quick path, raise WouldWait rather than wait)."""
-        budget = self.service.budget
-        budget.check(total, what)
-        if total > self.held:
-            if not self.wait:
-                if not budget.try_reserve(total - self.held):
-                    raise WouldWait
-            else:
-                budget.reserve(total - self.held, self.service.limits.queue_timeout, self.held)
             self.held = total
 
     def close(self) -> None:
