@@ -691,3 +691,55 @@ def test_an_answer_before_a_large_body_is_read_reaches_the_client(server, path):
     assert response.status in (400, 404, 501) and "error" in json.loads(response.read())
     connection.close()
     alive(server)
+
+
+def test_paused_bodies_that_fill_the_bodies_share_go_on_when_the_first_completes(models):
+    """A small body starts first and dribbles; three 12 MB bodies arrive behind it and are
+    paused once they fill the bodies' share of memory (16 MB). When the first completes, the
+    next in line is a paused one, and it must go on: before, all three stood still until the
+    queue timeout (seen with `--workers 2`: a 30 s stall in 1 run of 6)."""
+    import socket
+
+    small = npy_bytes(np.ones((400, 8, 8, 1), np.float32))
+    big = npy_bytes(np.ones((47_000, 8, 8, 1), np.float32))  # 12 MB
+
+    def head(body: bytes) -> bytes:
+        return (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+
+    def status(sock: socket.socket) -> int:
+        reply = b""
+        while b"\r\n" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return 0
+            reply += chunk
+        return int(reply.split(b" ", 2)[1])
+
+    with Server(["--model-config", str(models / "models.json"), *FLAGS, "--queue-timeout", "8"]) as running:
+        first = socket.create_connection(("127.0.0.1", running.port), timeout=20)
+        first.sendall(head(small) + small[:10])
+        time.sleep(0.2)
+        answers: dict[int, tuple[int, float]] = {}
+
+        def big_client(number: int) -> None:
+            with socket.create_connection(("127.0.0.1", running.port), timeout=20) as sock:
+                sock.sendall(head(big))
+                try:
+                    sock.sendall(big)
+                except OSError:  # answered 503 and closed mid-body
+                    pass
+                answers[number] = (status(sock), time.time())
+
+        threads = [threading.Thread(target=big_client, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.6)  # the three fill the share and are paused
+        first.sendall(small[10:])
+        completed = time.time()
+        assert status(first) == 200
+        first.close()
+        for thread in threads:
+            thread.join()
+    assert sorted(code for code, _ in answers.values()) in ([200, 503, 503], [200, 200, 503], [200, 200, 200])
+    assert max(at for _, at in answers.values()) - completed < 4, answers
