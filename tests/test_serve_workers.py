@@ -168,6 +168,16 @@ from edgekit.serve.workers import supervise
 
 marks, scenario = Path(sys.argv[1]), sys.argv[2]
 def serve_worker(number, folder):
+    if scenario == "independent":
+        (folder / f"worker-{os.getpid()}.json").write_text("{}")  # what serving writes
+        (marks / f"{number}-{os.getpid()}").touch()
+        if number == 1:
+            raise RuntimeError("worker 1 dies every time")  # started again after 0, 1, 2, 4 ... s
+        if len([m for m in marks.iterdir() if m.name.startswith("0-")]) == 1:  # its first launch
+            time.sleep(4.5)  # inside worker 1's third wait (4 s, from about 3.2 s)
+            (marks / "died").write_text(str(time.time()))
+            raise RuntimeError("worker 0 dies once, while worker 1 waits out a delay")
+        raise EdgekitError("enough", "-")
     if number == 1:
         (marks / str(os.getpid())).touch()
         if scenario == "dies before serving":
@@ -192,12 +202,8 @@ except EdgekitError as exc:
 
 
 def _supervise(tmp_path, scenario):
-    import subprocess
-    import sys
-
     started = time.time()
-    result = subprocess.run([sys.executable, "-c", SUPERVISED, str(tmp_path), scenario], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess_run_supervised(tmp_path, scenario)
     events = [json.loads(line)["log"] for line in result.stderr.splitlines() if line.startswith('{"time"')]
     assert time.time() - started < 30  # worker 0 was stopped, not waited for
     return result, events
@@ -253,3 +259,88 @@ def test_metrics_folder_sums_counters_of_all_workers_and_gauges_of_live_ones(tmp
     assert 'edgekit_request_duration_seconds_count{model="digits",version="1",api="predict"} 2' in text
     assert "edgekit_http_connections 5" in text.splitlines()  # 2 here + 3 in the live one; the dead one's 7 dropped
     assert "edgekit_workers 2" in text.splitlines()
+
+
+def test_a_delayed_restart_does_not_hold_up_another_workers(tmp_path):
+    from datetime import datetime
+
+    result = subprocess_run_supervised(tmp_path, "independent")
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith('{"time"')]
+
+    def at(line):
+        return datetime.strptime(line["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+    died = float((tmp_path / "died").read_text())
+    again = [line for line in lines if line["log"]["event"] == "worker_started" and line["log"]["worker"] == 0][1]
+    delays = [line["log"]["seconds"] for line in lines if line["log"]["event"] == "worker_restart_delayed"]
+    assert delays[:3] == [1.0, 2.0, 4.0] and at(again) - died < 0.35, (delays, at(again) - died)
+
+
+def subprocess_run_supervised(tmp_path, scenario):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", SUPERVISED, str(tmp_path), scenario], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_workers_of_a_killed_parent_stop_and_free_the_ports(repo):
+    running = Server([str(repo / "digits"), "--workers", "2"])
+    try:
+        assert _wait_for(lambda: len(_events(running, "ready")) == 2)
+        pids = [line["pid"] for line in _events(running, "worker_started")]
+        running.process.kill()
+
+        def gone():
+            for pid in pids:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    continue
+                return False
+            return True
+
+        assert _wait_for(gone, 15)
+        with socket.socket() as sock:  # the REST port is free again
+            sock.bind(("127.0.0.1", running.port))
+    finally:
+        running.stop()
+
+
+def test_a_stopped_worker_is_killed_and_started_again(repo):
+    with Server([str(repo / "digits"), "--workers", "2"]) as running:
+        assert _wait_for(lambda: len(_events(running, "ready")) == 2)
+        stopped = _events(running, "worker_started")[1]["pid"]
+        os.kill(stopped, signal.SIGSTOP)
+        assert _wait_for(lambda: _events(running, "worker_unresponsive"), 20)
+        assert _events(running, "worker_unresponsive")[0]["pid"] == stopped
+        assert _wait_for(lambda: len(_events(running, "ready")) == 3, 20)
+        for _ in range(12):  # on fresh channels, some of which the kernel would have given the stopped one
+            assert _grpc_predict(running.grpc_port).outputs["probs"].tensor_shape.dim[1].size == 10
+
+
+def test_totals_never_go_down_between_scrapes_answered_by_different_workers(workers):
+    import re as regex
+
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            workers.client.predict("/v1/models/digits:predict", ROW)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    totals = []
+    try:
+        for _ in range(60):
+            text = workers.client.request("GET", "/metrics")[2].decode()
+            totals.append(_metric(text, regex.escape('edgekit_requests_total{model="digits",version="1",'
+                                                     'api="predict",code="200"}')))
+            time.sleep(0.03)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert all(later >= earlier for earlier, later in zip(totals, totals[1:])), totals
+    assert totals[-1] > totals[0]

@@ -150,29 +150,17 @@ class ServerMetrics:
 
 class MetricsFolder:
     """How the worker processes of one server (`--workers N`) answer a scrape for all of
-    them: each writes its counts and gauges to FOLDER/worker-<pid>.json every second, and
-    the worker that is scraped adds the others' latest files to its own live figures. A
-    worker that died keeps its file, so totals never go down; only its gauges drop out."""
-
-    WRITE_SECONDS = 1.0
+    them: each writes its counts and gauges to FOLDER/worker-<pid>.json, four times a second
+    from its event loop (so the file's age is also its heartbeat, workers.py) and again when
+    it is scraped; the scraped worker sums every file. Every sum is of files that only move
+    forward, so two scrapes answered by different workers never see a total go down (adding
+    one worker's live figures to the others' files did: helper-8 saw 133 drops in 377
+    scrapes). A worker that died keeps its file, so its counts stay in the totals (less the
+    last quarter second, if it was killed); only its gauges drop out."""
 
     def __init__(self, folder: Path, metrics: ServerMetrics, gauges) -> None:
         self.folder, self.metrics, self.gauges = Path(folder), metrics, gauges
         self.path = self.folder / f"worker-{os.getpid()}.json"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="edgekit-metrics", daemon=True)
-
-    def start(self) -> None:
-        self.write()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.write(live=False)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.WRITE_SECONDS):
-            self.write()
 
     def write(self, live: bool = True) -> None:
         document = {"pid": os.getpid(), "live": live, "metrics": self.metrics.state(),
@@ -184,17 +172,13 @@ class MetricsFolder:
     def render(self, served: dict[str, list[int]]) -> str:
         """All workers' figures: counters and histograms summed, gauges summed over the
         workers that are alive, plus how many those are."""
-        total = ServerMetrics()
-        total.absorb(self.metrics.state())
-        gauges = {name: list(value) for name, value in self.gauges().items()}
-        workers = 1
+        self.write()
+        total, gauges, workers = ServerMetrics(), {}, 0
         for path in self.folder.glob("worker-*.json"):
-            if path == self.path:
-                continue
             try:
                 document = json.loads(path.read_text())
             except (OSError, ValueError):
-                continue  # a file being replaced, or a worker that died while writing
+                continue  # unreadable: skipped rather than a failed scrape
             total.absorb(document.get("metrics", {}))
             if document.get("live") and _alive(document.get("pid", 0)):
                 workers += 1

@@ -187,6 +187,9 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
     log.info(json.dumps({"event": "start_workers", "workers": workers, "host": host, "port": port,
                          "grpc_port": grpc_port or None, "pid": os.getpid(),
                          "request_memory_bytes_in_all": workers * limits.max_memory_bytes}))
+    if workers > (os.cpu_count() or 1):
+        log.warning(json.dumps({"event": "more_workers_than_cores", "workers": workers, "cores": os.cpu_count(),
+                                "hint": "each worker is a whole server (about 70 MB idle): one per core at most"}))
 
     def serve_worker(number: int, metrics_folder: Path) -> None:
         configure_logging(log_level, worker=number)
@@ -265,8 +268,10 @@ async def _serve(sock: socket.socket, service: Service, grpc_server, load_first:
     service.connections = lambda: len(http.connections)
     await http.start(sock)
     service.repository.start()  # the poller loads the models; /readyz says when they are in
-    if service.shared_metrics is not None:
-        service.shared_metrics.start()
+    if service.shared_metrics is not None:  # one of --workers: its figures, and a heartbeat
+        from edgekit.serve.workers import beat
+
+        beat(loop, service.shared_metrics.write)
     if grpc_server is not None:
         grpc_server.start()
     stop = asyncio.Event()

@@ -17,9 +17,12 @@ owns the ports and N forked workers, each with its own interpreters, answer on t
   started again, at once the first time, then after 1, 2, 4 ... 30 s while it keeps dying
   within 30 s. A worker that cannot start (a bad port, a missing package), or dies before
   its first accept, stops the whole server with its error: it would only die again.
+- A worker whose event loop stops beating for 10 s (SIGSTOP, a stuck loop) is killed and
+  started again: the kernel would go on handing it gRPC connections.
 - SIGTERM or SIGINT: the parent passes SIGTERM to the workers, which drain as a single
   server does, and exits 0 when they have; a worker still running after the grace
-  period (+15 s) is killed.
+  period (+15 s) is killed. If the parent itself dies (SIGKILL), its workers drain and
+  exit too, and free the ports.
 - /metrics sums all workers (prometheus.MetricsFolder); the parent holds no interpreter
   and serves nothing.
 """
@@ -44,6 +47,9 @@ log = logging.getLogger("edgekit.serve")
 START_FAILED = 3  # a worker's exit status for "cannot start": do not start it again
 FAST_DEATH_SECONDS = 30.0
 MAX_RESTART_DELAY = 30.0
+TICK_SECONDS = 0.1  # how often the parent looks at its workers
+HEARTBEAT_SECONDS = 0.25  # how often a worker writes its metrics file, from its event loop
+HEARTBEAT_STALE_SECONDS = 10.0  # a worker whose file is older is killed (and started again)
 
 
 def can_fork() -> None:
@@ -74,11 +80,19 @@ def reserve_shared_port(host: str, port: int) -> socket.socket:
 def supervise(serve_worker: Callable[[int, Path], None], workers: int, grace_seconds: float,
               keep: list[socket.socket]) -> None:
     """Fork `workers` processes running serve_worker(number, metrics_folder) and keep them
-    running until SIGTERM. `keep`: the sockets the parent holds for the ports' lifetime."""
+    running until SIGTERM. `keep`: the sockets the parent holds for the ports' lifetime.
+
+    The parent looks at its workers every TICK_SECONDS: it reaps the dead, starts again those
+    whose time has come (a delayed restart never holds up another worker's), and kills a
+    worker whose heartbeat (its metrics file, written from its event loop) is older than
+    HEARTBEAT_STALE_SECONDS: stopped, or its loop stuck, it would still be handed gRPC
+    connections."""
     folder = Path(tempfile.mkdtemp(prefix="edgekit-serve-"))
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker number, monotonic start)
     deaths: dict[int, int] = {}  # worker number -> deaths in a row, each within FAST_DEATH_SECONDS
     served: dict[int, bool] = {}  # worker number -> has one of its processes accepted connections
+    due: dict[int, float] = {}  # worker number -> when to start it again
+    killed: set[int] = set()  # pids killed for a stale heartbeat
     state = {"stopping": False, "failure": None}
 
     def stop_all(number=None, frame=None) -> None:
@@ -91,45 +105,55 @@ def supervise(serve_worker: Callable[[int, Path], None], workers: int, grace_sec
         signal.alarm(int(grace_seconds) + 15)
 
     def kill_all(number=None, frame=None) -> None:
+        log.warning(json.dumps({"event": "workers_killed", "pids": list(children),
+                                "reason": f"still running {int(grace_seconds) + 15} s after SIGTERM"}))
         for pid in children:
             _signal(pid, signal.SIGKILL)
 
     def spawn(number: int) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            os._exit(_worker_main(serve_worker, number, folder))
+            os._exit(_worker_main(serve_worker, number, folder, parent))
         children[pid] = (number, time.monotonic())
         log.info(json.dumps({"event": "worker_started", "worker": number, "pid": pid}))
+
+    def died(pid: int, status: int) -> None:
+        number, started = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if state["stopping"]:
+            return
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        log.warning(json.dumps({"event": "worker_exit", "worker": number, "pid": pid, "how": how}))
+        served[number] = served.get(number, False) or (folder / f"worker-{pid}.json").exists()
+        if code == START_FAILED or not served[number]:
+            # an error at start, or a death before the first accept: it would die again
+            state["failure"] = _start_failure(folder, pid, number, how)
+            stop_all()
+            return
+        deaths[number] = deaths.get(number, 0) + 1 if time.monotonic() - started < FAST_DEATH_SECONDS else 0
+        delay = 0.0 if deaths[number] <= 1 else min(MAX_RESTART_DELAY, 2.0 ** (deaths[number] - 2))
+        if delay:
+            log.warning(json.dumps({"event": "worker_restart_delayed", "worker": number, "seconds": delay}))
+        due[number] = time.monotonic() + delay
 
     previous = {kind: signal.signal(kind, handler) for kind, handler in
                 ((signal.SIGTERM, stop_all), (signal.SIGINT, stop_all), (signal.SIGALRM, kill_all))}
     try:
         for number in range(workers):
             spawn(number)
-        while children:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-            number, started = children.pop(pid)
-            code = os.waitstatus_to_exitcode(status)
+        while children or (due and not state["stopping"]):
+            for pid, status in _reaped():
+                died(pid, status)
             if state["stopping"]:
-                continue
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-            log.warning(json.dumps({"event": "worker_exit", "worker": number, "pid": pid, "how": how}))
-            served[number] = served.get(number, False) or (folder / f"worker-{pid}.json").exists()
-            if code == START_FAILED or not served[number]:
-                # an error at start, or a death before the first accept: it would die again
-                state["failure"] = _start_failure(folder, pid, number, how)
-                stop_all()
-                continue
-            deaths[number] = deaths.get(number, 0) + 1 if time.monotonic() - started < FAST_DEATH_SECONDS else 0
-            if deaths[number] > 1:
-                delay = min(MAX_RESTART_DELAY, 2.0 ** (deaths[number] - 2))
-                log.warning(json.dumps({"event": "worker_restart_delayed", "worker": number, "seconds": delay}))
-                _sleep_unless(delay, lambda: state["stopping"])
+                due.clear()
+            for number, when in list(due.items()):
+                if time.monotonic() >= when:
+                    del due[number]
+                    spawn(number)
             if not state["stopping"]:
-                spawn(number)
+                _kill_the_stale(children, folder, killed)
+            time.sleep(TICK_SECONDS)
     finally:
         signal.alarm(0)
         for kind, handler in previous.items():
@@ -140,10 +164,57 @@ def supervise(serve_worker: Callable[[int, Path], None], workers: int, grace_sec
     log.info(json.dumps({"event": "shutdown"}))
 
 
-def _worker_main(serve_worker: Callable[[int, Path], None], number: int, folder: Path) -> int:
-    """The forked child: the parent's signal handlers undone, then one ordinary server."""
+def beat(loop, write: Callable[[], None]) -> None:
+    """In a worker: write its metrics file every HEARTBEAT_SECONDS from the event loop (the
+    parent reads the file's age as the loop's heartbeat), and stop (SIGTERM to itself, so it
+    drains) if the parent has gone: a parent killed with SIGKILL would leave workers holding
+    the ports with nobody to stop or restart them."""
+    parent = os.getppid()
+
+    def tick() -> None:
+        if os.getppid() != parent:
+            log.warning(json.dumps({"event": "parent_gone", "parent": parent}))
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        write()
+        loop.call_later(HEARTBEAT_SECONDS, tick)
+
+    tick()
+
+
+def _reaped():
+    """(pid, status) of every child that has ended, without waiting."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
+
+
+def _kill_the_stale(children: dict[int, tuple[int, float]], folder: Path, killed: set[int]) -> None:
+    """SIGKILL a worker whose heartbeat is stale (never one still loading: it has no file yet)."""
+    now = time.time()
+    for pid, (number, _) in children.items():
+        try:
+            age = now - (folder / f"worker-{pid}.json").stat().st_mtime
+        except OSError:
+            continue
+        if age > HEARTBEAT_STALE_SECONDS and pid not in killed:
+            killed.add(pid)
+            log.warning(json.dumps({"event": "worker_unresponsive", "worker": number, "pid": pid,
+                                    "seconds_since_heartbeat": round(age, 1)}))
+            _signal(pid, signal.SIGKILL)
+
+
+def _worker_main(serve_worker: Callable[[int, Path], None], number: int, folder: Path, parent: int) -> int:
+    """The forked child: the parent's signal handlers undone, told to stop if the parent
+    dies, then one ordinary server."""
     for kind in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
         signal.signal(kind, signal.SIG_DFL)
+    _stop_with_parent(parent)
     code = 0
     try:
         serve_worker(number, folder)
@@ -159,6 +230,19 @@ def _worker_main(serve_worker: Callable[[int, Path], None], number: int, folder:
             handler.flush()
         sys.stderr.flush()
     return code
+
+
+def _stop_with_parent(parent: int) -> None:
+    """SIGTERM this worker when its parent dies (Linux's PR_SET_PDEATHSIG; elsewhere `beat`
+    notices within a quarter second), and exit now if it already has."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _start_failure(folder: Path, pid: int, number: int, how: str) -> EdgekitError:
@@ -177,9 +261,3 @@ def _signal(pid: int, number: int) -> None:
         os.kill(pid, number)
     except ProcessLookupError:
         pass
-
-
-def _sleep_unless(seconds: float, stop: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + seconds
-    while not stop() and time.monotonic() < deadline:
-        time.sleep(min(0.1, deadline - time.monotonic()))
