@@ -163,8 +163,11 @@ def _one_numeric_tensor(body: bytes) -> tuple[str, np.ndarray] | None:
 
 
 # orjson needs about 13x the text it parses while it parses: numbers are read in pieces of this
-# size, cut at commas, so a 16 MB body needs 3.5 MB for it instead of 200 MB.
+# size, cut at commas, so a 16 MB body needs 3.5 MB for it instead of 200 MB. A piece that finds
+# no comma within FAST_JSON_PIECE_GAP past its size (16 MB of one number, or of spaces) is not
+# a body this path is for: it is declined, so no piece is ever larger than the two together.
 FAST_JSON_PIECE_BYTES = 256 * 1024
+FAST_JSON_PIECE_GAP = 64 * 1024
 
 
 def _parse_numbers(text: bytes) -> np.ndarray | None:
@@ -173,10 +176,15 @@ def _parse_numbers(text: bytes) -> np.ndarray | None:
     JSON number, an empty slot, integers beyond int64), which the general path words."""
     pieces, start = [], 0
     while start < len(text):
-        end = text.find(b",", start + FAST_JSON_PIECE_BYTES)
-        end = len(text) if end < 0 else end
+        end = text.find(b",", start + FAST_JSON_PIECE_BYTES, start + FAST_JSON_PIECE_BYTES + FAST_JSON_PIECE_GAP)
+        if end < 0:
+            if len(text) - start > FAST_JSON_PIECE_BYTES + FAST_JSON_PIECE_GAP:
+                return None
+            end = len(text)
         try:
-            values = _fast_loads(b"[" + text[start:end] + b"]")
+            # without the spaces in front: orjson 3.13 fails ("failed to allocate memory") on a
+            # long list of one-character numbers after two or more of them, as blanked brackets leave
+            values = _fast_loads(b"[" + text[start:end].lstrip(_JSON_SPACE) + b"]")
             piece = np.array(values)
         except (ValueError, OverflowError):  # not a number; integers that no one dtype holds
             return None

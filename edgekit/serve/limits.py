@@ -36,6 +36,10 @@ from edgekit.errors import BadInput, PayloadTooLarge, ServerBusy
 MB = 1 << 20
 # Peak bytes per body byte while a JSON body becomes arrays (measured: 15-31x).
 JSON_PARSE_FACTOR = 32
+# ...unless it is dense with lists (`[[[[0]]]]` per value, `[],[],...`: up to 57x the body, found
+# by helper-9): then orjson's working memory, about 13x the text, and each list as a Python object.
+JSON_WORK_PER_TEXT_BYTE = 14
+JSON_BYTES_PER_LIST = 128
 # A large JSON body of numbers only (one quoted string: its key; an image, rows of features) goes
 # to the codec's fast path, which parses the numbers in pieces: it is first admitted at what that
 # takes (measured with tracemalloc on 12 kinds of body: 3.0-9.1x the body, against 14-24x for the

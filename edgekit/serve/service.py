@@ -27,8 +27,10 @@ from edgekit.serve.limits import (
     FAST_JSON_BYTES_PER_TEXT_BYTE,
     FAST_JSON_BYTES_PER_VALUE,
     FAST_JSON_PIECE_PARSE_FACTOR,
+    JSON_BYTES_PER_LIST,
     JSON_PARSE_FACTOR,
     JSON_REPLY_FACTOR,
+    JSON_WORK_PER_TEXT_BYTE,
     MB,
     TENSOR_COPIES,
     Limits,
@@ -218,18 +220,19 @@ class _Slot:
 
 def json_parse_costs(body: bytes) -> tuple[int, int, int]:
     """(memory to parse `body` first, if the fast path declines it, the values it can hold).
-    A body with one quoted string (its key) holds only numbers, lists and literals, counted by
-    its commas and brackets (a few ms for 16 MB); any other is assumed to hold a value per two
-    characters, each a Python object."""
+    The general path: 32x the body, or more for a body dense with lists (counted by its
+    brackets). A body with one quoted string (its key) holds only numbers, lists and literals,
+    counted by its commas and brackets (a few ms for 16 MB); the values of any other are
+    assumed one per two characters."""
     size = len(body)
-    general = size * JSON_PARSE_FACTOR
+    lists = body.count(b"[")
+    general = max(size * JSON_PARSE_FACTOR, size * JSON_WORK_PER_TEXT_BYTE + lists * JSON_BYTES_PER_LIST)
     if body.count(b'"') != 2:
         return general, general, size // 2 + 1
-    lists = body.count(b"[")
     values = body.count(b",") + lists + 1  # a list of k values has k - 1 commas
     if size < codec.FAST_JSON_MIN_BYTES:
         return general, general, values
-    piece = min(size, codec.FAST_JSON_PIECE_BYTES + 64)  # a piece ends at the first comma past its size
+    piece = min(size, codec.FAST_JSON_PIECE_BYTES + codec.FAST_JSON_PIECE_GAP)  # the largest piece parsed
     first = (size * FAST_JSON_BYTES_PER_TEXT_BYTE + lists * FAST_JSON_BYTES_PER_LIST
              + values * FAST_JSON_BYTES_PER_VALUE + piece * FAST_JSON_PIECE_PARSE_FACTOR)
     return min(general, first), general, values
