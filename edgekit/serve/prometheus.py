@@ -162,6 +162,10 @@ class MetricsFolder:
         self.folder, self.metrics, self.gauges = Path(folder), metrics, gauges
         self.path = self.folder / f"worker-{os.getpid()}.json"
 
+    def stop(self) -> None:
+        """The last write, as the worker stops: its counts stay in the totals, its gauges go."""
+        self.write(live=False)
+
     def write(self, live: bool = True) -> None:
         document = {"pid": os.getpid(), "live": live, "metrics": self.metrics.state(),
                     "gauges": {name: list(value) for name, value in self.gauges().items()} if live else {}}
