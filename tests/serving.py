@@ -96,3 +96,13 @@ def memory_mb(pid: int) -> dict[str, float]:
             if key in ("VmRSS", "VmHWM"):
                 fields[key] = round(int(line.split()[1]) / 1024, 1)
     return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+
+
+def wait_for(predicate, seconds: float = 30.0) -> bool:
+    """Poll `predicate` every 50 ms until it is true (True) or `seconds` pass (False)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import DIGITS, deploy_version
-from serving import API_KEY, Client, Server, free_port
+from serving import API_KEY, Client, Server, free_port, wait_for
 
 from edgekit.cli import cli
 from edgekit.runtime import TFLiteModel
@@ -150,15 +150,6 @@ def test_api_key_and_body_limit(repo):
         assert client.predict("/v1/models/digits:predict", ok)[0] == 200
 
 
-def _wait_for(predicate, seconds=30.0):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_hot_reload_under_load_loses_no_request_and_a_corrupt_version_leaves_the_old_one(repo, tmp_path):
     base = tmp_path / "digits"
     shutil.copytree(repo / "digits" / "1", base / "1")
@@ -177,14 +168,14 @@ def test_hot_reload_under_load_loses_no_request_and_a_corrupt_version_leaves_the
             worker.start()
         try:
             deploy_version(base, 2, repo / "digits" / "1" / "model_float32.tflite", tmp_path / "staging")
-            assert _wait_for(lambda: client.json("GET", "/v1/models/digits")[1]["model_version_status"][0]
+            assert wait_for(lambda: client.json("GET", "/v1/models/digits")[1]["model_version_status"][0]
                              == {"version": "2", "state": "AVAILABLE",
                                  "status": {"error_code": "OK", "error_message": ""}})
             assert client.json("GET", "/v1/models/digits/versions/1")[1]["model_version_status"][0]["state"] == "END"
             # version 3 is corrupt: it fails to load, version 2 keeps serving
             (base / "3").mkdir()
             (base / "3" / "model.tflite").write_bytes(b"\x00" * 100)
-            assert _wait_for(lambda: client.json("GET", "/v1/models/digits/versions/3")[0] == 200
+            assert wait_for(lambda: client.json("GET", "/v1/models/digits/versions/3")[0] == 200
                              and client.json("GET", "/v1/models/digits/versions/3")[1]["model_version_status"][0]
                              ["status"]["error_code"] != "OK")
             time.sleep(0.5)

@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import deploy_version
-from serving import Server, free_port
+from serving import Server, free_port, wait_for
 
 from edgekit.serve.protos import serving_pb2, serving_pb2_grpc
 
@@ -32,15 +32,6 @@ def _events(running: Server, event: str) -> list[dict]:
     lines = [json.loads(line) for line in _log(running).splitlines() if line.startswith("{")]
     # "from": the worker that wrote the line (None: the parent)
     return [{**line["log"], "from": line.get("worker")} for line in lines if line["log"].get("event") == event]
-
-
-def _wait_for(predicate, seconds=30.0) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _metric(text: str, pattern: str) -> float:
@@ -63,7 +54,7 @@ def _grpc_predict(port: int) -> serving_pb2.PredictResponse:
 @pytest.fixture(scope="module")
 def workers(repo):
     running = Server([str(repo / "digits"), "--workers", "2"])
-    assert _wait_for(lambda: len(_events(running, "ready")) == 2)  # /readyz answered: one of them is
+    assert wait_for(lambda: len(_events(running, "ready")) == 2)  # /readyz answered: one of them is
     yield running
     running.stop()
 
@@ -92,7 +83,7 @@ def test_a_killed_worker_is_started_again_and_totals_never_go_down(workers):
     time.sleep(1.2)
     before = _metric(workers.client.request("GET", "/metrics")[2].decode(), r"edgekit_requests_total\{")
     os.kill(first[1], signal.SIGKILL)
-    assert _wait_for(lambda: len(_events(workers, "worker_started")) == 3)
+    assert wait_for(lambda: len(_events(workers, "worker_started")) == 3)
     exits = _events(workers, "worker_exit")
     assert exits[0]["from"] is None and exits[0]["pid"] == first[1] and exits[0]["how"] == "signal SIGKILL"
     assert [r for r in (workers.client.predict("/v1/models/digits:predict", ROW)[0] for _ in range(30))] == [200] * 30
@@ -101,7 +92,7 @@ def test_a_killed_worker_is_started_again_and_totals_never_go_down(workers):
         assert workers.client.predict("/v1/models/digits:predict", ROW)[0] == 200
         return any(line["from"] == 1 for line in _events(workers, "request")[-5:])
 
-    assert _wait_for(the_new_worker_answers)
+    assert wait_for(the_new_worker_answers)
     time.sleep(1.2)
     after = _metric(workers.client.request("GET", "/metrics")[2].decode(), r"edgekit_requests_total\{")
     assert after >= before + 30
@@ -112,11 +103,11 @@ def test_a_new_version_reaches_every_worker(repo, tmp_path):
     shutil.copytree(repo / "digits" / "1", base / "1")
     with Server([str(base), "--workers", "2"]) as running:
         # both serving version 1 first (a worker still starting would load version 2 alone)
-        assert _wait_for(lambda: len(_events(running, "ready")) == 2)
+        assert wait_for(lambda: len(_events(running, "ready")) == 2)
         deploy_version(base, 2, repo / "digits" / "1" / "model_float32.tflite", tmp_path / "staging")
 
         # version 1 unloaded once in each worker
-        assert _wait_for(lambda: len(_events(running, "unloaded")) == 2), _log(running)[-3000:]
+        assert wait_for(lambda: len(_events(running, "unloaded")) == 2), _log(running)[-3000:]
         answers = [running.client.json("GET", "/v1/models/digits")[1]["model_version_status"][0]["version"]
                    for _ in range(12)]
         assert answers == ["2"] * 12
@@ -288,7 +279,7 @@ def subprocess_run_supervised(tmp_path, scenario):
 def test_workers_of_a_killed_parent_stop_and_free_the_ports(repo):
     running = Server([str(repo / "digits"), "--workers", "2"])
     try:
-        assert _wait_for(lambda: len(_events(running, "ready")) == 2)
+        assert wait_for(lambda: len(_events(running, "ready")) == 2)
         pids = [line["pid"] for line in _events(running, "worker_started")]
         running.process.kill()
 
@@ -301,7 +292,7 @@ def test_workers_of_a_killed_parent_stop_and_free_the_ports(repo):
                 return False
             return True
 
-        assert _wait_for(gone, 15)
+        assert wait_for(gone, 15)
         with socket.socket() as sock:  # the REST port is free again
             sock.bind(("127.0.0.1", running.port))
     finally:
@@ -310,12 +301,12 @@ def test_workers_of_a_killed_parent_stop_and_free_the_ports(repo):
 
 def test_a_stopped_worker_is_killed_and_started_again(repo):
     with Server([str(repo / "digits"), "--workers", "2"]) as running:
-        assert _wait_for(lambda: len(_events(running, "ready")) == 2)
+        assert wait_for(lambda: len(_events(running, "ready")) == 2)
         stopped = _events(running, "worker_started")[1]["pid"]
         os.kill(stopped, signal.SIGSTOP)
-        assert _wait_for(lambda: _events(running, "worker_unresponsive"), 20)
+        assert wait_for(lambda: _events(running, "worker_unresponsive"), 20)
         assert _events(running, "worker_unresponsive")[0]["pid"] == stopped
-        assert _wait_for(lambda: len(_events(running, "ready")) == 3, 20)
+        assert wait_for(lambda: len(_events(running, "ready")) == 3, 20)
         for _ in range(12):  # on fresh channels, some of which the kernel would have given the stopped one
             assert _grpc_predict(running.grpc_port).outputs["probs"].tensor_shape.dim[1].size == 10
 

@@ -107,9 +107,9 @@ def decode_json_body(body: bytes, specs_of: Callable[[str], list[ServingTensor]]
     "instances" or "inputs" for a one-input signature (an image), skips a Python list per
     axis: a 224x224x3 image of full-precision floats in 16 against 21 ms and a fifth of the
     memory, and 1.7x the requests a second in the server, which no longer collects 50,000
-    lists as garbage. Small bodies, and
-    anything else, take the general path, which also words every error; `before_general`
-    runs first (the server takes the memory that path needs)."""
+    lists as garbage. Small bodies, and anything else, take the general path, which also
+    words every error; `before_general` runs first (the server takes the memory that path
+    needs)."""
     fast = _one_numeric_tensor(body) if orjson is not None and len(body) >= FAST_JSON_MIN_BYTES else None
     if fast is not None:
         key, array = fast
