@@ -419,7 +419,10 @@ def test_a_large_legal_batch_runs_in_chunks_and_memory_comes_back(models):
 def test_ports_are_owned_and_a_taken_one_stops_start_up(server, models):
     config = str(models / "models.json")
     for args, port_name in ((["--port", str(free_port()), "--grpc-port", str(server.grpc_port)], "gRPC"),
-                            (["--port", str(server.port), "--grpc-port", str(free_port())], "REST port")):
+                            (["--port", str(server.port), "--grpc-port", str(free_port())], "REST port"),
+                            # gRPC would bind ::1 alone and start (the server holds 127.0.0.1)
+                            (["--host", "localhost", "--port", str(free_port()), "--grpc-port",
+                              str(server.grpc_port)], "gRPC")):
         result = subprocess.run([sys.executable, "-m", "edgekit.cli", "serve", "--model-config", config, *args],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr

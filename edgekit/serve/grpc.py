@@ -18,7 +18,9 @@ This module maps the protocol only; service.py holds what both doors share.
 """
 from __future__ import annotations
 
+import errno
 import math
+import socket
 import time
 from concurrent import futures
 
@@ -315,6 +317,8 @@ def create_server(service: Service, *, host: str, port: int, workers: int = 2,
                # sent in 64 KB steps (each window update costs the server CPU): 8-11% more 602 KB
                # requests a second, for 5-20 MB more peak in those 30 calls
                ("grpc.http2.lookahead_bytes", 1 << 20)]
+    if not share_port:
+        _refuse_if_taken(host, port)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgekit-grpc"),
                          options=options, maximum_concurrent_rpcs=limits.max_connections)
     door = _Door(service)
@@ -330,3 +334,24 @@ def create_server(service: Service, *, host: str, port: int, workers: int = 2,
                         "or the address is not this machine's",
                         "stop the other server, or choose another --grpc-port (0 turns gRPC off)")
     return server, bound
+
+
+def _refuse_if_taken(host: str, port: int) -> None:
+    """gRPC binds every address a name resolves to and starts if any one is free: with --host
+    localhost and 127.0.0.1's port taken by another server, it served on ::1 alone (helper-8).
+    So each address is tried here first (SO_REUSEADDR, as the REST port: a port only in
+    TIME_WAIT after a restart is free), and one that is in use stops start-up."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # gRPC's own bind names the problem
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise BadInput(f"cannot listen for gRPC on {address[0]}:{port}: the port is in use "
+                                   "(another edgekit serve?)",
+                                   "stop the other server, or choose another --grpc-port (0 turns gRPC off)") from None
