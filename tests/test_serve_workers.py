@@ -336,3 +336,38 @@ def test_totals_never_go_down_between_scrapes_answered_by_different_workers(work
             thread.join()
     assert all(later >= earlier for earlier, later in zip(totals, totals[1:])), totals
     assert totals[-1] > totals[0]
+
+
+def test_one_bench_at_a_time_on_the_device_whichever_worker_takes_it(repo, tmp_path):
+    """--allow-bench with --workers: two benches at once get one answer and one 503, also when
+    they reach different workers (a file lock across them)."""
+    import hashlib
+    import io
+
+    from serving import API_KEY, Client
+
+    key = tmp_path / "key.txt"
+    key.write_text(API_KEY)
+    artifact = (repo / "digits" / "1" / "model_int8.tflite").read_bytes()
+    buffer = io.BytesIO()
+    np.savez(buffer, __tflite__=np.frombuffer(artifact, np.uint8), pixels=np.zeros((4, 8, 8, 1), np.float32))
+    body, digest = buffer.getvalue(), hashlib.sha256(artifact).hexdigest()
+    with Server([str(repo / "digits"), "--workers", "2", "--allow-bench", "--api-key-file", str(key)],
+                key=API_KEY) as running:
+        assert wait_for(lambda: len(_events(running, "ready")) == 2)
+        client = Client(running.port, API_KEY)
+        for _ in range(8):  # until the two land on different workers
+            statuses = []
+            threads = [threading.Thread(target=lambda: statuses.append(client.request(
+                "POST", f"/v1/bench?sha256={digest}&runs=200&threads=1", body, "application/octet-stream")[0]))
+                for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(statuses) == [200, 503], statuses
+            benches = [line for line in _events(running, "request") if line.get("path", "").startswith("/v1/bench")]
+            if {line["from"] for line in benches[-2:]} == {0, 1}:
+                break
+        else:
+            pytest.fail("the two benches never reached different workers")

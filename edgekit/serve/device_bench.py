@@ -17,6 +17,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -36,8 +37,11 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class DeviceBench:
-    def __init__(self, max_bytes: int, count_predicts: Callable[[], float]):
-        self.max_bytes, self.count_predicts = max_bytes, count_predicts
+    """`lock_path`: with --workers, a file every worker locks (flock) for its bench, so one
+    bench runs at a time on the device, not one per worker."""
+
+    def __init__(self, max_bytes: int, count_predicts: Callable[[], float], lock_path: Path | None = None):
+        self.max_bytes, self.count_predicts, self.lock_path = max_bytes, count_predicts, lock_path
         self._lock = threading.Lock()
 
     def info(self) -> dict[str, object]:
@@ -61,6 +65,11 @@ class DeviceBench:
                                "upload the file the manifest describes")
         if not self._lock.acquire(blocking=False):
             raise ServerBusy("a bench is already running on this device", "retry when it has finished")
+        try:
+            held = self._lock_across_workers()
+        except BaseException:
+            self._lock.release()
+            raise
         folder = Path(tempfile.mkdtemp(prefix="edgekit-bench-"))  # 0700, ours alone
         try:
             if isinstance(model, bytes):
@@ -96,7 +105,24 @@ class DeviceBench:
                            "ask for fewer runs or rows") from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+            if held is not None:
+                os.close(held)  # closing the file gives its lock back
             self._lock.release()
+
+    def _lock_across_workers(self) -> int | None:
+        """The file descriptor holding the device-wide lock (None: one process, no file)."""
+        if self.lock_path is None:
+            return None
+        import fcntl
+
+        descriptor = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise ServerBusy("a bench is already running on this device (in another worker)",
+                             "retry when it has finished") from None
+        return descriptor
 
 
 def _last_json(text: str) -> dict | None:

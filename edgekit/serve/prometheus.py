@@ -173,16 +173,26 @@ class MetricsFolder:
         temporary.write_text(json.dumps(document))
         os.replace(temporary, self.path)  # a reader sees the old file or the new one, never half
 
+    def _documents(self):
+        self.write()
+        for path in self.folder.glob("worker-*.json"):
+            try:
+                yield json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # unreadable: skipped rather than a failed scrape
+
+    def predicts(self) -> float:
+        """Predicts answered by all workers (the bench endpoint's "served meanwhile")."""
+        total = ServerMetrics()
+        for document in self._documents():
+            total.absorb(document.get("metrics", {}))
+        return total.predicts()
+
     def render(self, served: dict[str, list[int]]) -> str:
         """All workers' figures: counters and histograms summed, gauges summed over the
         workers that are alive, plus how many those are."""
-        self.write()
         total, gauges, workers = ServerMetrics(), {}, 0
-        for path in self.folder.glob("worker-*.json"):
-            try:
-                document = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue  # unreadable: skipped rather than a failed scrape
+        for document in self._documents():
             total.absorb(document.get("metrics", {}))
             if document.get("live") and _alive(document.get("pid", 0)):
                 workers += 1

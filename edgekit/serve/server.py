@@ -220,14 +220,16 @@ def serve_process(sock: socket.socket, configs: list[ModelConfig], limits: Limit
                                  on_event=on_event, max_batch_rows=limits.max_batch_rows,
                                  max_call_bytes=limits.max_memory_bytes // interpreters)
     service = Service(repository, limits, api_key=api_key, metrics=metrics)
-    if bench_max_bytes is not None:
-        from edgekit.serve.device_bench import DeviceBench
-
-        service.bench = DeviceBench(bench_max_bytes, metrics.predicts)
     if metrics_folder is not None:
         from edgekit.serve.prometheus import MetricsFolder
 
         service.shared_metrics = MetricsFolder(metrics_folder, metrics, service.gauges)
+    if bench_max_bytes is not None:
+        from edgekit.serve.device_bench import DeviceBench
+
+        shared = service.shared_metrics
+        service.bench = DeviceBench(bench_max_bytes, shared.predicts if shared else metrics.predicts,
+                                    lock_path=metrics_folder / "bench.lock" if metrics_folder else None)
     grpc_server = None
     try:
         if grpc_port:
