@@ -143,17 +143,10 @@ class MemoryBudget:
 
     def reserve(self, amount: int, timeout: float, held: int = 0) -> None:
         """Wait (up to `timeout`) for `amount` more bytes; the caller already holds `held`."""
-        with self._lock:
-            if not self._waiters and self.used + amount <= self.capacity:
-                self._take(amount)
-                return
-            waiter = _Waiter(amount, held)
-            self._waiters.append(waiter)
-            self._preempt()
-        if self.on_pressure is not None:
-            self.on_pressure()
-        waiter.signal.wait(timeout)
-        self._end_wait(waiter)
+        waiter = self._join_line(amount, held)
+        if waiter is not None:
+            waiter.signal.wait(timeout)
+            self._end_wait(waiter)
 
     async def reserve_async(self, amount: int, timeout: float, held: int = 0) -> None:
         """`reserve` for the event loop: the request waits in the same line without holding a
@@ -162,15 +155,9 @@ class MemoryBudget:
         threads, the server stood still until the queue timeout.)"""
         loop = asyncio.get_running_loop()
         woken = loop.create_future()
-        with self._lock:
-            if not self._waiters and self.used + amount <= self.capacity:
-                self._take(amount)
-                return
-            waiter = _Waiter(amount, held, lambda: loop.call_soon_threadsafe(_resolve, woken))
-            self._waiters.append(waiter)
-            self._preempt()
-        if self.on_pressure is not None:
-            self.on_pressure()
+        waiter = self._join_line(amount, held, lambda: loop.call_soon_threadsafe(_resolve, woken))
+        if waiter is None:
+            return
         try:
             await asyncio.wait_for(woken, timeout)
         except asyncio.TimeoutError:
@@ -184,6 +171,20 @@ class MemoryBudget:
                 self._grant()
             raise
         self._end_wait(waiter)
+
+    def _join_line(self, amount: int, held: int, notify: Callable[[], None] | None = None) -> _Waiter | None:
+        """Take `amount` now if it fits and nobody waits first (None), else a place at the end
+        of the line (its holders behind the head may be sent away, `_preempt`)."""
+        with self._lock:
+            if not self._waiters and self.used + amount <= self.capacity:
+                self._take(amount)
+                return None
+            waiter = _Waiter(amount, held, notify)
+            self._waiters.append(waiter)
+            self._preempt()
+        if self.on_pressure is not None:
+            self.on_pressure()
+        return waiter
 
     def _end_wait(self, waiter: _Waiter) -> None:
         """After a wait: return if the memory was granted, else leave the line and 503."""

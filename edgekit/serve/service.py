@@ -67,15 +67,12 @@ class Admission:
     def need(self, total: int, what: str) -> None:
         """Hold `total` bytes in all: 413 if it could never fit, else wait for room (or raise
         WouldWait, above)."""
-        budget = self.service.budget
-        budget.check(total, what)
-        if total > self.held:
-            if not (self.wait and self.wait_for_memory_here):
-                if not budget.try_reserve(total - self.held):
-                    raise WouldWait(total)
-            else:
-                budget.reserve(total - self.held, self.service.limits.queue_timeout, self.held)
-            self.held = total
+        if self._take_now(total, what):
+            return
+        if not (self.wait and self.wait_for_memory_here):
+            raise WouldWait(total)
+        self.service.budget.reserve(total - self.held, self.service.limits.queue_timeout, self.held)
+        self.held = total
 
     async def wait_async(self, total: int) -> None:
         """On the event loop: wait in the budget's line until `total` bytes are held in all."""
@@ -86,13 +83,19 @@ class Admission:
     def need_now(self, total: int, what: str) -> None:
         """Hold `total` bytes in all, now or never (503): for a caller that holds an inference
         slot, where waiting for memory could wait on requests that wait for that slot."""
+        if not self._take_now(total, what):
+            raise ServerBusy(f"{what} needs {(total - self.held) / MB:.1f} MB more memory than its first "
+                             "estimate, which is in use now", "retry shortly, or send it as .npy")
+
+    def _take_now(self, total: int, what: str) -> bool:
+        """413 if `total` could never fit; True once `total` is held (now or already)."""
         budget = self.service.budget
         budget.check(total, what)
         if total > self.held:
             if not budget.try_reserve(total - self.held):
-                raise ServerBusy(f"{what} needs {(total - self.held) / MB:.1f} MB more memory than its first "
-                                 "estimate, which is in use now", "retry shortly, or send it as .npy")
+                return False
             self.held = total
+        return True
 
     def close(self) -> None:
         if self.held:
