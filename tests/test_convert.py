@@ -402,3 +402,15 @@ def test_int16x8_on_an_integer_input_says_its_quantizer_cannot_take_it(tmp_path)
     artifact = manifest.artifact("int16x8")
     assert artifact.status == "failed" and "16x8 quantizer has no range for tensor serving_default_ids" in artifact.error
     assert "ship int8 or dynamic" in artifact.error
+
+
+def test_the_savedmodel_runs_in_full_float32_whatever_tensorflow_defaults_to():
+    """TF32 is TensorFlow's default on Ampere-and-newer GPUs: convert's check and bench's reference turn
+    it off when they load the model, or a GPU machine judges artifacts against a rounded model."""
+    import tensorflow as tf
+
+    from edgekit.build import savedmodel
+
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    savedmodel.load(DIGITS / "saved_model")
+    assert not tf.config.experimental.tensor_float_32_execution_enabled()
