@@ -4,6 +4,7 @@ what comes back. Errors become a two-line message and an exit status (errors.py)
 from __future__ import annotations
 
 import functools
+import statistics
 import sys
 from pathlib import Path
 
@@ -174,7 +175,7 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
               show_default=True,
               help="How int8 sets each activation's range; auto tries all, and bias correction, keeps the best.")
 @click.option("--diagnose", is_flag=True,
-              help="Record int8's per-layer errors even when it passes (always done when it does not).")
+              help="Record int8's and int16x8's per-layer errors even when they pass (always done when they do not).")
 @click.option("--float-layers", default="",
               help="Comma-separated int8 ops to keep in float, a last resort: tensor names as --diagnose lists "
                    "them, or op types (FULLY_CONNECTED); the manifest gives the byte cost.")
@@ -228,8 +229,8 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
         if ranges.get("note"):
             click.echo(f"note: {artifact.variant}: ranges by {ranges['method']}, {ranges['note']}", err=True)
         if "layers" in ranges:
-            click.echo(f"{artifact.variant}: {layer_summary(ranges['layers'], ranges.get('layers_unmatched', []))}",
-                       err=True)
+            click.echo(f"{artifact.variant}: "
+                       f"{layer_summary(ranges['layers'], ranges.get('layers_unmatched', []), artifact.variant)}", err=True)
         if "float_layers" in ranges:
             click.echo(f"{artifact.variant}: {float_layers_summary(ranges['float_layers'])}", err=True)
         if artifact.quantization.get("note"):
@@ -274,6 +275,7 @@ def _read_key(path: Path | None) -> str | None:
 # Fewer calibration rows than this, and int8 ranges rest on too little of what the model will see.
 FEW_CALIBRATION_SAMPLES = 100
 FEW_CHECK_SAMPLES = 8  # fewer check rows than this, and an output's spread means little
+WEIGHT_BOUND_STEPS = 4  # int16x8 layers off by more of their steps than this: the int8 weights' error
 OUTLIER_SPREAD = 20  # a calibration input whose extremes span this many times its middle 98% has outliers
 
 
@@ -302,8 +304,8 @@ def calibration_notes(manifest) -> list[tuple[str, str]]:
     return lines
 
 
-def layer_summary(layers: list[dict], unmatched: list[str], worst: int = 3) -> str:
-    """Where an int8 model drifts (the manifest's per-layer errors) and what to try."""
+def layer_summary(layers: list[dict], unmatched: list[str], variant: str = "int8", worst: int = 3) -> str:
+    """Where an integer model drifts (the manifest's per-layer errors) and what to try."""
     from edgekit.build.targets.int8_layers import NOT_KEPT_FLOAT
 
     measured = [layer for layer in layers if layer["rms_over_tensor_std"] is not None]
@@ -319,9 +321,23 @@ def layer_summary(layers: list[dict], unmatched: list[str], worst: int = 3) -> s
             f"({peak['op']}); "
             "the layers that add most: "
             + ", ".join(f"{layer['tensor']} ({layer['op']}, +{layer['added']:.1%})" for layer in largest)
-            + left_out + ". Try: more or more typical --calibration rows, --variants dynamic (float activations), int16x8 "
-            "where its ops allow, or, at a byte cost, --float-layers for the worst; every layer's figures are in the "
-            "manifest (quantization.ranges.layers)")
+            + left_out + ". " + _what_to_try(variant, measured)
+            + "; every layer's figures are in the manifest (quantization.ranges.layers)")
+
+
+def _what_to_try(variant: str, measured: list[dict]) -> str:
+    """int8's errors are its activations' rounding, where more ranges or wider types help. int16x8's
+    activation steps are 256x finer: when its layers are off by many steps, its int8 weights (the
+    ones dynamic-range shares) set the error, and only float weights do better."""
+    if variant == "int8":
+        return ("Try: more or more typical --calibration rows, --variants dynamic (float activations), int16x8 "
+                "where its ops allow, or, at a byte cost, --float-layers for the worst")
+    steps = statistics.median(layer["rms_over_scale"] for layer in measured)
+    if steps > WEIGHT_BOUND_STEPS:
+        return (f"Its layers are off by a median {steps:.0f} of their 16-bit steps (rounding alone is 0.3): the "
+                "int8 weights set this error, not the activations, and dynamic-range shares them. Try float16 "
+                "(float weights) where its bytes allow")
+    return "Try: more or more typical --calibration rows, or --variants float16 (float weights)"
 
 
 def float_layers_summary(kept: dict) -> str:

@@ -146,7 +146,8 @@ def test_bias_correction_takes_each_channels_mean_shift_out_in_graph_order(tmp_p
 
 def test_candidates_are_scored_on_every_calibration_row_and_the_check_agrees(onet_int8):
     auto, minmax = onet_int8["auto"], onet_int8["minmax"]
-    assert minmax.quantization["ranges"] == {"method": "minmax"}
+    assert minmax.quantization["ranges"]["method"] == "minmax"  # TFLite's own, not scored: no candidates
+    assert not {"scored_on_rows", "candidates"} & set(minmax.quantization["ranges"])
     assert auto.quantization["ranges"]["scored_on_rows"] == auto.quantization["calibration_samples"] == 200
     assert auto.check.outputs["box"].rms_over_std < minmax.check.outputs["box"].rms_over_std
 
@@ -166,7 +167,9 @@ def test_an_int8_that_misses_its_check_says_which_layers_add_the_error(onet_int8
     assert first["range"][0] < 0 < first["range"][1] and first["scale"] > 0
     worst = max(layers, key=lambda layer: layer["added"])
     assert worst["tensor"] == "StatefulPartitionedCall:0"  # the box head amplifies what reaches it
-    assert "layers" not in onet_int8["minmax"].quantization["ranges"]  # minmax alone is not scored
+    # minmax alone is not scored on the calibration rows; its check fails, and the diagnosis runs then
+    minmax = onet_int8["minmax"]
+    assert minmax.status == "failed" and minmax.quantization["ranges"]["layers"][0]["op"] == "QUANTIZE"
 
 
 def test_diagnose_prints_where_int8_drifts_and_what_to_try(tmp_path):
@@ -192,6 +195,32 @@ def test_a_passing_int8_gets_its_layers_only_when_asked(tmp_path):
 
     assert "layers" not in ranges(False)
     assert [layer["op"] for layer in ranges(True)["layers"]][:3] == ["INPUT", "CONV_2D", "CONV_2D"]
+
+
+def test_int16x8_gets_its_layers_when_asked_and_says_its_weights_set_the_error(tmp_path):
+    """int16x8 is calibrated and quantized in one TFLite call: its diagnosis converts again,
+    calibrate-only, to compare with. Its activation steps are fine, so its layers sit many steps
+    off: the int8 weights' error, which the printed advice names."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    def run(*extra):
+        result = CliRunner().invoke(cli, ["convert", str(DIGITS / "saved_model"), "-o", str(tmp_path / str(extra)),
+                                          "--variants", "int16x8", "--tfjs", "none", *extra,
+                                          "--calibration", str(DIGITS / "calibration.npz")])
+        assert result.exit_code == 0, result.output
+        return result, Manifest.read(tmp_path / str(extra)).artifact("int16x8").quantization
+
+    _, quantization = run()
+    assert "ranges" not in quantization  # it passed, and no diagnosis was asked for
+    result, quantization = run("--diagnose")
+    layers = quantization["ranges"]["layers"]
+    assert quantization["ranges"]["method"] == "minmax"
+    assert [layer["op"] for layer in layers][:3] == ["QUANTIZE", "CONV_2D", "CONV_2D"]
+    assert all(layer["rms_over_scale"] > 4 for layer in layers if layer["op"] in ("CONV_2D", "FULLY_CONNECTED"))
+    line = next(line for line in result.stderr.splitlines() if line.startswith("int16x8: "))
+    assert "the int8 weights set this error" in line and "Try float16" in line and "--float-layers" not in line
 
 
 def test_a_rule_broken_on_the_calibration_rows_fails_int8_even_when_the_check_rows_pass(tmp_path):
@@ -285,8 +314,11 @@ def test_an_output_kept_float_under_int8_io_is_said_to_be_quantized_again(tmp_pa
     (["--float-layers", "FULLY_CONNECTED", "--no-calibration"], "needs calibration data"),
     (["--variants", "float32", "--float-layers", "FULLY_CONNECTED"],
      "--float-layers only applies to the int8 variant"),
-    (["--variants", "dynamic", "--diagnose", "--range-method", "mse"],
-     "--diagnose, --range-method mse only apply to the int8 variant"),
+    (["--variants", "dynamic", "--float-layers", "FULLY_CONNECTED", "--range-method", "mse"],
+     "--float-layers, --range-method mse only apply to the int8 variant"),
+    (["--variants", "dynamic,float16", "--diagnose"],
+     "--diagnose only applies to the full-integer variants (int8, int16x8), which this run does not build"),
+    (["--diagnose", "--no-calibration"], "--diagnose only applies to the full-integer variants, which need calibration"),
 ])
 def test_int8_only_options_that_cannot_apply_are_bad_input_and_write_nothing(tmp_path, args, message):
     from click.testing import CliRunner

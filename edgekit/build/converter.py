@@ -64,7 +64,7 @@ class ConvertOptions:
     check_samples: int = data.DEFAULT_CHECK_SAMPLES
     int8_io: str = "int8"
     range_method: str = "auto"  # int8 activation ranges: auto, minmax, percentile or mse
-    diagnose: bool = False  # per-layer int8 errors in the manifest even when its check passes
+    diagnose: bool = False  # per-layer int8 and int16x8 errors in the manifest even when the check passes
     float_layers: tuple[str, ...] | str = ()  # int8 ops kept float (tensor names or op types), last resort
     allow_flex: bool = False
     image_range: str = "0:255"
@@ -92,7 +92,7 @@ class ConvertOptions:
                 "pass --calibration with real samples (.npz keyed by input name, .npy, or a folder of images)",
             )
         object.__setattr__(self, "float_layers", _layer_names(self.float_layers))
-        int8_only = [flag for flag, given in (("--float-layers", self.float_layers), ("--diagnose", self.diagnose),
+        int8_only = [flag for flag, given in (("--float-layers", self.float_layers),
                                              (f"--range-method {self.range_method}", self.range_method != "auto"))
                      if given]
         one = len(int8_only) == 1
@@ -103,6 +103,13 @@ class ConvertOptions:
         if int8_only and self.calibration is None:
             raise BadInput(f"{int8_only_text}, which needs calibration data (without it int8 is skipped)",
                            f"pass --calibration with real samples, or drop {'it' if one else 'them'}")
+        integer = {Variant.INT8, Variant.INT16X8}
+        if self.diagnose and self.variants is not None and not integer & set(self.tflite.variants):
+            raise BadInput("--diagnose only applies to the full-integer variants (int8, int16x8), which this run "
+                           "does not build", "add int8 or int16x8 to --variants, or drop it")
+        if self.diagnose and self.calibration is None:
+            raise BadInput("--diagnose only applies to the full-integer variants, which need calibration data "
+                           "(without it they are skipped)", "pass --calibration with real samples, or drop it")
         if self.onnx:
             OnnxOptions(self.onnx_opset)
             require_onnx()
@@ -294,6 +301,8 @@ class _Job:
             _close(model)  # one Node process per check, not one per artifact kept open
         reason = "; ".join(r for r in (judge(per_output, tolerance, pending.label), pending.known_failure) if r) or None
         passed = reason is None
+        if not passed and pending.diagnose_failure is not None:
+            pending.diagnose_failure()
         check = Check(status="passed" if passed else "failed", samples=samples, tolerance_rel_l2=tolerance.rel_l2,
                       tolerance_spread=tolerance.spread, confident_margin=CONFIDENT_MARGIN, outputs=per_output,
                       reason="; ".join(r for r in (reason, note) if r) or None)

@@ -196,6 +196,9 @@ class RangePicker:
         self.reason: str | None = None  # why the kept candidate breaks a check rule on the calibration rows
         self.refusal: EdgekitError | None = None  # --float-layers named what the model lacks
         self.expected: dict[str, np.ndarray] | None = None  # the float model's outputs, once profiled
+        # The calibrated float model and the int8 model kept: what a diagnosis after the check compares
+        self.calibrated: bytes | None = None
+        self.kept: bytes | None = None
 
     def __call__(self, calibrated: bytes, quantize: Callable[..., bytes]) -> bytes:
         """`quantize(model, **denylists)` is the converter's own quantize step."""
@@ -214,6 +217,17 @@ class RangePicker:
 
     def _pick(self, calibrated: bytes, quantize: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
         """The kept int8 model, and the calibrated model with the ranges it was quantized under."""
+        model, ranged = self._candidates(calibrated, quantize)
+        self.calibrated, self.kept = calibrated, model
+        return model, ranged
+
+    def diagnose_missed_check(self) -> None:
+        """Convert's check failed the model kept: add its per-layer errors to the record, unless
+        they are there already (asked for, or it already failed on the calibration rows)."""
+        if self.record is not None and self.kept is not None and not {"layers", "layers_error"} & set(self.record):
+            self._add_layers(self.calibrated, self.kept)
+
+    def _candidates(self, calibrated: bytes, quantize: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
         if self.methods == ("minmax",):
             self.record = {"method": "minmax"}
             model = quantize(calibrated)
@@ -294,15 +308,7 @@ class RangePicker:
         self.record["float_layers"] = record
 
     def _add_layers(self, calibrated: bytes, quantized: bytes) -> None:
-        try:
-            first = {name: array[:DIAGNOSIS_ROWS] for name, array in self.rows.items()}
-            found = layer_errors(calibrated, quantized, chunks(first, self.histogram_batch), self.signature)
-        except (RuntimeError, ValueError, KeyError) as exc:  # a diagnosis must not cost the artifact
-            self.record["layers_error"] = _first_line(exc)
-            return
-        self.record["layers"] = found["layers"]
-        if found["unmatched"]:
-            self.record["layers_unmatched"] = found["unmatched"]
+        add_layer_errors(self.record, calibrated, quantized, self.rows, self.signature, self.histogram_batch)
 
     def _score(self, model: bytes, expected: dict[str, np.ndarray]) -> dict:
         """How a candidate does against the float model: failing the check's rules ranks after
@@ -317,6 +323,22 @@ class RangePicker:
         reason = judge(per_output, self.tolerance, "int8")
         score = {"passes": reason is None, "worst_error": worst, "loss": (reason is not None, worst)}
         return score if reason is None else {**score, "reason": reason}
+
+
+def add_layer_errors(record: dict, calibrated: bytes, quantized: bytes, rows: dict[str, np.ndarray], signature: str,
+                     batch: int) -> None:
+    """The integer model's per-layer errors against the calibrated float model (int8_layers.layer_errors)
+    on the first DIAGNOSIS_ROWS rows, into `record`; a diagnosis that cannot run says why there, and
+    never costs the artifact."""
+    try:
+        first = {name: array[:DIAGNOSIS_ROWS] for name, array in rows.items()}
+        found = layer_errors(calibrated, quantized, chunks(first, batch), signature)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        record["layers_error"] = _first_line(exc)
+        return
+    record["layers"] = found["layers"]
+    if found["unmatched"]:
+        record["layers_unmatched"] = found["unmatched"]
 
 
 def _first_line(exc: Exception) -> str:

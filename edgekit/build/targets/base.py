@@ -54,6 +54,8 @@ class Pending:
     known_failure: str | None = None  # a check rule it already broke while being built (on other rows)
     # When `model` cannot run the check rows: given why, another way to open it and a note saying so
     fallback: Callable[[str], tuple[object, str]] | None = None
+    # When the check fails it: adds what explains the failure to `fields` (an integer model's per-layer errors)
+    diagnose_failure: Callable[[], None] | None = None
 
 
 class Target(ABC):

@@ -1,4 +1,4 @@
-"""An int8 model op by op: where it drifts from the float model (the per-layer diagnosis), and
+"""An integer model (int8, int16x8) op by op: where it drifts from the float model (the per-layer diagnosis), and
 which ops --float-layers keeps in float (names, counts, outputs quantized again); for
 int16x8, which ops LiteRT had no 16x8 kernel for.
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 
 import numpy as np
 
@@ -87,7 +88,7 @@ class TFLiteOptions:
     int8_io: str = "int8"  # "int8": int8 input/output tensors; "float": float I/O
     allow_flex: bool = False
     range_method: str = "auto"  # int8's activation ranges: activation_ranges.CHOICES
-    diagnose: bool = False  # per-layer int8 errors in the manifest even when the check passes
+    diagnose: bool = False  # per-layer int8 and int16x8 errors in the manifest even when the check passes
     float_layers: tuple[str, ...] = ()  # int8 ops kept float: tensor names or op types
 
     def __post_init__(self) -> None:
@@ -237,6 +238,20 @@ def convert_variant(
     raise ConversionFailed(f"{variant.value}: TFLite could not convert the model: {_first_error_line(failure)}")
 
 
+def calibrated_only(saved_model_dir: str, signature: str, variant: Variant, options: TFLiteOptions,
+                    calibration: Samples, quiet: bool = True) -> bytes:
+    """The float model with the ranges TFLite's calibration recorded, before it is quantized: what
+    a per-layer diagnosis compares an integer model with. int16x8 needs this second conversion,
+    since TFLite calibrates and quantizes 16x8 in one call (int8's picker is handed the model)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[signature])
+    _configure(converter, variant, options, calibration, flex=False)
+    converter._experimental_calibrate_only = True
+    with captured_native_output(quiet):
+        return converter.convert()
+
+
 @contextmanager
 def quantizing_with(picker: activation_ranges.RangePicker | None) -> Iterator[None]:
     """TFLiteConverter calibrates, then hands the calibrated float model to
@@ -342,17 +357,42 @@ class TFLiteTarget(Target):
         (context.staging / file_name).write_bytes(result.model)
         fields = dict(**common, file=file_name, bytes=len(result.model),
                       sha256=hashlib.sha256(result.model).hexdigest(), requires_flex=result.requires_flex)
-        return self._opened(step, fields, result, picker)
+        diagnose = picker.diagnose_missed_check if picker is not None else None
+        if variant is Variant.INT16X8:
+            diagnose = partial(self._diagnose_int16x8, result.model, common["quantization"])
+            if self.options.diagnose:
+                diagnose()
+        return self._opened(step, fields, result, picker, diagnose)
+
+    def _diagnose_int16x8(self, model: bytes, quantization: dict) -> None:
+        """int16x8's per-layer errors into the manifest (quantization.ranges: TFLite's min/max), once:
+        on request, or when its check fails."""
+        record = quantization.setdefault("ranges", {"method": "minmax"})
+        if {"layers", "layers_error"} & set(record):
+            return
+        context = self.context
+        if context.control_flow:  # TFLite's calibrator can crash on it: conversions of it run in a child process
+            record["layers_error"] = f"not diagnosed: the graph has control flow ({', '.join(context.control_flow)})"
+            return
+        try:
+            calibrated = calibrated_only(str(context.source_dir), context.signature, Variant.INT16X8, self.options,
+                                         representative(context.calibration_rows), context.quiet)
+        except Exception as exc:  # noqa: BLE001 - TF raises many types; a diagnosis must not cost the artifact
+            record["layers_error"] = f"TFLite could not calibrate it again: {_first_error_line(str(exc))}"
+            return
+        fixed = context.signature_spec.fixed_batch is not None
+        activation_ranges.add_layer_errors(record, calibrated, model, context.calibration_rows, context.signature,
+                                           context.batch if fixed else 1)
 
     def _picker(self, variant: Variant) -> activation_ranges.RangePicker | None:
         """int8's stand-in for the converter's quantize step (see quantizing_with)."""
         if variant is not Variant.INT8:
             return None
         context = self.context
+        fixed = context.signature_spec.fixed_batch is not None
         methods = activation_ranges.METHODS if self.options.range_method == "auto" else (self.options.range_method,)
         # Histograms one row per call, unless the signature fixes its batch: a batch of 224x224
         # images with every intermediate tensor kept would need gigabytes.
-        fixed = context.signature_spec.fixed_batch is not None
         return activation_ranges.RangePicker(methods, context.calibration_rows, context.signature, context.batch,
                                              VARIANTS[variant].tolerance, self.options.diagnose,
                                              histogram_batch=context.batch if fixed else 1,
@@ -383,8 +423,8 @@ class TFLiteTarget(Target):
         kept_float = quantization["ranges"].get("float_layers")
         return self._cost_of_float_layers(kept_float, model) if kept_float else None
 
-    def _opened(self, step: str, fields: dict, result: TFLiteResult,
-                picker: activation_ranges.RangePicker | None) -> Artifact | Pending:
+    def _opened(self, step: str, fields: dict, result: TFLiteResult, picker: activation_ranges.RangePicker | None,
+                diagnose_failure: Callable[[], None] | None) -> Artifact | Pending:
         """The artifact loaded in LiteRT, waiting for its check (or why it cannot be checked)."""
         import os
 
@@ -408,7 +448,8 @@ class TFLiteTarget(Target):
             rows = len(next(iter(context.calibration_rows.values())))
             known_failure = f"on the {rows} calibration rows, against the float model: {picker.reason}"
         return Pending(step, fields, model, tolerance, [_tensor_spec(i) for i in model.inputs(context.signature)],
-                       [_tensor_spec(o) for o in model.outputs(context.signature)], known_failure)
+                       [_tensor_spec(o) for o in model.outputs(context.signature)], known_failure,
+                       diagnose_failure=diagnose_failure)
 
 
 def _record_float_ops(variant: Variant, quantization: dict, model: bytes) -> str | None:

@@ -26,8 +26,8 @@ CONTROL_FLOW_OPS = frozenset({"While", "StatelessWhile", "If", "StatelessIf"})
 
 def convert(saved_model_dir: str, signature: str, variant, options, rows, quiet: bool, start_with_flex: bool,
             picker, control_flow: tuple[str, ...]):
-    """tflite.convert_variant's result (and the picker's record, reason and refusal, copied
-    onto `picker`), from a child process."""
+    """tflite.convert_variant's result (and the picker's record, reason, refusal and the models a
+    later diagnosis needs, copied onto `picker`), from a child process."""
     with tempfile.TemporaryDirectory(prefix="edgekit-tflite-") as folder:
         job, result = Path(folder) / "job.pickle", Path(folder) / "result.pickle"
         job.write_bytes(pickle.dumps((saved_model_dir, signature, variant, options, rows, quiet, start_with_flex,
@@ -47,7 +47,7 @@ def convert(saved_model_dir: str, signature: str, variant, options, rows, quiet:
     if isinstance(outcome, EdgekitError):
         raise outcome
     if picker is not None:
-        picker.record, picker.reason, picker.refusal = state
+        picker.record, picker.reason, picker.refusal, picker.calibrated, picker.kept = state
     return outcome
 
 
@@ -61,7 +61,7 @@ def main(job: str, result: str) -> None:
                                   start_with_flex, picker)
     except EdgekitError as exc:
         outcome = exc
-    state = (picker.record, picker.reason, picker.refusal) if picker else None
+    state = (picker.record, picker.reason, picker.refusal, picker.calibrated, picker.kept) if picker else None
     Path(result).write_bytes(pickle.dumps((outcome, state)))
 
 
