@@ -326,9 +326,10 @@ def layer_summary(layers: list[dict], unmatched: list[str], variant: str = "int8
 
 
 def _what_to_try(variant: str, measured: list[dict]) -> str:
-    """int8's errors are its activations' rounding, where more ranges or wider types help. int16x8's
-    activation steps are 256x finer: when its layers are off by many steps, its int8 weights (the
-    ones dynamic-range shares) set the error, and only float weights do better."""
+    """int8's layers sit about a rounding step off (O-Net's first conv: 0.2-1 of its step), where
+    better ranges or wider activations help. int16x8's steps are 256x finer: when its layers sit many
+    steps off, its int8 weights (the ones dynamic-range shares) set the error, and only float weights
+    do better."""
     if variant == "int8":
         return ("Try: more or more typical --calibration rows, --variants dynamic (float activations), int16x8 "
                 "where its ops allow, or, at a byte cost, --float-layers for the worst")
