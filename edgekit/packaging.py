@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edgekit._version import __version__
 from edgekit.benchmark.budgets import Budgets, budget_reasons
-from edgekit.benchmark.results import BenchReport, Row
+from edgekit.benchmark.results import BenchReport, Row, measurably_slower
 from edgekit.errors import BadInput, EdgekitError
 from edgekit.files import replace_dir, sha256_file, staging_dir
 from edgekit.manifest import Artifact, Manifest
@@ -151,8 +151,10 @@ def _choose(manifest: Manifest, candidates: list[Artifact], variant: str | None,
                       "loosen a budget, or see `edgekit bench` for the figures")
     if pick == "smallest":
         return min(fitting, key=lambda a: (a.bytes, a.name))
-    if pick == "fastest":
-        return min(fitting, key=lambda a: (_measured(bench, a).best_p50_ms, a.bytes))
+    if pick == "fastest":  # the smallest of those not measurably slower than the fastest
+        best = min(_measured(bench, a).best_p50_ms for a in fitting)
+        return min((a for a in fitting if not measurably_slower(_measured(bench, a).best_p50_ms, best)),
+                   key=lambda a: (a.bytes, a.name))
 
     def loss(a: Artifact) -> float:
         row = _measured(bench, a)

@@ -81,9 +81,9 @@ def test_picks(digits_out, bench_json, tmp_path):
     report = {row["name"]: row for row in json.loads(bench_json.read_text())["artifacts"]
               if row["name"].startswith("tflite_")}  # an app build takes the TFLite ones
     fastest = package(digits_out, "android", tmp_path / "b", pick="fastest", bench_json=bench_json)
-    # lowest p50; equal p50s (common at microsecond scale) go to the smaller file
-    assert fastest.artifact == min(report, key=lambda n: (report[n]["latency_ms"]["1"]["p50_ms"],
-                                                          manifest.artifact(n).bytes))
+    # the smallest of those within 5% and 0.01 ms of the lowest p50 (digits' p50s drift by microseconds)
+    assert fastest.artifact == min(_as_fast(report), key=lambda n: manifest.artifact(n).bytes)
+    assert fastest.artifact != "tflite_int16x8"  # reference kernels: 10x the others' p50
     accurate = package(digits_out, "ios", tmp_path / "c", pick="most-accurate", bench_json=bench_json)
     assert accurate.artifact == min(report, key=lambda n: (report[n]["accuracy_drop_points"],
                                                            manifest.artifact(n).bytes))
@@ -151,14 +151,21 @@ def test_web_picks_and_variant(digits_out, bench_json, tmp_path):
     report = {row["name"]: row for row in json.loads(bench_json.read_text())["artifacts"]}
     assert package(digits_out, "web", tmp_path / "a", pick="smallest").artifact == "tfjs_uint8"
     fastest = package(digits_out, "web", tmp_path / "b", pick="fastest", bench_json=bench_json).artifact
-    tfjs = [n for n in report if n.startswith("tfjs_")]
-    assert fastest == min(tfjs, key=lambda n: (min(lat["p50_ms"] for lat in report[n]["latency_ms"].values()),
-                                               report[n]["bytes"]))
+    tfjs = {n: row for n, row in report.items() if n.startswith("tfjs_")}
+    assert fastest == min(_as_fast(tfjs), key=lambda n: report[n]["bytes"])
+
     assert package(digits_out, "web", tmp_path / "c", variant="tfjs_float32").artifact == "tfjs_float32"
     with pytest.raises(BadInput, match="tflite_int8 is a tflite artifact"):
         package(digits_out, "web", tmp_path / "d", variant="int8")
     with pytest.raises(BadInput, match="tfjs_uint8 is a tfjs artifact"):
         package(digits_out, "android", tmp_path / "e", variant="tfjs_uint8")
+
+
+def _as_fast(rows: dict) -> list[str]:
+    """The rows whose best p50 is within 5% and 0.01 ms of the lowest: as fast, for --pick fastest."""
+    p50 = {n: min(lat["p50_ms"] for lat in row["latency_ms"].values()) for n, row in rows.items()}
+    best = min(p50.values())
+    return [n for n in p50 if p50[n] <= max(best * 1.05, best + 0.01)]
 
 
 def test_web_without_a_tfjs_artifact_is_refused(digits_out, tmp_path):

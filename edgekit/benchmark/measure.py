@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit import agreement
 from edgekit._version import __version__
-from edgekit.benchmark.results import SCHEMA_VERSION, TASKS, BenchReport, Row
+from edgekit.benchmark.results import SCHEMA_VERSION, TASKS, BenchReport, Row, measurably_slower
 from edgekit.benchmark.runners import RUNNERS, Runner, TensorFlowRunner
 from edgekit.build import data
 from edgekit.errors import BadInput, EdgekitError, NotFound
@@ -247,13 +247,6 @@ def _reference_on(reference: Row, reference_outputs, labels, count: int, task, o
     return subset
 
 
-# A variant is slower than float32 when its best p50 is over this much above float32's, and by
-# more than SLOWER_FLOOR_MS: a tiny model's p50 drifts by microseconds between runs (digits on the
-# H200 machine: dynamic-range at 0.004 and 0.008 ms against float32's 0.006 in two runs).
-SLOWER_MARGIN = 1.05
-SLOWER_FLOOR_MS = 0.01
-
-
 def _flag_slower_than_float32(rows: list[Row]) -> None:
     """Quantized is not always faster: on x86, dynamic-range runs slower than float32 (its
     activations are quantized at every call). Flag, per machine, each TFLite variant whose
@@ -264,8 +257,7 @@ def _flag_slower_than_float32(rows: list[Row]) -> None:
     for row in rows:
         if row.name.startswith("tflite_") and row.status == "measured" and row.machine in baseline \
                 and row.variant != "float32" and row.best_p50_ms:
-            base = baseline[row.machine]
-            row.slower_than_float32 = row.best_p50_ms > max(base * SLOWER_MARGIN, base + SLOWER_FLOOR_MS)
+            row.slower_than_float32 = measurably_slower(row.best_p50_ms, baseline[row.machine])
 
 
 def _side_by_side(rows: list[Row]) -> list[Row]:
