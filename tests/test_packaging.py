@@ -153,7 +153,6 @@ def test_web_picks_and_variant(digits_out, bench_json, tmp_path):
     fastest = package(digits_out, "web", tmp_path / "b", pick="fastest", bench_json=bench_json).artifact
     tfjs = {n: row for n, row in report.items() if n.startswith("tfjs_")}
     assert fastest == min(_as_fast(tfjs), key=lambda n: report[n]["bytes"])
-
     assert package(digits_out, "web", tmp_path / "c", variant="tfjs_float32").artifact == "tfjs_float32"
     with pytest.raises(BadInput, match="tflite_int8 is a tflite artifact"):
         package(digits_out, "web", tmp_path / "d", variant="int8")
