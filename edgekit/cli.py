@@ -222,7 +222,7 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     else:
         click.echo(_summary_table(manifest, printer.seconds))
         click.echo(f"wrote {out_dir}/manifest.json")
-    for kind, line in calibration_notes(manifest):
+    for kind, line in calibration_notes(manifest) + synthetic_row_notes(manifest):
         click.echo(f"{kind}: {line}", err=True)
     for artifact in manifest.artifacts:
         ranges = artifact.quantization.get("ranges") or {}
@@ -301,6 +301,26 @@ def calibration_notes(manifest) -> list[tuple[str, str]]:
     if manifest.check_inputs["source"] == "calibration":
         lines.append(("note", "the checks ran on rows of the calibration data, which the int8 ranges were fitted "
                       "to: bench with held-out rows (edgekit bench OUT_DIR --data EVAL.npz) for an honest figure"))
+    return lines
+
+
+def synthetic_row_notes(manifest) -> list[tuple[str, str]]:
+    """What the checks could not see when they ran on synthetic rows (no --calibration): inputs
+    whose unknown axes beyond the batch were made 1 long, and inputs edgekit cannot vary."""
+    if manifest.check_inputs["source"] != "synthetic":
+        return []
+    rows, lines = manifest.check_inputs["samples"], []
+    for spec in manifest.signatures[manifest.signature].inputs:
+        axes = spec.shape or [None]
+        if any(d is None for d in axes[1:]):
+            shape = [rows] + [1 if d is None else d for d in axes[1:]]
+            lines.append(("warning", f"the synthetic check rows: input {spec.name!r} gets 1 on its unknown axes "
+                          f"({shape}); a model that shrinks its input (a strided conv) cannot run them and fails "
+                          "its check; pass --calibration with real rows, whose sizes the checks then use"))
+        if not spec.dtype.startswith("float"):
+            lines.append(("warning", f"the synthetic check rows: input {spec.name!r} ({spec.dtype}) holds the same "
+                          f"value in all {rows} rows, since its valid values are unknown (token ids, say), so the "
+                          "checks compare one input; pass --calibration with real rows"))
     return lines
 
 

@@ -145,12 +145,16 @@ class TfjsRunner(Runner):
         raise NotImplementedError("TF.js memory is read by Node itself: see memory()")
 
     def memory(self):
-        """VmHWM of a fresh Node process that loaded the model and ran it once on zeros."""
+        """VmHWM of a fresh Node process that loaded the model and ran it once on zeros (None:
+        it could not, e.g. zeros 1 long on an image's unknown axes, as for the other runners)."""
         from edgekit.engines.tfjs import TfjsModel
 
-        with TfjsModel(self.folder, self.backend) as fresh:
-            fresh.run({i["name"]: zeros(i["shape"], i["dtype"] or "float32") for i in fresh.inputs})
-            return fresh.memory()
+        try:
+            with TfjsModel(self.folder, self.backend) as fresh:
+                fresh.run({i["name"]: zeros(i["shape"], i["dtype"] or "float32") for i in fresh.inputs})
+                return fresh.memory()
+        except EdgekitError:
+            return None
 
     def close(self):
         self.model.close()

@@ -129,6 +129,11 @@ def zeros(shape, dtype, rows: int = 1) -> np.ndarray:
     return np.zeros([rows if d is None or d < 0 else d for d in (shape if shape is not None else [-1])], dtype)
 
 
+def _open_axes(interpreter) -> bool:
+    """Whether an input has an unknown axis beyond the first (the batch)."""
+    return any(-1 in list(detail.get("shape_signature", []))[1:] for detail in interpreter.get_input_details())
+
+
 def flex_ops_in(message: str) -> list[str]:
     """The Flex op names LiteRT's refusal mentions, e.g. ['FlexTensorListReserve']."""
     return sorted(set(re.findall(r"\b(Flex\w+)", message)))
@@ -160,7 +165,13 @@ class TFLiteModel:
                 self._interpreter = interpreter_cls(model_content=model, **kwargs)
             else:
                 self._interpreter = interpreter_cls(model_path=str(model), **kwargs)
-            self._interpreter.allocate_tensors()
+            try:
+                self._interpreter.allocate_tensors()
+            except (RuntimeError, ValueError) as exc:
+                # An input with unknown axes beyond the batch is 1 long by default: too small for a model
+                # that shrinks its input (an unpadded or strided conv). Each call sizes its tensors anyway.
+                if _FLEX_MESSAGE in str(exc) or not _open_axes(self._interpreter):
+                    raise
         except (RuntimeError, ValueError) as exc:
             message = str(exc)
             if _FLEX_MESSAGE in message:

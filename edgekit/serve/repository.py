@@ -272,7 +272,16 @@ class LoadedVersion:
         for model in self.models:
             for signature, served in self.signatures.items():
                 feeds = {t.name: zeros(t.shape, t.dtype) for t in served.inputs}
-                model.run(feeds, signature)
+                try:
+                    model.run(feeds, signature)
+                except (RuntimeError, ValueError):
+                    if not any(d < 0 for t in served.inputs for d in t.shape[1:]):
+                        raise
+                    # Unknown axes beyond the batch, 1 long here: too small for a model that shrinks its
+                    # input (a strided conv). It warms up on its first request, and is never answered on
+                    # the event loop, its speed untimed.
+                    self.call_seconds = math.inf
+                    continue
                 started = time.perf_counter()
                 model.run(feeds, signature)
                 self.call_seconds = max(self.call_seconds, time.perf_counter() - started)

@@ -1,0 +1,94 @@
+"""Inputs with unknown axes beyond the batch, e.g. an image model of any size: (None, None, None, 3).
+
+LiteRT sizes such an axis 1 until a call says otherwise, and a model that shrinks its input (an
+unpadded, strided conv) cannot run a 1x1 image. Convert, the runtime, bench and serve must take
+real sizes, and say what went wrong with a size the model cannot take."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgekit import convert
+from edgekit.manifest import Manifest
+from edgekit.runtime import TFLiteModel
+
+
+@pytest.fixture(scope="module")
+def any_size(tmp_path_factory):
+    """A SavedModel taking images of any size (a strided unpadded conv needs 3x3 or more), its
+    calibration rows at 16x16, and its float32 conversion."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3), name="image")
+    hidden = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    hidden = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(hidden)
+    outputs = keras.layers.Dense(5)(keras.layers.GlobalMaxPooling2D()(hidden))
+    root = tmp_path_factory.mktemp("any_size")
+    keras.Model(inputs, outputs).export(str(root / "saved_model"), verbose=False)
+    rng = np.random.default_rng(0)
+    np.savez(root / "calibration.npz", image=rng.random((24, 16, 16, 3), dtype=np.float32))
+    out = root / "out"
+    convert(root / "saved_model", out, calibration=root / "calibration.npz", variants=("float32", "float16"),
+            tfjs=("float32",))
+    np.savez(root / "eval.npz", image=rng.random((6, 20, 12, 3), dtype=np.float32))
+    return root
+
+
+def test_it_converts_and_passes_its_check_on_real_sizes(any_size):
+    manifest = Manifest.read(any_size / "out")
+    assert [a.status for a in manifest.artifacts] == ["ok", "ok", "ok"]
+    assert manifest.signatures[manifest.signature].inputs[0].shape == [None, None, None, 3]
+
+
+def test_the_runtime_loads_it_and_runs_any_size_it_can_take(any_size):
+    import tensorflow as tf
+
+    model = TFLiteModel(any_size / "out" / "model_float32.tflite")
+    reference = tf.saved_model.load(str(any_size / "saved_model")).signatures["serving_default"]
+    for shape in [(2, 16, 16, 3), (1, 24, 9, 3), (3, 3, 3, 3)]:
+        rows = np.random.default_rng(1).random(shape, dtype=np.float32)
+        got = model.run({"image": rows})["output_0"]
+        np.testing.assert_allclose(got, reference(image=tf.constant(rows))["output_0"].numpy(), atol=1e-5)
+    with pytest.raises(RuntimeError, match="failed to prepare|reshape"):  # 1x1 cannot pass the strided conv
+        model.run({"image": np.zeros((1, 1, 1, 3), np.float32)})
+    assert model.run({"image": np.zeros((1, 5, 5, 3), np.float32)})["output_0"].shape == (1, 5)  # and after it
+
+
+def test_bench_measures_it_on_the_rows_given_and_leaves_out_the_memory_probe_it_cannot_run(any_size):
+    """The memory probes feed zeros with unknown axes 1 long, which this model cannot run: a '-',
+    not a bench that stops (TF.js's probe ended it before)."""
+    from edgekit import bench
+
+    report = bench(any_size / "out", eval_data=any_size / "eval.npz", memory=True, runs=5, warmup=1, batch=2,
+                   threads=(1,), tfjs_backends=("wasm",))
+    assert [row.status for row in report.artifacts] == ["measured"] * 3
+    assert all(row.agreement["output_0"]["rel_l2_error"] < 1e-3 for row in report.artifacts)
+    assert report.row("tfjs_float32").memory is None
+
+
+def test_serve_loads_it_answers_real_sizes_and_refuses_one_it_cannot_take(any_size, tmp_path):
+    import shutil
+
+    from serving import Server
+
+    shutil.copytree(any_size / "out", tmp_path / "shapes" / "1")
+    with Server([str(tmp_path / "shapes")]) as running:
+        for size in (16, 7):
+            status, body = running.client.predict("/v1/models/shapes:predict",
+                                                  {"instances": np.zeros((2, size, size, 3)).tolist()})
+            assert status == 200 and np.asarray(body["predictions"]).shape == (2, 5), body
+        status, body = running.client.predict("/v1/models/shapes:predict", {"instances": [[[[0.0, 0.0, 0.0]]]]})
+        assert status == 400 and "the model cannot run on this input" in body["error"]
+
+
+def test_without_calibration_convert_says_the_synthetic_rows_are_1_long_on_those_axes(any_size, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    result = CliRunner().invoke(cli, ["convert", str(any_size / "saved_model"), "-o", str(tmp_path / "out"),
+                                      "--variants", "float32", "--tfjs", "none"])
+    assert result.exit_code == 1  # 1x1 check rows: the artifact cannot run them, and fails
+    assert "input 'image' gets 1 on its unknown axes ([32, 1, 1, 3])" in result.stderr
+    assert "pass --calibration with real rows" in result.stderr
