@@ -199,3 +199,18 @@ def test_where_int8_fails_and_int16x8_passes_convert_points_to_it(tmp_path):
     assert result.exit_code == 1, result.output
     assert "note: int8 failed its check where int16x8 passed (int16 activations, 1.03x int8's bytes)" in result.stderr
     assert "note: int16x8: PRELU x5 compute in float32" in result.stderr
+
+
+def test_synthetic_check_rows_of_an_integer_input_are_called_out(tmp_path):
+    """Without --calibration, token ids are zeros in every check row (their valid values are
+    unknown): the checks then compare one input, and convert says so."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((4,), dtype="int32", name="ids")
+    hidden = keras.layers.Flatten()(keras.layers.Embedding(10, 3)(ids))
+    keras.Model(ids, keras.layers.Dense(2)(hidden)).export(str(tmp_path / "saved_model"), verbose=False)
+    result = run(tmp_path / "saved_model", "-o", tmp_path / "out", "--variants", "float32", "--tfjs", "none")
+    assert result.exit_code == 0, result.output
+    assert "input 'ids' (int32) holds the same value in all 32 rows" in result.stderr
+    assert "pass --calibration with real rows" in result.stderr
