@@ -41,7 +41,10 @@ def is_probability_output(array: np.ndarray) -> bool:
 
 def compare_output(actual: np.ndarray, reference: np.ndarray) -> OutputCheck:
     """Errors of `actual` against `reference`. When `actual` holds NaN or Inf where the
-    reference is finite, the errors are None: no number would be honest (and JSON has none)."""
+    reference is finite, the errors are None: no number would be honest (and JSON has none).
+    An integer or bool output is compared value by value (`exact_match`), not by its spread."""
+    if np.asarray(reference).dtype.kind in "biu":
+        return _compare_discrete(np.asarray(actual), np.asarray(reference))
     actual = np.asarray(actual, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     if actual.shape != reference.shape:
@@ -73,6 +76,16 @@ def compare_output(actual: np.ndarray, reference: np.ndarray) -> OutputCheck:
                        confident_rows=confident_rows, confident_top1_agreement=confident_top1, float32_ulps=ulps)
 
 
+def _compare_discrete(actual: np.ndarray, reference: np.ndarray) -> OutputCheck:
+    if actual.shape != reference.shape:
+        raise ValueError(f"shape {actual.shape} differs from the reference's {reference.shape}")
+    diff = actual.astype(np.float64) - reference.astype(np.float64)
+    ref_norm, diff_norm = float(np.linalg.norm(reference.astype(np.float64))), float(np.linalg.norm(diff))
+    rel_l2 = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else float("inf"))
+    return OutputCheck(max_abs_error=float(np.max(np.abs(diff))) if diff.size else 0.0, rel_l2_error=rel_l2,
+                       top1_agreement=None, exact_match=float(np.mean(actual == reference)) if actual.size else 1.0)
+
+
 def judge(per_output: dict[str, OutputCheck], tolerance: Tolerance, label: str) -> str | None:
     """Why the outputs fail `tolerance`, or None when the artifact is safe to ship."""
     broken = sorted(name for name, o in per_output.items() if o.rel_l2_error is None)
@@ -81,6 +94,11 @@ def judge(per_output: dict[str, OutputCheck], tolerance: Tolerance, label: str) 
     reasons = []
     for name, o in sorted(per_output.items()):
         where = f"output {name}: " if len(per_output) > 1 else ""
+        if o.exact_match is not None:  # decisions: as many may flip as the variant's spread tolerance
+            if 1 - o.exact_match > tolerance.spread:
+                reasons.append(f"{where}{1 - o.exact_match:.1%} of its integer values differ from the SavedModel's, "
+                               f"over the {label} tolerance {tolerance.spread:.0%}")
+            continue
         if o.rel_l2_error > tolerance.rel_l2:
             reasons.append(f"{where}relative L2 error {o.rel_l2_error:.4g} exceeds the {label} tolerance "
                            f"{tolerance.rel_l2:g}")

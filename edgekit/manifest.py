@@ -86,6 +86,9 @@ class OutputCheck:
     confident_top1_agreement: float | None = None
     # rms error in float32 steps (ulps) at the reference's values: a few is float32's own rounding
     float32_ulps: float | None = None
+    # Integer and bool outputs (a class index, a thresholded flag): the share of values equal to the
+    # SavedModel's. Their differences are decisions flipped at a boundary, not noise to measure in L2.
+    exact_match: float | None = None
 
 
 def top1_over_outputs(outputs: dict[str, dict], named: str | None = None) -> float | None:
@@ -113,13 +116,15 @@ class Check:
 
     @property
     def worst_rel_l2(self) -> float | None:
-        """The largest relative L2 error over the outputs; inf when one is not finite."""
-        values = [float("inf") if o.rel_l2_error is None else o.rel_l2_error for o in self.outputs.values()]
+        """The largest relative L2 error over the real-valued outputs; inf when one is not finite."""
+        values = [float("inf") if o.rel_l2_error is None else o.rel_l2_error for o in self.outputs.values()
+                  if o.exact_match is None]
         return max(values, default=None)
 
     @property
     def worst_max_abs(self) -> float | None:
-        values = [float("inf") if o.max_abs_error is None else o.max_abs_error for o in self.outputs.values()]
+        values = [float("inf") if o.max_abs_error is None else o.max_abs_error for o in self.outputs.values()
+                  if o.exact_match is None]
         return max(values, default=None)
 
     @property

@@ -110,3 +110,28 @@ def test_float32_rounding_of_a_large_offset_is_not_a_failure_against_the_spread(
     assert judge({"y": check}, Tolerance(1e-3, 0.01), "float32") is None
     far = compare_output(reference + 2.0 * np.array([1, -1] * 32), reference)  # 32 steps: a real error
     assert "of the output's spread" in judge({"y": far}, Tolerance(1e-3, 0.01), "float32")
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, bool])
+def test_integer_and_bool_outputs_are_compared_value_by_value(dtype):
+    """A class index or a thresholded flag: a value that differs is a decision flipped at a
+    boundary. The share that match is the figure, not an L2 error or a spread."""
+    reference = np.array([0, 1, 1, 0, 1, 1, 0, 1, 0, 1] * 10).astype(dtype)
+    actual = reference.copy()
+    actual[:3] = ~actual[:3] if dtype is bool else 1 - actual[:3]
+    check = compare_output(actual, reference)
+    assert check.exact_match == pytest.approx(0.97)
+    assert check.rms_over_std is None and check.top1_agreement is None and check.float32_ulps is None
+
+
+def test_judge_lets_as_many_integer_values_flip_as_the_variants_spread_tolerance():
+    reference = np.arange(100) % 7
+    three = reference.copy()
+    three[:3] += 1
+    eight = reference.copy()
+    eight[:8] += 1
+    tolerance = Tolerance(rel_l2=0.05, spread=0.05)
+    assert judge({"label": compare_output(three, reference)}, tolerance, "int8") is None
+    assert judge({"label": compare_output(eight, reference)}, tolerance, "int8") == (
+        "8.0% of its integer values differ from the SavedModel's, over the int8 tolerance 5%")
+    assert judge({"label": compare_output(three, reference)}, Tolerance(1e-3, 0.01), "float32") is not None

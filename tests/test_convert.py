@@ -418,3 +418,31 @@ def test_the_savedmodel_runs_in_full_float32_whatever_tensorflow_defaults_to():
     tf.config.experimental.enable_tensor_float_32_execution(True)
     savedmodel.load(DIGITS / "saved_model")
     assert not tf.config.experimental.tensor_float_32_execution_enabled()
+
+
+def test_an_index_and_a_flag_beside_the_probabilities_are_judged_as_decisions(tmp_path):
+    """helper-10's case: the digits CNN with its argmax and a confidence flag as outputs. On 300
+    check rows a few close calls flip; before, the index's relative L2 (0.27 for one flip in a few
+    hundred) failed every quantized variant whose probabilities were fine."""
+    import tensorflow as tf
+
+    class Decided(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.base = tf.saved_model.load(str(DIGITS / "saved_model"))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32, name="pixels")])
+        def serve(self, pixels):
+            probs = self.base.signatures["serving_default"](pixels=pixels)["probs"]
+            return {"probs": probs, "label": tf.argmax(probs, 1), "confident": tf.reduce_max(probs, 1) > 0.9}
+
+    module = Decided()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.serve)
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32", "dynamic", "int8"), tfjs=(),
+                       calibration=DIGITS / "calibration.npz", check_samples=300)
+    for artifact in manifest.artifacts:
+        outputs = artifact.check.outputs
+        assert artifact.status == "ok", artifact.error
+        assert outputs["label"].exact_match >= 0.97 and outputs["confident"].exact_match >= 0.95
+        assert outputs["probs"].exact_match is None
+        assert artifact.check.worst_rel_l2 == outputs["probs"].rel_l2_error  # the table's figure

@@ -350,7 +350,8 @@ def _score(row: Row, outputs, reference_outputs, labels, task, output, reference
         for name in sorted(reference_outputs):
             check = agreement.compare_output(outputs[name], reference_outputs[name])
             finite = check.rel_l2_error is not None
-            sqnr_db = agreement.spread_errors(outputs[name], reference_outputs[name])["sqnr_db"] if finite else None
+            sqnr_db = agreement.spread_errors(outputs[name], reference_outputs[name])["sqnr_db"] \
+                if finite and check.exact_match is None else None
             row.agreement[name] = {**asdict(check), "sqnr_db": sqnr_db, "finite": finite}
     if labels is None:
         return

@@ -39,7 +39,7 @@ def _worst(row: Row, key: str, pick=max):
     """The worst figure over the outputs; an output with NaN/Inf makes errors inf."""
     if key in ("rel_l2_error", "max_abs_error") and not all(a["finite"] for a in row.agreement.values()):
         return float("inf")
-    values = [a[key] for a in row.agreement.values() if a.get(key) is not None]
+    values = [a[key] for a in row.agreement.values() if a.get(key) is not None and a.get("exact_match") is None]
     return pick(values) if values else None
 
 
