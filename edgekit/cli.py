@@ -397,7 +397,8 @@ def _thread_counts(text: str | None) -> tuple[int, ...] | None:
 @click.option("--tfjs-backends", default="wasm,cpu", show_default=True,
               help="TF.js backends to run TF.js artifacts on, in Node.js.")
 @click.option("--batch", default=32, show_default=True, help="Batch size of the throughput figure.")
-@click.option("--artifact", help="Measure only this artifact (name or variant); budgets apply to it.")
+@click.option("--artifact", "artifacts", multiple=True,
+              help="Measure only this artifact (name or variant; repeat it, or comma-separate); budgets apply to these.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a self-contained HTML report with plots.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory subprocesses.")
@@ -411,7 +412,7 @@ def _thread_counts(text: str | None) -> tuple[int, ...] | None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_handle_errors
 def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threads_text, tfjs_backends, batch,
-          artifact, json_path, html_path, no_memory, max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb,
+          artifacts, json_path, html_path, no_memory, max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb,
           devices, api_key_file, debug):
     """Measure OUT_DIR's artifacts against the original SavedModel.
 
@@ -421,12 +422,16 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from edgekit.benchmark.budgets import Budgets, broken_budgets
+    from edgekit.benchmark.budgets import Budgets, broken_budgets, check_budgets_apply, not_built
     from edgekit.benchmark.measure import BenchOptions
     from edgekit.benchmark.measure import bench as run_bench
     from edgekit.benchmark.report import render_html, render_table
+    from edgekit.manifest import Manifest
 
     budgets = Budgets(max_accuracy_drop, min_agreement, max_latency_ms, max_size_mb)
+    manifest = Manifest.read(out_dir)
+    check_budgets_apply(budgets, manifest.signatures[manifest.signature])
+    artifact = tuple(name.strip() for text in artifacts for name in text.split(",") if name.strip()) or None
     options = BenchOptions(
         eval_data=eval_data, labels_key=labels_key, task=task, output=output_name, runs=runs, warmup=warmup,
         threads=_thread_counts(threads_text),
@@ -442,6 +447,9 @@ def bench(out_dir, eval_data, labels_key, task, output_name, runs, warmup, threa
         html_path.write_text(render_html(report))
         click.echo(f"wrote {html_path}")
     broken = broken_budgets(report, budgets)
+    if budgets.any:
+        for row in filter(not_built, report.artifacts):
+            click.echo(f"note: budgets pass over {row.name}: {row.reason}", err=True)
     for line in broken:
         click.echo(f"budget broken: {line}", err=True)
     sys.exit(1 if broken else 0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgekit.benchmark.results import BenchReport, Row
+from edgekit.benchmark.results import NOT_BUILT, BenchReport, Row
 from edgekit.errors import BadInput
 
 
@@ -71,12 +71,32 @@ def budget_reasons(budgets: Budgets, size_bytes: int | None, row: Row | None) ->
 
 
 def broken_budgets(report: BenchReport, budgets: Budgets) -> list[str]:
-    """One line per artifact and broken budget; empty when everything measured fits."""
+    """One line per artifact and broken budget; empty when everything measured fits. Artifacts
+    convert never wrote are passed over (see not_built); one that exists but could not be
+    measured breaks them, and so does a run that measured nothing."""
     lines = []
     for row in report.artifacts:
+        if not_built(row):
+            continue
         if row.status != "measured":
             if budgets.any:
                 lines.append(f"{row.name}: not measured ({row.reason}), so its budgets cannot be met")
             continue
         lines.extend(f"{row.name}: {reason}" for reason in budget_reasons(budgets, row.bytes, row))
+    if budgets.any and not any(row.status == "measured" for row in report.artifacts):
+        lines.append("no artifact was measured, so no budget can be met")
     return lines
+
+
+def not_built(row: Row) -> bool:
+    """An artifact convert failed or skipped: nothing to ship, and convert already exited 1 for it."""
+    return row.status != "measured" and (row.reason or "").startswith(NOT_BUILT)
+
+
+def check_budgets_apply(budgets: Budgets, spec) -> None:
+    """Refuse, before measuring, a budget no artifact of this signature could ever meet."""
+    if budgets.min_agreement is not None and not any(o.shape and len(o.shape) == 2 and (o.shape[1] or 0) > 1
+                                                     for o in spec.outputs):
+        shapes = ", ".join(f"{o.name} {o.shape}" for o in spec.outputs)
+        raise BadInput(f"--min-agreement needs a classifier-shaped output [batch, classes]; this model's are: {shapes}",
+                       "use --max-accuracy-drop with labels (for regression, the % MAE gained)")

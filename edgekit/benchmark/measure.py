@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit import agreement
 from edgekit._version import __version__
-from edgekit.benchmark.results import SCHEMA_VERSION, TASKS, BenchReport, Row, measurably_slower
+from edgekit.benchmark.results import NOT_BUILT, SCHEMA_VERSION, TASKS, BenchReport, Row, measurably_slower
 from edgekit.benchmark.runners import RUNNERS, Runner, TensorFlowRunner
 from edgekit.build import data
 from edgekit.errors import BadInput, EdgekitError, NotFound
@@ -41,7 +41,7 @@ class BenchOptions:
     threads: tuple[int, ...] | None = None
     tfjs_backends: tuple[str, ...] = ("wasm", "cpu")
     batch: int = 32
-    artifact: str | None = None
+    artifact: str | tuple[str, ...] | None = None  # only these (names or variants)
     memory: bool = True
     devices: tuple[str, ...] = ()
     api_key: str | None = None
@@ -66,7 +66,8 @@ def bench(out_dir: str | Path, options: BenchOptions | None = None, *, progress:
     options = options or BenchOptions(**settings)
     manifest = Manifest.read(out_dir)
     out_dir = Path(out_dir)
-    chosen = [manifest.artifact(options.artifact)] if options.artifact else list(manifest.artifacts)
+    named = (options.artifact,) if isinstance(options.artifact, str) else options.artifact or ()
+    chosen = list({a.name: a for a in map(manifest.artifact, named)}.values()) if named else list(manifest.artifacts)
     spec = manifest.signatures[manifest.signature]
     inputs, labels, data_record = _load_eval(options.eval_data, options.labels_key, manifest, spec)
     output, task = _pick_task(spec, labels, options.task, options.output)
@@ -181,7 +182,7 @@ class _Session:
         """A runner per setting (threads, or TF.js backends), or why none can be opened."""
         runner_class = RUNNERS.get(entry.format)
         if entry.file is None or not (self.out_dir / entry.file).is_file():
-            return f"no file: convert marked it {entry.status}"
+            return f"{NOT_BUILT} {entry.status}"
         if entry.requires_flex:
             return "requires flex ops, which no Python LiteRT runtime can run"
         if runner_class is None:
@@ -337,10 +338,17 @@ def _pick_task(spec: SignatureSpec, labels, task: str | None, output: str | None
         else:
             raise BadInput("the signature has several outputs; which one do the labels score?",
                            "pass --output with one of: " + ", ".join(names))
+    shape = next(o.shape for o in spec.outputs if o.name == output)
     if task is None:
-        shape = next(o.shape for o in spec.outputs if o.name == output)
         integer_labels = np.issubdtype(np.asarray(labels).dtype, np.integer)
         task = "classification" if integer_labels and shape and len(shape) == 2 and (shape[1] or 0) > 1 else "regression"
+    classes = shape[-1] if task == "classification" and shape and len(shape) == 2 else None
+    values = np.asarray(labels).reshape(-1)
+    if classes and values.size and np.issubdtype(values.dtype, np.number) and not (
+            0 <= values.min() and values.max() < classes):
+        raise BadInput(f"the labels run from {values.min():g} to {values.max():g}, but output {output!r} scores "
+                       f"{classes} classes (0 to {classes - 1})",
+                       "pass --output with the output the labels score, or --labels-key with the right labels")
     return output, task
 
 
