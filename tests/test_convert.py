@@ -175,10 +175,24 @@ def test_allow_flex_marks_the_artifact_and_the_runtime_refuses_it_clearly(lstm_s
 
 
 def test_variables_tflite_did_not_freeze_are_refused_with_the_fix(unfrozen_variables_saved_model, tmp_path):
-    manifest = convert(unfrozen_variables_saved_model, tmp_path / "out", variants=("float32",), tfjs=())
-    artifact = manifest.artifact("float32")
-    assert artifact.status == "failed" and artifact.file is None
-    assert "READ_VARIABLE" in artifact.error and "keras_model.export" in artifact.error
+    """The same cause, the same words, whichever variant meets it: the full-integer ones meet it
+    while calibrating (LiteRT's READ_VARIABLE refuses to run), the others in the converted model."""
+    np.savez(tmp_path / "rows.npz", features=np.random.default_rng(0).normal(size=(20, 10)).astype(np.float32))
+    manifest = convert(unfrozen_variables_saved_model, tmp_path / "out", variants=("float32", "int8", "int16x8"),
+                       tfjs=(), calibration=tmp_path / "rows.npz")
+    for artifact in manifest.artifacts:
+        assert artifact.status == "failed" and artifact.file is None
+        assert "TFLite did not freeze" in artifact.error and "keras_model.export" in artifact.error
+
+
+def test_full_integer_variants_of_a_flex_model_say_calibration_cannot_run_flex_ops(lstm_saved_model, tmp_path):
+    np.savez(tmp_path / "rows.npz", seq=np.random.default_rng(0).normal(size=(8, 5, 3)).astype(np.float32))
+    manifest = convert(lstm_saved_model, tmp_path / "out", variants=("dynamic", "int8"), tfjs=(), allow_flex=True,
+                       calibration=tmp_path / "rows.npz")
+    assert manifest.artifact("dynamic").status == "unverified"
+    int8 = manifest.artifact("int8")
+    assert int8.status == "failed" and "calibration runs the model in TFLite's own interpreter" in int8.error
+    assert "FlexTensorListReserve" in int8.error and "ship dynamic, float16 or float32" in int8.error
 
 
 def test_same_input_gives_identical_artifacts_and_manifest(tmp_path):

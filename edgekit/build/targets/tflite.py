@@ -23,6 +23,7 @@ from edgekit.build.targets.base import BuildContext, Pending, Target
 from edgekit.errors import BadInput, ConversionFailed
 from edgekit.manifest import Artifact, TensorSpec
 from edgekit.native_logs import captured_native_output
+from edgekit.runtime.tflite import flex_ops_in
 
 
 class Variant(str, Enum):
@@ -175,13 +176,17 @@ def _refuse_unfrozen_variables(variant: Variant, builtins: set[str]) -> None:
     """A model that reads variables with no initializer subgraph computes with whatever
     memory the variables hold: XNNPACK returns garbage, the plain kernels refuse to run."""
     if "READ_VARIABLE" in builtins and "CALL_ONCE" not in builtins:
-        raise ConversionFailed(
-            f"{variant.value}: the converted model reads TensorFlow variables that TFLite did not freeze "
-            "into constants and has no initializer for them (VAR_HANDLE/READ_VARIABLE), so it would run "
-            "on uninitialized weights",
-            "export the model with keras_model.export(path) or keras.export.ExportArchive; this happens, "
-            "for example, when a Keras 3 model is wrapped in a tf.Module and saved with tf.saved_model.save",
-        )
+        raise _unfrozen_variables(variant)
+
+
+def _unfrozen_variables(variant: Variant) -> ConversionFailed:
+    return ConversionFailed(
+        f"{variant.value}: the converted model reads TensorFlow variables that TFLite did not freeze "
+        "into constants and has no initializer for them (VAR_HANDLE/READ_VARIABLE), so it would run "
+        "on uninitialized weights",
+        "export the model with keras_model.export(path) or keras.export.ExportArchive; this happens, "
+        "for example, when a Keras 3 model is wrapped in a tf.Module and saved with tf.saved_model.save",
+    )
 
 
 def convert_variant(
@@ -230,6 +235,14 @@ def convert_variant(
         )
     unranged = re.search(r"(?:should be recorded during calibration: Failed for tensor|Empty min/max for tensor) "
                          r"([^\s:]+(?::\d+)?)", failure)
+    if "(READ_VARIABLE) failed to invoke" in failure:  # the full-integer variants' calibration ran into them
+        raise _unfrozen_variables(variant)
+    flex_ops = flex_ops_in(failure)
+    if VARIANTS[variant].needs_calibration and flex_ops and "not supported by this interpreter" in failure:
+        raise ConversionFailed(
+            f"{variant.value}: calibration runs the model in TFLite's own interpreter, which cannot run the "
+            f"TensorFlow (flex) ops --allow-flex keeps ({', '.join(flex_ops)})",
+            "ship dynamic, float16 or float32, which need no calibration and keep those ops as flex ops too")
     if variant is Variant.INT16X8 and unranged:
         raise ConversionFailed(
             f"int16x8: TFLite's 16x8 quantizer has no range for tensor {unranged[1]}: it cannot quantize an "
