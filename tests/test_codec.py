@@ -124,6 +124,16 @@ def test_nan_and_infinity_are_written_as_tf_serving_writes_them():
     assert body == b'{"outputs":[NaN,Infinity,-Infinity]}'
 
 
+@pytest.mark.parametrize("value", [np.float32(0.25), np.int64(3), np.float32(np.nan), np.bool_(True)])
+def test_a_0_d_output_is_written_as_a_bare_value_as_tf_serving_writes_it(value):
+    """Every path (orjson's for finite numbers, the standard one for NaN) writes a scalar output
+    as a value, not a 1-element list (helper-10: `"mean_conf": [0.86]` in the columnar reply)."""
+    reply = json.loads(encode_json({"mean": np.array(value), "rows": np.zeros((2, 3), np.float32)}, "columnar"))
+    assert reply["outputs"]["rows"] == [[0.0] * 3] * 2
+    assert not isinstance(reply["outputs"]["mean"], list)
+    assert reply["outputs"]["mean"] == value.item() or np.isnan(value)
+
+
 def test_bytes_outputs_go_out_as_b64_when_named_so():
     outputs = {"image_bytes": np.array([b"\x00\x01"], dtype=object), "label": np.array([b"cat"], dtype=object)}
     reply = json.loads(encode_json(outputs, "columnar"))

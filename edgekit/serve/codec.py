@@ -585,7 +585,7 @@ def encode_json(outputs: dict[str, np.ndarray], style: str) -> bytes:
     Python float per value; text, bytes, NaN and Infinity take the standard path."""
     names = sorted(outputs)
     fast = orjson is not None and all(_plain_numbers(outputs[name]) for name in names)
-    convert = (lambda name, array: np.ascontiguousarray(array)) if fast else _jsonable
+    convert = _contiguous if fast else _jsonable
     columns = {name: convert(name, outputs[name]) for name in names}
     if style == "row":
         counts = {outputs[name].shape[0] if outputs[name].ndim else None for name in names}
@@ -602,6 +602,12 @@ def encode_json(outputs: dict[str, np.ndarray], style: str) -> bytes:
     if fast:
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _contiguous(name: str, array: np.ndarray) -> Any:
+    """What orjson writes from numpy: a C-ordered array, or for a 0-d one its scalar (written
+    as a bare number, as TF Serving does; ascontiguousarray would make it a 1-element list)."""
+    return array[()] if array.ndim == 0 else np.ascontiguousarray(array)
 
 
 def _plain_numbers(array: np.ndarray) -> bool:
