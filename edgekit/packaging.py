@@ -140,7 +140,9 @@ def _choose(manifest: Manifest, candidates: list[Artifact], variant: str | None,
     if pick is None:
         preferred = manifest.preferred_artifact(format)
         if preferred is None:
-            raise Refused("no artifact passed its checks", "convert again, or name one with --variant")
+            kind = "TF.js" if format == "tfjs" else "TFLite"
+            raise Refused(f"no {kind} artifact passed its checks",
+                          f"see the {kind} artifacts' errors in the manifest; convert again, or name one with --variant")
         return preferred
     fitting = [a for a in candidates if a.file and a.status == "ok" and not a.requires_flex
                and not _broken_budgets(a, bench, budgets)]
@@ -175,7 +177,8 @@ def _refuse_unrunnable(artifact: Artifact, platform: str, allow_flex: bool) -> N
     if artifact.requires_flex and not allow_flex:
         runtime = {"android": "org.tensorflow:tensorflow-lite-select-tf-ops",
                    "ios": "TensorFlowLiteSelectTfOps", "web": "no TF.js equivalent"}[platform]
-        raise Refused(f"{artifact.name} needs TensorFlow (flex) ops, which the plain LiteRT runtime of a {platform} "
+        app = {"android": "an Android", "ios": "an iOS", "web": "a web"}[platform]
+        raise Refused(f"{artifact.name} needs TensorFlow (flex) ops, which the plain LiteRT runtime of {app} "
                       "app lacks", f"convert without --allow-flex, or link {runtime} and pass --allow-flex")
 
 
