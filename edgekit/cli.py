@@ -295,6 +295,14 @@ def calibration_notes(manifest) -> list[tuple[str, str]]:
             lines.append(("warning", f"input {name!r} of the calibration data spans {span['min']:g} to {span['max']:g} "
                           f"while 98% of its values lie within {span['p1']:g} to {span['p99']:g}: int8's input range "
                           "follows the extremes, so most values get a coarse step; clean out the outliers"))
+    spec = manifest.signatures[manifest.signature]
+    free_batch = any(t.shape and t.shape[0] is None for t in spec.inputs)
+    for output in spec.outputs:
+        if output.shape is not None and (not output.shape or (free_batch and output.shape[0] is not None)):
+            lines.append(("warning", f"output {output.name!r} has no batch axis ({output.shape}): if it is computed "
+                          "across a batch's rows (a sum, a mean), the full-integer artifacts' range for it was fitted "
+                          "one row at a time, as calibration runs, and clips it for bigger batches; ship a float "
+                          "variant, or compute it outside the model"))
     if manifest.check_inputs["samples"] < FEW_CHECK_SAMPLES:
         lines.append(("warning", f"the checks ran on {manifest.check_inputs['samples']} rows only: too few to "
                       "measure errors against an output's spread; give more calibration rows, or --check-samples"))

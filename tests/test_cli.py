@@ -214,3 +214,27 @@ def test_synthetic_check_rows_of_an_integer_input_are_called_out(tmp_path):
     assert result.exit_code == 0, result.output
     assert "input 'ids' (int32) holds the same value in all 32 rows" in result.stderr
     assert "pass --calibration with real rows" in result.stderr
+
+
+def test_an_output_without_a_batch_axis_is_called_out_for_the_full_integer_variants(tmp_path):
+    """helper-10's case: a sum over the batch's rows. Calibration runs one row at a time, so int8
+    fitted its range to one row's sum and clips a batch's (0.99 where float32 gives 4.9)."""
+    import tensorflow as tf
+
+    class Summed(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.weights = tf.constant(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            probs = tf.nn.softmax(tf.matmul(x, self.weights))
+            return {"probs": probs, "class_mass": tf.reduce_sum(probs, 0)}
+
+    module = Summed()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.serve)
+    np.savez(tmp_path / "rows.npz", x=np.random.default_rng(1).normal(size=(64, 4)).astype(np.float32))
+    result = run(tmp_path / "saved_model", "-o", tmp_path / "out", "--variants", "float32,int8", "--tfjs", "none",
+                 "--calibration", tmp_path / "rows.npz")
+    assert "output 'class_mass' has no batch axis ([3])" in result.stderr
+    assert "fitted one row at a time" in result.stderr and "ship a float variant" in result.stderr
