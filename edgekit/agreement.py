@@ -114,6 +114,29 @@ def judge(per_output: dict[str, OutputCheck], tolerance: Tolerance, label: str) 
     return "; ".join(reasons) or None
 
 
+# A figure between these fractions of its limit is a close call: a few rows more or fewer could turn it.
+CLOSE_CALL = (2 / 3, 3 / 2)
+
+
+def close_call(per_output: dict[str, OutputCheck], tolerance: Tolerance) -> bool:
+    """Whether the verdict on these outputs rests on a figure near its limit, so that more rows
+    should decide it. Not when one is clearly over (or holds NaN, or a confident decision flipped:
+    no row count undoes those), nor when every figure is clearly within."""
+    low, high = CLOSE_CALL
+    ratios = []
+    for o in per_output.values():
+        if o.rel_l2_error is None or (o.confident_rows and o.confident_top1_agreement < 1):
+            return False
+        if o.exact_match is not None:
+            ratios.append((1 - o.exact_match) / tolerance.spread)
+            continue
+        ratios.append(o.rel_l2_error / tolerance.rel_l2)
+        if o.confident_rows is None and o.rms_over_std is not None and not (
+                o.float32_ulps is not None and o.float32_ulps <= FLOAT32_NOISE_ULPS):
+            ratios.append(o.rms_over_std / tolerance.spread)
+    return max(ratios, default=0.0) <= high and any(ratio >= low for ratio in ratios)
+
+
 def spread_errors(actual: np.ndarray, reference: np.ndarray) -> dict[str, float | None]:
     """Errors measured against the reference's spread, so a near-constant output such as a
     random-weight softmax cannot look perfect, and an offset cannot hide an error.

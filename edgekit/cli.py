@@ -149,6 +149,7 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
     checks = manifest.check_inputs
     lines.append(
         f"checked on {checks['samples']} {checks['source']} samples against the SavedModel"
+        + (f" (close calls again on {checks['close_call_samples']})" if checks.get("close_call_samples") else "")
         + (f"; calibrated on {manifest.calibration['samples']} samples" if manifest.calibration else "")
     )
     return "\n".join(lines)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.agreement import Tolerance, compare_output, judge
+from edgekit.agreement import Tolerance, close_call, compare_output, judge
 
 
 def test_identical_outputs_have_no_error_and_full_agreement():
@@ -135,3 +135,25 @@ def test_judge_lets_as_many_integer_values_flip_as_the_variants_spread_tolerance
     assert judge({"label": compare_output(eight, reference)}, tolerance, "int8") == (
         "8.0% of its integer values differ from the SavedModel's, over the int8 tolerance 5%")
     assert judge({"label": compare_output(three, reference)}, Tolerance(1e-3, 0.01), "float32") is not None
+
+
+def test_a_close_call_is_a_figure_near_its_limit_and_nothing_decisive():
+    """Near the limit either way, more rows should decide; clearly within, clearly over, NaN or a
+    flipped confident decision: no row count changes the verdict."""
+    reference = np.linspace(0.0, 1.0, 200).reshape(50, 4)
+    tolerance = Tolerance(rel_l2=1.0, spread=0.05)
+
+    def offset(spread_fraction: float):
+        noise = np.random.default_rng(0).normal(size=reference.shape)
+        noise *= spread_fraction * np.sqrt(np.sum((reference - reference.mean(0)) ** 2) / np.sum(noise**2))
+        return {"box": compare_output(reference + noise, reference)}
+
+    assert [close_call(offset(f), tolerance) for f in (0.02, 0.04, 0.058, 0.07, 0.09)] == [
+        False, True, True, True, False]
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45]])
+    flipped = probabilities[:, ::-1].copy()
+    assert not close_call({"probs": compare_output(flipped, probabilities)}, Tolerance(1.0, 0.05))
+    labels = np.arange(100) % 3
+    four = labels.copy()
+    four[:4] += 1
+    assert close_call({"label": compare_output(four, labels)}, tolerance)  # 4% of values, against 5%

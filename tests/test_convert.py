@@ -346,8 +346,8 @@ def test_rows_the_savedmodel_refuses_are_bad_input_with_the_reason(tmp_path):
 def test_int16x8_keeps_ops_without_a_16x8_kernel_in_float_and_names_them(tmp_path):
     """O-Net's PReLU has no 16x8 kernel in LiteRT: the rest runs in int16, the PReLUs in float,
     and the manifest says so. On held-out rows its box stays within 5% of the spread, where
-    int8's is about 9% (docs/convert.md). Its 32 check rows put the box at 5.8%: the check fails
-    it, and the manifest then holds its per-layer errors, the box head adding most."""
+    int8's is about 9% (docs/convert.md). Its 32 check rows put the box at 5.8%, over its 5%: a
+    close call, decided again on 128 rows, where it passes (300 held-out rows: 4.4%)."""
     from conftest import ONET
 
     manifest = convert(ONET / "saved_model", tmp_path / "out", variants=("int16x8",), tfjs=(),
@@ -357,9 +357,9 @@ def test_int16x8_keeps_ops_without_a_16x8_kernel_in_float_and_names_them(tmp_pat
     assert artifact.quantization["ops_integer"] > artifact.quantization["ops_float"] == 5
     assert artifact.quantization["note"].startswith("PRELU x5 compute in float32")
     assert "LiteRT has no 16x8 kernel" in artifact.quantization["note"]
-    assert artifact.status == "failed"
-    layers = artifact.quantization["ranges"]["layers"]
-    assert max(layers, key=lambda layer: layer["added"] or 0)["tensor"] == "StatefulPartitionedCall:0"
+    assert artifact.status == "ok" and artifact.check.samples == 128
+    assert manifest.check_inputs == {"source": "calibration", "samples": 32, "close_call_samples": 128}
+    assert "ranges" not in artifact.quantization  # it passed: no diagnosis was asked for or needed
     with np.load(ONET / "eval.npz") as data:
         rows = data["image"].astype(np.float32)
     import tensorflow as tf
