@@ -277,6 +277,7 @@ def _read_key(path: Path | None) -> str | None:
 FEW_CALIBRATION_SAMPLES = 100
 FEW_CHECK_SAMPLES = 8  # fewer check rows than this, and an output's spread means little
 WEIGHT_BOUND_STEPS = 4  # int16x8 layers off by more of their steps than this: the int8 weights' error
+BROKEN_LAYER_SPREAD = 0.5  # an int16x8 layer off by this much of its spread: an op 16 bits do not serve
 OUTLIER_SPREAD = 20  # a calibration input whose extremes span this many times its middle 98% has outliers
 
 
@@ -350,19 +351,24 @@ def layer_summary(layers: list[dict], unmatched: list[str], variant: str = "int8
             f"({peak['op']}); "
             "the layers that add most: "
             + ", ".join(f"{layer['tensor']} ({layer['op']}, +{layer['added']:.1%})" for layer in largest)
-            + left_out + ". " + _what_to_try(variant, measured)
+            + left_out + ". " + _what_to_try(variant, measured, peak["rms_over_tensor_std"])
             + "; every layer's figures are in the manifest (quantization.ranges.layers)")
 
 
-def _what_to_try(variant: str, measured: list[dict]) -> str:
+def _what_to_try(variant: str, measured: list[dict], peak: float) -> str:
     """int8's layers sit about a rounding step off (O-Net's first conv: 0.2-1 of its step), where
     better ranges or wider activations help. int16x8's steps are 256x finer: when its layers sit many
-    steps off, its int8 weights (the ones dynamic-range shares) set the error, and only float weights
-    do better."""
+    steps off but close to the float model, its int8 weights (the ones dynamic-range shares) set the
+    error, and only float weights do better; a layer far off (an unrolled GRU's int16x8: 11x its spread)
+    is an op that 16 bits do not serve, which no calibration mends."""
     if variant == "int8":
         return ("Try: more or more typical --calibration rows, --variants dynamic (float activations), int16x8 "
                 "where its ops allow, or, at a byte cost, --float-layers for the worst")
-    steps = statistics.median(layer["rms_over_scale"] for layer in measured)
+    if peak > BROKEN_LAYER_SPREAD:
+        return (f"A layer off by {peak:.0%} of its spread is more than rounding or int8 weights do: an op of "
+                "this model does not take 16-bit activations well. Ship dynamic or float16 for it")
+    steps = statistics.median([layer["rms_over_scale"] for layer in measured if layer["rms_over_scale"] is not None]
+                              or [0.0])
     if steps > WEIGHT_BOUND_STEPS:
         return (f"Its layers are off by a median {steps:.0f} of their 16-bit steps (rounding alone is 0.3): the "
                 "int8 weights set this error, not the activations, and dynamic-range shares them. Try float16 "

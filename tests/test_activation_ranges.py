@@ -336,3 +336,21 @@ def test_int8_only_options_that_cannot_apply_are_bad_input_and_write_nothing(tmp
         assert "did you mean FULLY_CONNECTED" in result.stderr
     if "LSTM" in args:
         assert "did you mean" not in result.stderr  # no op type the model lacks is suggested
+
+
+def test_a_tensor_the_quantizer_gave_no_step_has_no_figure_and_the_manifest_is_written(tmp_path):
+    """An unrolled GRU's zero initial state (FILL) is quantized with scale 0: its error over its
+    step is no number. helper-11's convert then died writing the manifest (JSON has no NaN) and
+    lost every artifact; the figure is None now."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 3), name="seq")
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GRU(4, unroll=True)(inputs)))
+    model.export(str(tmp_path / "saved_model"), verbose=False)
+    np.savez(tmp_path / "rows.npz", seq=np.random.default_rng(0).normal(size=(40, 4, 3)).astype(np.float32))
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("int16x8",), tfjs=(), diagnose=True,
+                       calibration=tmp_path / "rows.npz")
+    layers = manifest.artifacts[0].quantization["ranges"]["layers"]
+    assert [(layer["op"], layer["rms_over_scale"]) for layer in layers if layer["scale"] == 0] == [("FILL", None)]
+    assert Manifest.read(tmp_path / "out").artifacts[0].quantization["ranges"]["layers"] == layers

@@ -161,7 +161,7 @@ def layer_errors(calibrated: bytes, quantized: bytes, parts: Iterable[dict[str, 
         noise, total, squares, size = sums[i]
         variance = squares / size - (total / size) ** 2
         rms = np.sqrt(noise / size)
-        relative = float(rms / np.sqrt(variance)) if variance > 0 else None
+        relative = _finite(rms / np.sqrt(variance)) if variance > 0 else None
         before = max((by_tensor.get(index) or 0.0 for index in layer["inputs"]), default=0.0)
         by_tensor[layer["index"]] = relative
         if layer["op"] == "QUANTIZE" and not set(layer["inputs"]) <= graph_inputs:
@@ -169,9 +169,21 @@ def layer_errors(calibrated: bytes, quantized: bytes, parts: Iterable[dict[str, 
         else:
             added = None if relative is None else round(relative - before, 4)
         result.append({"op": layer["op"], "tensor": layer["tensor"], "scale": layer["scale"],
-                       "range": [float(low[i]), float(high[i])], "rms_over_scale": round(float(rms / layer["scale"]), 3),
+                       "range": [float(low[i]), float(high[i])],
+                       # None where the quantizer gave a tensor no step (a constant zero state: scale 0)
+                       "rms_over_scale": _round(_finite(rms / layer["scale"]) if layer["scale"] > 0 else None, 3),
                        "rms_over_tensor_std": None if relative is None else round(relative, 4), "added": added})
     return {"layers": result, "unmatched": unmatched}
+
+
+def _finite(value) -> float | None:
+    """A figure for the manifest (JSON has no NaN), or None where the arithmetic gave none."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def quantized_layers(calibrated: bytes, quantized: bytes) -> tuple[list[dict], list[str], set[int]]:
