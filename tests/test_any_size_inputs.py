@@ -74,12 +74,13 @@ def test_serve_loads_it_answers_real_sizes_and_refuses_one_it_cannot_take(any_si
 
     shutil.copytree(any_size / "out", tmp_path / "shapes" / "1")
     with Server([str(tmp_path / "shapes")]) as running:
-        for size in (16, 7):
+        for size in (16, 7, 160):  # 160x160 under the default memory bounds: its growth was measured at 4 and 8
             status, body = running.client.predict("/v1/models/shapes:predict",
                                                   {"instances": np.zeros((2, size, size, 3)).tolist()})
             assert status == 200 and np.asarray(body["predictions"]).shape == (2, 5), body
         status, body = running.client.predict("/v1/models/shapes:predict", {"instances": [[[[0.0, 0.0, 0.0]]]]})
-        assert status == 400 and "the model cannot run on this input" in body["error"]
+        assert status == 400 and "cannot take inputs of this size (image [1, 1, 1, 3])" in body["error"]
+        assert body["error"].count("failed to prepare") == 1  # LiteRT's repeated line, once
 
 
 def test_without_calibration_convert_says_the_synthetic_rows_are_1_long_on_those_axes(any_size, tmp_path):

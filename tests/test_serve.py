@@ -354,3 +354,36 @@ def test_many_large_json_requests_under_a_tight_budget_never_stand_still(repo):
     statuses = [status for status, _ in answers]
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 20, (len(answers), sorted(set(statuses)))
     assert max(seconds for _, seconds in answers) < 10
+
+
+def test_a_model_that_cannot_run_zeros_warms_up_on_its_calibration_data_and_serves(tmp_path):
+    """helper-11's case: softmax(logits / temperature), int8. LiteRT's int8 DIV refuses a divisor
+    at its zero point, which is what 0.0 quantizes to, so a warm-up on zeros failed the load of an
+    artifact convert had checked `ok`: the version never served. It warms up on the middle of what
+    calibration saw now, and a request dividing by zero gets a 400 naming the op."""
+    import tensorflow as tf
+
+    from edgekit import convert
+
+    class Tempered(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="logits"),
+                                      tf.TensorSpec([None, 1], tf.float32, name="temperature")])
+        def serve(self, logits, temperature):
+            return {"probs": tf.nn.softmax(logits / temperature)}
+
+    module = Tempered()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.serve)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rows.npz", logits=rng.normal(size=(64, 4)).astype(np.float32),
+             temperature=rng.uniform(0.5, 3.0, size=(64, 1)).astype(np.float32))
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("int8",), tfjs=(),
+                       calibration=tmp_path / "rows.npz")
+    assert manifest.artifact("int8").status == "ok"
+    shutil.copytree(tmp_path / "out", tmp_path / "models" / "tempered" / "1")
+    with Server([str(tmp_path / "models" / "tempered")]) as running:
+        status, body = running.client.predict("/v1/models/tempered:predict",
+                                              {"instances": [{"logits": [1.0, 0.0, 0.0, 0.0], "temperature": [1.0]}]})
+        assert status == 200 and np.argmax(body["predictions"][0]) == 0, body
+        status, body = running.client.predict("/v1/models/tempered:predict",
+                                              {"instances": [{"logits": [1.0, 0.0, 0.0, 0.0], "temperature": [0.0]}]})
+        assert status == 400 and "(DIV) failed to invoke" in body["error"], body

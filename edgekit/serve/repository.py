@@ -40,7 +40,7 @@ from edgekit.errors import (
 from edgekit.manifest import MANIFEST_NAME, Manifest
 from edgekit.native_logs import captured_native_output
 from edgekit.runtime import TFLiteModel
-from edgekit.runtime.tflite import DEFAULT_SIGNATURE, zeros
+from edgekit.runtime.tflite import DEFAULT_SIGNATURE, runtime_error_text, zeros
 from edgekit.serve.codec import ServingTensor
 from edgekit.serve.limits import WouldWait
 
@@ -201,9 +201,13 @@ class ServedSignature:
     output_row_bytes: int  # bytes of one row of all outputs, as float32 or wider
     outputs_known: bool  # every output axis but the batch is known
     bytes_per_value: float  # interpreter memory per input value, measured at load (0: nothing scales)
+    # Inputs the model ran at load (None: none of the warm-up inputs ran), and whether they have
+    # unknown axes beyond the batch (then a warm-up call's time says nothing of a real one's)
+    warm_feeds: dict[str, np.ndarray] | None = None
+    open_axes: bool = False
 
 
-def _served_signature(model: TFLiteModel, signature: str) -> ServedSignature:
+def _served_signature(model: TFLiteModel, signature: str, fill: dict[str, float]) -> ServedSignature:
     ins = [_serving(i) for i in model.inputs(signature)]
     outs = [_serving(o) for o in model.outputs(signature)]
     runner = model._runner(signature)
@@ -221,24 +225,69 @@ def _served_signature(model: TFLiteModel, signature: str) -> ServedSignature:
         row_values=sum(_row_elements(t) for t in batched) or 1,
         output_row_bytes=sum(_row_elements(t) * max(t.dtype.itemsize, 4) for t in outs),
         outputs_known=all(d >= 0 for t in outs for d in t.shape[1:]),
-        bytes_per_value=_bytes_per_value(model, signature, ins))
+        **_probe(model, signature, ins, fill))
 
 
-def _bytes_per_value(model: TFLiteModel, signature: str, ins: list[ServingTensor]) -> float:
-    """How the interpreter's tensors grow per input value: run once with every unknown axis
-    at 1, once at 2 (activations grow with the inputs, weights do not)."""
-    if all(d >= 0 for t in ins for d in t.shape):
-        return 0.0
-    sizes = []
-    for size in (1, 2):
-        feeds = {t.name: zeros(t.shape, t.dtype, size) for t in ins}
+# Lengths tried for unknown axes at load: an image model of any size may need a few pixels to run
+# (a strided, unpadded conv cannot take 1x1).
+PROBE_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+def _probe(model: TFLiteModel, signature: str, ins: list[ServingTensor], fill: dict[str, float]) -> dict:
+    """Warm-up inputs the model runs, and how its tensors grow per input value (activations grow
+    with the inputs, weights do not): the two smallest sizes of the unknown axes it runs, with
+    zeros or, where zeros fail (an int8 DIV by an input cannot take its zero point), values in the
+    middle of what calibration saw."""
+    open_axes = any(d < 0 for t in ins for d in t.shape[1:])
+    unknown = any(d < 0 for t in ins for d in t.shape)
+    found, first = [], None
+    for size in PROBE_SIZES if unknown else (1,):
+        feeds = _runnable(model, signature, ins, size, fill)
+        if feeds is None:
+            continue
+        first = first or feeds
+        found.append((sum(v.size for v in feeds.values()), model.tensor_bytes()))
+        if len(found) == 2 or not unknown:
+            break
+    if not unknown:
+        per_value = 0.0
+    elif len(found) < 2:  # runs at one size at most: count all its tensors against that size's values
+        per_value = model.tensor_bytes() / max(1, found[0][0] if found else 1)
+    else:
+        (values_1, bytes_1), (values_2, bytes_2) = found
+        per_value = max(0.0, (bytes_2 - bytes_1) / (values_2 - values_1)) if values_2 > values_1 else 0.0
+    return {"bytes_per_value": per_value, "warm_feeds": first, "open_axes": open_axes}
+
+
+def _runnable(model: TFLiteModel, signature: str, ins: list[ServingTensor], size: int,
+              fill: dict[str, float]) -> dict[str, np.ndarray] | None:
+    for values in ({}, fill) if fill else ({},):
+        feeds = {t.name: _filled(zeros(t.shape, t.dtype, size), values.get(t.name)) for t in ins}
         try:
             model.run(feeds, signature)
-        except Exception:  # the model refuses such inputs: count all its tensors against the smallest
-            return model.tensor_bytes() / max(1, sum(v.size for v in feeds.values()))
-        sizes.append((sum(v.size for v in feeds.values()), model.tensor_bytes()))
-    (values_1, bytes_1), (values_2, bytes_2) = sizes
-    return max(0.0, (bytes_2 - bytes_1) / (values_2 - values_1)) if values_2 > values_1 else 0.0
+        except (RuntimeError, ValueError, EdgekitError):
+            continue
+        return feeds
+    return None
+
+
+def _filled(array: np.ndarray, value: float | None) -> np.ndarray:
+    if value is None:
+        return array
+    if array.dtype.kind in "iu":
+        info = np.iinfo(array.dtype)
+        value = min(max(round(value), info.min), info.max)
+    return np.full_like(array, value)
+
+
+def calibration_middles(version_dir: Path) -> dict[str, float]:
+    """Per input, the middle of what convert's calibration data spanned (its 1st to 99th
+    percentile), from an OUT_DIR's manifest: warm-up values inside the model's range. {} without."""
+    try:
+        ranges = (Manifest.read(version_dir).calibration or {}).get("ranges", {})
+        return {name: (span["p1"] + span["p99"]) / 2 for name, span in ranges.items()}
+    except (EdgekitError, OSError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def _row_elements(tensor: ServingTensor) -> int:
@@ -254,7 +303,7 @@ class LoadedVersion:
     running interpreter (with a memory-mapped file that is a SIGBUS)."""
 
     def __init__(self, name: str, version: int, path: Path, threads: int, interpreters: int,
-                 max_batch_rows: int | None = None, max_call_bytes: int = 1 << 62):
+                 max_batch_rows: int | None = None, max_call_bytes: int = 1 << 62, fill: dict[str, float] | None = None):
         self.name, self.version, self.path = name, version, path
         content = path.read_bytes()
         self.models = [TFLiteModel(content, num_threads=threads) for _ in range(interpreters)]
@@ -262,7 +311,8 @@ class LoadedVersion:
         for model in self.models:
             self._pool.put(model)
         first = self.models[0]
-        self.signatures = {signature: _served_signature(first, signature) for signature in first.signature_names}
+        self.signatures = {signature: _served_signature(first, signature, fill or {})
+                           for signature in first.signature_names}
         self.max_batch_rows, self.max_call_bytes = max_batch_rows, max_call_bytes
         self.call_seconds = 0.0  # the slowest one-row call at warm-up
 
@@ -271,20 +321,17 @@ class LoadedVersion:
         time a one-row call: `quick` versions answer small requests on the event loop."""
         for model in self.models:
             for signature, served in self.signatures.items():
-                feeds = {t.name: zeros(t.shape, t.dtype) for t in served.inputs}
-                try:
-                    model.run(feeds, signature)
-                except (RuntimeError, ValueError):
-                    if not any(d < 0 for t in served.inputs for d in t.shape[1:]):
-                        raise
-                    # Unknown axes beyond the batch, 1 long here: too small for a model that shrinks its
-                    # input (a strided conv). It warms up on its first request, and is never answered on
-                    # the event loop, its speed untimed.
-                    self.call_seconds = math.inf
-                    continue
+                if served.warm_feeds is None:
+                    raise BadInput(f"signature {signature!r} ran on none of the warm-up inputs (zeros, the calibration "
+                                   "data's middle values, unknown axes 1 to 32 long)",
+                                   "check the model in `edgekit bench`, or serve another variant")
+                model.run(served.warm_feeds, signature)
                 started = time.perf_counter()
-                model.run(feeds, signature)
-                self.call_seconds = max(self.call_seconds, time.perf_counter() - started)
+                model.run(served.warm_feeds, signature)
+                # With unknown axes beyond the batch (an image of any size) a warm-up's few pixels say
+                # nothing of a real call's time: such a model is never answered on the event loop.
+                seconds = math.inf if served.open_axes else time.perf_counter() - started
+                self.call_seconds = max(self.call_seconds, seconds)
 
     @property
     def quick(self) -> bool:
@@ -386,7 +433,13 @@ def _invoke(model: TFLiteModel, inputs: dict[str, np.ndarray], signature: str) -
     try:
         return model.run(inputs, signature)
     except (RuntimeError, ValueError) as exc:
-        raise BadInput(f"the model cannot run on this input: {str(exc).strip()[:300]}",
+        text = runtime_error_text(exc)
+        if "failed to prepare" in text or "failed to reshape" in text:  # LiteRT could not size the layers
+            shapes = ", ".join(f"{name} {list(np.shape(value))}" for name, value in inputs.items())
+            raise BadInput(f"the model cannot take inputs of this size ({shapes}): {text[:200]}",
+                           "send a larger input: a strided or unpadded layer needs more than a few pixels (see the "
+                           "model's metadata for its shapes)") from None
+        raise BadInput(f"the model cannot run on this input: {text[:300]}",
                        "check the values against what the model expects (ids within its vocabulary, sizes it "
                        "can take)") from None
 
@@ -506,7 +559,8 @@ class ModelRepository:
         try:
             with captured_native_output() as native:  # LiteRT prints "INFO: Created ... delegate" raw
                 loaded = LoadedVersion(config.name, version, model_file(folder, config.variant), self.threads,
-                                       self.interpreters, self.max_batch_rows, self.max_call_bytes)
+                                       self.interpreters, self.max_batch_rows, self.max_call_bytes,
+                                       calibration_middles(folder))
                 loaded.warm_up()
         except Exception as exc:  # anything in a version's files fails that version, never the poller
             message = exc.message if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc}"
