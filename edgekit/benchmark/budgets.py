@@ -72,25 +72,26 @@ def budget_reasons(budgets: Budgets, size_bytes: int | None, row: Row | None) ->
 
 def broken_budgets(report: BenchReport, budgets: Budgets) -> list[str]:
     """One line per artifact and broken budget; empty when everything measured fits. Artifacts
-    convert never wrote are passed over (see not_built); one that exists but could not be
-    measured breaks them, and so does a run that measured nothing."""
+    convert failed or skipped are passed over (see passed_over); one that convert passed but bench
+    could not measure breaks them, and so does a run that measured nothing convert passed."""
     lines = []
     for row in report.artifacts:
-        if not_built(row):
+        if passed_over(row):
             continue
         if row.status != "measured":
             if budgets.any:
                 lines.append(f"{row.name}: not measured ({row.reason}), so its budgets cannot be met")
             continue
         lines.extend(f"{row.name}: {reason}" for reason in budget_reasons(budgets, row.bytes, row))
-    if budgets.any and not any(row.status == "measured" for row in report.artifacts):
-        lines.append("no artifact was measured, so no budget can be met")
+    if budgets.any and not any(row.status == "measured" and not passed_over(row) for row in report.artifacts):
+        lines.append("no artifact that convert passed was measured, so no budget can be met")
     return lines
 
 
-def not_built(row: Row) -> bool:
-    """An artifact convert failed or skipped: nothing to ship, and convert already exited 1 for it."""
-    return row.status != "measured" and (row.reason or "").startswith(NOT_BUILT)
+def passed_over(row: Row) -> bool:
+    """An artifact convert failed or skipped: not one to ship (package refuses it), and convert
+    already exited 1 for it. Bench may still measure one with a file; budgets do not gate on it."""
+    return row.convert_status in ("failed", "skipped") or (row.reason or "").startswith(NOT_BUILT)
 
 
 def check_budgets_apply(budgets: Budgets, spec) -> None:

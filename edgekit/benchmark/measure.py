@@ -79,6 +79,8 @@ def bench(out_dir: str | Path, options: BenchOptions | None = None, *, progress:
     reference_device = session.measure_reference(manifest)
     rows = [session.measure(entry, f"[{number}/{len(chosen)}] {entry.name}", data_record["rows"])
             for number, entry in enumerate(chosen, 1)]
+    for row, entry in zip(rows, chosen):
+        row.convert_status = entry.status
     measured_devices = {}
     for url in options.devices:
         measured_devices.update(session.on_device(url, chosen, rows))

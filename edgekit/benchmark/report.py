@@ -89,6 +89,9 @@ def render_table(report: BenchReport) -> str:
     for row in report.artifacts:
         if row.status == "measured" and row.reason:  # a thread count or backend that could not run it
             lines.append(f"{row.name}: not measured on {row.reason}")
+        if row.status == "measured" and row.convert_status == "failed":
+            lines.append(f"{row.name}: convert marked it failed (its check's reason is in the manifest): measured "
+                         "here, but not one to ship")
     float32 = {row.machine: row for row in report.artifacts if row.name.split("@")[0] == "tflite_float32"}
     for row in report.artifacts:
         if row.slower_than_float32:

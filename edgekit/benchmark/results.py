@@ -21,7 +21,7 @@ SLOWER_FLOOR_MS = 0.01
 
 
 # The reason of a row whose artifact convert never wrote (it failed, or was skipped): bench has
-# nothing to measure, and budgets pass it over (convert already said so, with exit status 1).
+# nothing to measure.
 NOT_BUILT = "no file: convert marked it"
 
 
@@ -44,6 +44,7 @@ class Row:
     bytes: int | None
     status: str  # "measured" | "skipped"
     reason: str | None = None
+    convert_status: str | None = None  # the artifact's verdict in the manifest: ok, failed, unverified, skipped
     task_metrics: dict[str, float] = field(default_factory=dict)  # accuracy | mae, rmse
     accuracy_drop_points: float | None = None  # reference accuracy - this (classification)
     mae_increase_percent: float | None = None  # (mae - reference mae) / reference mae (regression)
