@@ -322,3 +322,12 @@ def test_a_json_image_is_admitted_at_a_fraction_of_the_general_cost():
         first, general, values = json_parse_costs(body.encode())
         # 150,528 numbers and 50,401 lists in all, counted by commas and brackets
         assert first < share * general and values == 150_528 + 50_401 + 1
+
+
+@pytest.mark.parametrize("document", [{"instances": [[]]}, {"inputs": [[], []]}, {"instances": [[], []]}])
+def test_examples_with_no_values_are_named_as_empty_not_as_the_wrong_type(document):
+    """JSON's [] reads as float64 in numpy: an empty token row was refused as "float64 values
+    cannot feed 'ids'" (helper-11). It is empty, and the error says so."""
+    ids = [ServingTensor("ids", np.dtype(np.int32), (-1, -1))]
+    with pytest.raises(BadInput, match=r"'ids' holds no values \(shape \(\d, 0\)\)"):
+        decode_json(document, ids)

@@ -330,6 +330,9 @@ def _to_array(value: Any, spec: ServingTensor, where: str) -> np.ndarray:
     if array.dtype == object or array.dtype.kind in "SU":
         raise BadInput(f"{where}: expected numbers for {spec.name!r} ({spec.dtype.name}), got {_what(array)}",
                        f"send {spec.dtype.name} values")
+    if array.size == 0 and array.ndim > 1 and array.shape[0]:  # [[]]: JSON's empty list reads as float64
+        raise BadInput(f"{where}: {spec.name!r} holds no values (shape {array.shape})",
+                       f"send at least one value per example, in shape {_shape_text(spec.shape[1:])}")
     return cast_input(array, spec, where)
 
 
