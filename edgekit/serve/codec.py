@@ -330,10 +330,20 @@ def _to_array(value: Any, spec: ServingTensor, where: str) -> np.ndarray:
     if array.dtype == object or array.dtype.kind in "SU":
         raise BadInput(f"{where}: expected numbers for {spec.name!r} ({spec.dtype.name}), got {_what(array)}",
                        f"send {spec.dtype.name} values")
+    if spec.dtype.kind in "iu" and array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) \
+            and np.all(array == np.round(array)) and not _within(array, np.iinfo(spec.dtype)):
+        info = np.iinfo(spec.dtype)  # whole numbers too large for JSON parsing to hold as int64
+        raise BadInput(f"{where}: {spec.name!r} is {spec.dtype.name}, from {info.min} to {info.max}; "
+                       f"these values reach {array.min():.0f} to {array.max():.0f}",
+                       f"send whole numbers within {spec.dtype.name}'s range")
     if array.size == 0 and array.ndim > 1 and array.shape[0]:  # [[]]: JSON's empty list reads as float64
         raise BadInput(f"{where}: {spec.name!r} holds no values (shape {array.shape})",
                        f"send at least one value per example, in shape {_shape_text(spec.shape[1:])}")
     return cast_input(array, spec, where)
+
+
+def _within(array: np.ndarray, info: np.iinfo) -> bool:
+    return float(array.min()) >= info.min and float(array.max()) <= info.max
 
 
 def _strings(value: Any, spec: ServingTensor, where: str) -> np.ndarray:
