@@ -330,12 +330,6 @@ def _to_array(value: Any, spec: ServingTensor, where: str) -> np.ndarray:
     if array.dtype == object or array.dtype.kind in "SU":
         raise BadInput(f"{where}: expected numbers for {spec.name!r} ({spec.dtype.name}), got {_what(array)}",
                        f"send {spec.dtype.name} values")
-    if spec.dtype.kind in "iu" and array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) \
-            and np.all(array == np.round(array)) and not _within(array, np.iinfo(spec.dtype)):
-        info = np.iinfo(spec.dtype)  # whole numbers too large for JSON parsing to hold as int64
-        raise BadInput(f"{where}: {spec.name!r} is {spec.dtype.name}, from {info.min} to {info.max}; "
-                       f"these values reach {array.min():.0f} to {array.max():.0f}",
-                       f"send whole numbers within {spec.dtype.name}'s range")
     if array.size == 0 and array.ndim > 1 and array.shape[0]:  # [[]]: JSON's empty list reads as float64
         raise BadInput(f"{where}: {spec.name!r} holds no values (shape {array.shape})",
                        f"send at least one value per example, in shape {_shape_text(spec.shape[1:])}")
@@ -398,6 +392,12 @@ def check_declared(spec: ServingTensor, shape: tuple[int, ...], dtype: np.dtype,
 def cast_input(array: np.ndarray, spec: ServingTensor, where: str) -> np.ndarray:
     """Check the dtype kind, the shape (every axis but the batch) and, for integers, that
     every value fits the tensor's type (a silent wrap would answer the wrong question), then cast."""
+    if spec.dtype.kind in "iu" and array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) \
+            and np.all(array == np.round(array)) and not _within(array, np.iinfo(spec.dtype)):
+        info = np.iinfo(spec.dtype)  # whole numbers too large for JSON parsing to hold as int64
+        raise BadInput(f"{where}: {spec.name!r} is {spec.dtype.name}, from {info.min} to {info.max}; "
+                       f"these values reach {array.min():.0f} to {array.max():.0f}",
+                       f"send whole numbers within {spec.dtype.name}'s range")
     check_declared(spec, array.shape, array.dtype, where)
     check_range(array, spec.dtype, f"{where}: {spec.name!r}")
     return array.astype(spec.dtype, copy=False)
