@@ -80,6 +80,9 @@ def test_serve_loads_it_answers_real_sizes_and_refuses_one_it_cannot_take(any_si
             assert status == 200 and np.asarray(body["predictions"]).shape == (2, 5), body
         status, body = running.client.predict("/v1/models/shapes:predict", {"instances": [[[[0.0, 0.0, 0.0]]]]})
         assert status == 400 and "cannot take inputs of this size (image [1, 1, 1, 3])" in body["error"]
+        status, _, reply = running.client.request("POST", "/v1/models/shapes:predict", _npy(np.zeros((2, 0, 9, 3))),
+                                                  "application/x-npy")
+        assert status == 400 and b"holds no values (shape (2, 0, 9, 3))" in reply  # was 200 with made-up values
         assert body["error"].count("failed to prepare") == 1  # LiteRT's repeated line, once
 
 
@@ -93,3 +96,61 @@ def test_without_calibration_convert_says_the_synthetic_rows_are_1_long_on_those
     assert result.exit_code == 1  # 1x1 check rows: the artifact cannot run them, and fails
     assert "input 'image' gets 1 on its unknown axes ([32, 1, 1, 3])" in result.stderr
     assert "pass --calibration with real rows" in result.stderr
+
+
+def _export(model, path, rows: np.ndarray, name: str):
+    model.export(str(path / "saved_model"), verbose=False)
+    np.savez(path / "rows.npz", **{name: rows})
+    convert(path / "saved_model", path / "models" / "m" / "1", calibration=path / "rows.npz", variants=("float32",),
+            tfjs=())
+    return path / "models" / "m"
+
+
+def test_memory_that_grows_faster_than_the_input_is_bounded_as_it_grows(tmp_path):
+    """Self-attention over a sequence of any length: its L x L scores grow with L squared, inside
+    XNNPACK's own workspace, which the interpreter's tensors do not show. helper-12 sent L=8000
+    under --max-memory-mb 64 and got 200 with 328 MB resident; the estimate is from the heap now,
+    at three lengths, so the long one gets 413 and a short one is still answered."""
+    import keras
+
+    from serving import Server
+
+    keras.utils.set_random_seed(0)
+    seq = keras.Input((None, 16), name="seq")
+    scores = keras.layers.Softmax()(keras.ops.matmul(seq, keras.ops.transpose(seq, (0, 2, 1))))
+    outputs = keras.ops.mean(keras.ops.matmul(scores, seq), axis=1)
+    rows = np.random.default_rng(0).random((16, 24, 16), dtype=np.float32)
+    base = _export(keras.Model(seq, outputs), tmp_path, rows, "seq")
+    with Server([str(base), "--max-memory-mb", "64", "--interpreters", "1"]) as running:
+        for length, expected in ((500, 200), (8000, 413)):
+            status, body = running.client.predict("/v1/models/m:predict", {"inputs": np.zeros((1, length, 16)).tolist()})
+            assert status == expected, (length, body)
+        assert "of interpreter memory for one call" in body["error"]
+
+
+def test_a_model_that_needs_more_than_32_pixels_loads(tmp_path):
+    """Five strided unpadded convs need 63x63 (helper-12's case: it never loaded)."""
+    import keras
+
+    from serving import Server
+
+    keras.utils.set_random_seed(0)
+    hidden = inputs = keras.Input((None, None, 3), name="image")
+    for _ in range(5):
+        hidden = keras.layers.Conv2D(2, 3, strides=2)(hidden)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(hidden))
+    base = _export(keras.Model(inputs, outputs), tmp_path, np.random.default_rng(0).random((8, 70, 70, 3),
+                                                                                              dtype=np.float32), "image")
+    with Server([str(base)]) as running:
+        status, body = running.client.predict("/v1/models/m:predict", {"instances": np.zeros((1, 64, 64, 3)).tolist()})
+        assert status == 200 and np.asarray(body["predictions"]).shape == (1, 3), body
+        status, body = running.client.predict("/v1/models/m:predict", {"instances": np.zeros((1, 40, 40, 3)).tolist()})
+        assert status == 400 and "at load it ran on image [1, 64, 64, 3]" in body["error"]
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype(np.float32))
+    return buffer.getvalue()

@@ -147,7 +147,11 @@ _TFLITE_TYPES = {1: "float32", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 
 def runtime_error_text(exc: BaseException) -> str:
     """LiteRT's invoke() error in words: a kernel's "got 7" becomes "got int16" (an op the
     converter quantized but LiteRT has no kernel for at that type), with its sentences apart."""
-    text = re.sub(r"(?<=[a-z])(?=Node number)", ". ", str(exc).strip())
+    text = str(exc).strip()
+    for times in (3, 2):  # LiteRT repeats a whole message: "div.cc:262 ... failed to invoke.div.cc:262 ..."
+        if len(text) % times == 0 and text == text[: len(text) // times] * times:
+            text = text[: len(text) // times]
+    text = re.sub(r"(?<=[a-z])(?=Node number)", ". ", text)
     text = re.sub(r"\.(?=[A-Z])", ". ", text)  # LiteRT runs its messages together: "...prepare.XNNPack ..."
     text = re.sub(r"\bgot (\d+)\b", lambda m: f"got {_TFLITE_TYPES.get(int(m[1]), m[1])}", text)
     sentences = re.split(r"(?<=\.)\s+", text)  # LiteRT repeats its lines: XNNPACK's reshape error comes twice

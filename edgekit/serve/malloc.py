@@ -26,6 +26,18 @@ except (OSError, AttributeError):  # not glibc (musl, macOS)
     _mallopt = _malloc_trim = None
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+try:
+    _mallinfo2 = _libc.mallinfo2  # glibc 2.33 and later (Raspberry Pi OS bookworm: 2.36)
+    _mallinfo2.restype = _MallInfo2
+except (NameError, AttributeError):
+    _mallinfo2 = None
+
+
 def tune() -> None:
     if _mallopt is not None:
         _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
@@ -35,3 +47,12 @@ def tune() -> None:
 def trim() -> None:
     if _malloc_trim is not None:
         _malloc_trim(0)
+
+
+def allocated() -> int | None:
+    """Bytes the C heap has handed out now, mmapped blocks included (None where glibc cannot
+    say): what an interpreter holds beyond its tensors, XNNPACK's workspaces among it."""
+    if _mallinfo2 is None:
+        return None
+    info = _mallinfo2()
+    return int(info.uordblks + info.hblkhd)

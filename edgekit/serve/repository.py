@@ -43,6 +43,7 @@ from edgekit.runtime import TFLiteModel
 from edgekit.runtime.tflite import DEFAULT_SIGNATURE, runtime_error_text, zeros
 from edgekit.serve.codec import ServingTensor
 from edgekit.serve.limits import WouldWait
+from edgekit.serve.malloc import allocated
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 # Rows per interpreter call when --max-batch-rows is not given: as many as keep the
@@ -205,6 +206,17 @@ class ServedSignature:
     # unknown axes beyond the batch (then a warm-up call's time says nothing of a real one's)
     warm_feeds: dict[str, np.ndarray] | None = None
     open_axes: bool = False
+    # With open axes, one row's memory grows as row_coeff * values ** growth: attention's L x L
+    # scores grow with the square of its length, which a per-value figure would underestimate.
+    growth: float = 1.0
+    row_coeff: float = 0.0
+    warm_error: str | None = None  # why the last warm-up input failed, when none ran
+
+    def row_bytes(self, values: float) -> float:
+        """Interpreter memory one row of `values` input values takes."""
+        if self.growth > 1.0:
+            return self.row_coeff * values**self.growth
+        return self.bytes_per_value * values
 
 
 def _served_signature(model: TFLiteModel, signature: str, fill: dict[str, float]) -> ServedSignature:
@@ -228,47 +240,98 @@ def _served_signature(model: TFLiteModel, signature: str, fill: dict[str, float]
         **_probe(model, signature, ins, fill))
 
 
-# Lengths tried for unknown axes at load: an image model of any size may need a few pixels to run
-# (a strided, unpadded conv cannot take 1x1).
-PROBE_SIZES = (1, 2, 4, 8, 16, 32)
+# Lengths tried at load for unknown axes beyond the batch: an image model of any size may need
+# pixels to run (five strided 3x3 convs: 63; InceptionV3: 75).
+PROBE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Lengths at which a model of any size has its memory measured (one row): large enough that how it
+# grows shows over the fixed costs.
+GROWTH_SIZES = (64, 128, 256)
+# Memory growing by more than this power of the input is taken as it grows (attention: 2); below it,
+# as growing in step with the input.
+SUPERLINEAR = 1.3
 
 
 def _probe(model: TFLiteModel, signature: str, ins: list[ServingTensor], fill: dict[str, float]) -> dict:
-    """Warm-up inputs the model runs, and how its tensors grow per input value (activations grow
-    with the inputs, weights do not): the two smallest sizes of the unknown axes it runs, with
-    zeros or, where zeros fail (an int8 DIV by an input cannot take its zero point), values in the
-    middle of what calibration saw."""
+    """Warm-up inputs the model runs, with zeros or, where zeros fail (an int8 DIV by an input cannot
+    take its zero point), values in the middle of what calibration saw; and how its tensors grow
+    with the input (activations grow, weights do not). Unknown batch: one row, then two. Unknown
+    axes beyond it: one row at the three smallest sizes it runs, to see whether memory grows faster
+    than the input (attention's L x L scores)."""
     open_axes = any(d < 0 for t in ins for d in t.shape[1:])
     unknown = any(d < 0 for t in ins for d in t.shape)
-    found, first = [], None
-    for size in PROBE_SIZES if unknown else (1,):
-        feeds = _runnable(model, signature, ins, size, fill)
+    found, first, error = [], None, None
+    for size in PROBE_SIZES if open_axes else (1, 2) if unknown else (1,):
+        feeds, error = _runnable(model, signature, ins, size, fill, open_axes, error)
         if feeds is None:
             continue
-        first = first or feeds
+        first = first or (size, feeds)
         found.append((sum(v.size for v in feeds.values()), model.tensor_bytes()))
-        if len(found) == 2 or not unknown:
+        if open_axes or len(found) == 2 or not unknown:
             break
-    if not unknown:
-        per_value = 0.0
-    elif len(found) < 2:  # runs at one size at most: count all its tensors against that size's values
-        per_value = model.tensor_bytes() / max(1, found[0][0] if found else 1)
-    else:
-        (values_1, bytes_1), (values_2, bytes_2) = found
-        per_value = max(0.0, (bytes_2 - bytes_1) / (values_2 - values_1)) if values_2 > values_1 else 0.0
-    return {"bytes_per_value": per_value, "warm_feeds": first, "open_axes": open_axes}
+    if open_axes and first:
+        found = _held_growth(model, signature, ins, fill, first[0]) or found
+    fit = {"bytes_per_value": 0.0}
+    if unknown and len(found) < 2:  # runs at one size at most: all its tensors against that size's values
+        fit["bytes_per_value"] = model.tensor_bytes() / max(1, found[0][0] if found else 1)
+    elif unknown:
+        fit = _growth(found)
+    return {**fit, "warm_feeds": first and first[1], "open_axes": open_axes, "warm_error": None if first else error}
 
 
-def _runnable(model: TFLiteModel, signature: str, ins: list[ServingTensor], size: int,
-              fill: dict[str, float]) -> dict[str, np.ndarray] | None:
+def _held_growth(model: TFLiteModel, signature: str, ins: list[ServingTensor], fill: dict[str, float],
+                 smallest: int) -> list[tuple[int, int]]:
+    """(input values, bytes the process's C heap holds) for one row at GROWTH_SIZES on every unknown
+    axis beyond the batch. The heap, not the interpreter's tensors: XNNPACK keeps an attention's
+    L x L scores in a workspace of its own, so the tensors grew in step with L while the process grew
+    by 70 MB at L=4000 (helper-12). Where glibc cannot say, the tensors it is."""
+    found = []
+    start = allocated()
+    for size in (max(smallest, GROWTH_SIZES[0]) * 2**i for i in range(len(GROWTH_SIZES))):
+        feeds, _ = _runnable(model, signature, ins, size, fill, True, None)
+        if feeds is None:
+            break
+        held = model.tensor_bytes() if start is None else allocated() - start - sum(v.nbytes for v in feeds.values())
+        found.append((sum(v.size for v in feeds.values()), held))
+    return found if len(found) >= 2 else []
+
+
+def _growth(found: list[tuple[int, int]]) -> dict:
+    """Memory per value between the sizes probed, or, where it grows as a power of the input above
+    SUPERLINEAR (from three sizes, each a fixed multiple of the last), that power and its factor."""
+    slopes = [(b2 - b1) / (v2 - v1) for (v1, b1), (v2, b2) in zip(found, found[1:]) if v2 > v1]
+    linear = {"bytes_per_value": max(0.0, *slopes) if slopes else 0.0}
+    if len(found) < 3:
+        return linear
+    (v1, b1), (v2, b2), (v3, b3) = found
+    if min(b2 - b1, b3 - b2) <= 0 or v2 <= v1 or not np.isclose(v3 / v2, v2 / v1):
+        return linear
+    power = float(np.log((b3 - b2) / (b2 - b1)) / np.log(v2 / v1))
+    if power <= SUPERLINEAR:
+        return linear
+    power = min(power, 3.0)
+    return {**linear, "growth": power, "row_coeff": (b3 - b2) / (v3**power - v2**power)}
+
+
+def _runnable(model: TFLiteModel, signature: str, ins: list[ServingTensor], size: int, fill: dict[str, float],
+              open_axes: bool, error: str | None) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """Inputs at `size` (unknown axes beyond the batch that long, and then one row; else `size`
+    rows) that the model runs, or None and why the last try failed."""
     for values in ({}, fill) if fill else ({},):
-        feeds = {t.name: _filled(zeros(t.shape, t.dtype, size), values.get(t.name)) for t in ins}
+        feeds = {t.name: _filled(_sized(t, size, open_axes), values.get(t.name)) for t in ins}
         try:
             model.run(feeds, signature)
-        except (RuntimeError, ValueError, EdgekitError):
+        except (RuntimeError, ValueError, EdgekitError) as exc:
+            error = runtime_error_text(exc) if isinstance(exc, RuntimeError) else str(exc)
             continue
-        return feeds
-    return None
+        return feeds, error
+    return None, error
+
+
+def _sized(tensor: ServingTensor, size: int, open_axes: bool) -> np.ndarray:
+    if not open_axes:
+        return zeros(tensor.shape, tensor.dtype, size)
+    shape = [d if d >= 0 else 1 if i == 0 else size for i, d in enumerate(tensor.shape)]
+    return np.zeros(shape, tensor.dtype)
 
 
 def _filled(array: np.ndarray, value: float | None) -> np.ndarray:
@@ -323,7 +386,8 @@ class LoadedVersion:
             for signature, served in self.signatures.items():
                 if served.warm_feeds is None:
                     raise BadInput(f"signature {signature!r} ran on none of the warm-up inputs (zeros, the calibration "
-                                   "data's middle values, unknown axes 1 to 32 long)",
+                                   f"data's middle values, unknown axes 1 to {PROBE_SIZES[-1]} long): "
+                                   f"{served.warm_error}",
                                    "check the model in `edgekit bench`, or serve another variant")
                 model.run(served.warm_feeds, signature)
                 started = time.perf_counter()
@@ -346,7 +410,7 @@ class LoadedVersion:
         return self.max_batch_rows or self._rows_per_call(served, served.row_values)
 
     def _rows_per_call(self, served: ServedSignature, values_per_row: float) -> int:
-        return max(1, int(BATCH_TENSOR_BYTES // max(1.0, served.bytes_per_value * values_per_row)))
+        return max(1, int(BATCH_TENSOR_BYTES // max(1.0, served.row_bytes(values_per_row))))
 
     def specs(self, signature: str) -> ServedSignature:
         served = self.signatures.get(signature)
@@ -385,7 +449,8 @@ class LoadedVersion:
         else:
             step = rows
         step = min(step, rows)
-        call_bytes = served.bytes_per_value * (batched_values * step / rows + whole_values) * ARENA_FACTOR
+        call_bytes = (step * served.row_bytes(batched_values / rows) + served.bytes_per_value * whole_values) \
+            * ARENA_FACTOR
         if call_bytes > self.max_call_bytes:
             raise PayloadTooLarge(
                 f"this request needs an estimated {call_bytes / 1048576:.0f} MB of interpreter memory for one "
@@ -406,9 +471,9 @@ class LoadedVersion:
             raise WouldWait from None
         try:
             if rows <= step:
-                return _invoke(model, inputs, signature)
+                return _invoke(model, inputs, signature, served.warm_feeds)
             parts = [_invoke(model, {k: v[i : i + step] if k in served.batched and v.ndim else v
-                                     for k, v in inputs.items()}, signature)
+                                     for k, v in inputs.items()}, signature, served.warm_feeds)
                      for i in range(0, rows, step)]
             return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         finally:
@@ -427,7 +492,8 @@ class LoadedVersion:
         return {"signature_def": {"signature_def": signature_defs}}
 
 
-def _invoke(model: TFLiteModel, inputs: dict[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+def _invoke(model: TFLiteModel, inputs: dict[str, np.ndarray], signature: str,
+            ran: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """One interpreter call; what the runtime refuses at run time is the input's fault
     (a token id beyond the vocabulary, a shape the graph cannot take): 400, with its words."""
     try:
@@ -436,9 +502,10 @@ def _invoke(model: TFLiteModel, inputs: dict[str, np.ndarray], signature: str) -
         text = runtime_error_text(exc)
         if "failed to prepare" in text or "failed to reshape" in text:  # LiteRT could not size the layers
             shapes = ", ".join(f"{name} {list(np.shape(value))}" for name, value in inputs.items())
+            known = ", ".join(f"{name} {list(value.shape)}" for name, value in (ran or {}).items())
             raise BadInput(f"the model cannot take inputs of this size ({shapes}): {text[:200]}",
-                           "send a larger input: a strided or unpadded layer needs more than a few pixels (see the "
-                           "model's metadata for its shapes)") from None
+                           "a strided or unpadded layer needs a few pixels, and a very large input can run out of "
+                           "memory" + (f"; at load it ran on {known}" if known else "")) from None
         raise BadInput(f"the model cannot run on this input: {text[:300]}",
                        "check the values against what the model expects (ids within its vocabulary, sizes it "
                        "can take)") from None

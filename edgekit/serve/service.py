@@ -246,4 +246,4 @@ def _output_bytes(served: ServedSignature, rows: int, values: int) -> int:
     the interpreter's tensors grew with the inputs at load (an embedding's [N, L, 64])."""
     if served.outputs_known:
         return rows * served.output_row_bytes
-    return int(max(rows * served.output_row_bytes, values * served.bytes_per_value))
+    return int(max(rows * served.output_row_bytes, rows * served.row_bytes(values / max(1, rows))))
