@@ -255,8 +255,8 @@ def _probe(model: TFLiteModel, signature: str, ins: list[ServingTensor], fill: d
     """Warm-up inputs the model runs, with zeros or, where zeros fail (an int8 DIV by an input cannot
     take its zero point), values in the middle of what calibration saw; and how its tensors grow
     with the input (activations grow, weights do not). Unknown batch: one row, then two. Unknown
-    axes beyond it: one row at the three smallest sizes it runs, to see whether memory grows faster
-    than the input (attention's L x L scores)."""
+    axes beyond it: warmed at the smallest size it runs, measured at GROWTH_SIZES (_held_growth),
+    to see whether memory grows faster than the input (attention's L x L scores)."""
     open_axes = any(d < 0 for t in ins for d in t.shape[1:])
     unknown = any(d < 0 for t in ins for d in t.shape)
     found, first, error = [], None, None
