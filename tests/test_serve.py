@@ -387,3 +387,31 @@ def test_a_model_that_cannot_run_zeros_warms_up_on_its_calibration_data_and_serv
         status, body = running.client.predict("/v1/models/tempered:predict",
                                               {"instances": [{"logits": [1.0, 0.0, 0.0, 0.0], "temperature": [0.0]}]})
         assert status == 400 and "(DIV) failed to invoke" in body["error"], body
+
+
+def test_a_signature_the_savedmodel_has_but_the_artifact_lacks_is_named_with_the_way_to_get_it(tmp_path):
+    import tensorflow as tf
+
+    from edgekit import convert
+
+    class Two(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def double(self, x):
+            return {"y": x * 2.0}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def embed(self, x):
+            return {"e": tf.nn.relu(x)}
+
+    module = Two()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"),
+                        signatures={"serving_default": module.double, "embed": module.embed})
+    convert(tmp_path / "saved_model", tmp_path / "models" / "two" / "1", variants=("float32",), tfjs=())
+    with Server([str(tmp_path / "models" / "two")]) as running:
+        status, body = running.client.predict("/v1/models/two:predict",
+                                              {"signature_name": "embed", "instances": [[1.0, -1.0, 2.0]]})
+        assert status == 404 and "has no signature 'embed'" in body["error"]
+        assert "the SavedModel has 'embed'" in body["error"] and "convert with --signature embed" in body["error"]
+        status, body = running.client.predict("/v1/models/two:predict",
+                                              {"signature_name": "nope", "instances": [[1.0, -1.0, 2.0]]})
+        assert status == 404 and "SavedModel" not in body["error"]

@@ -343,14 +343,27 @@ def _filled(array: np.ndarray, value: float | None) -> np.ndarray:
     return np.full_like(array, value)
 
 
-def calibration_middles(version_dir: Path) -> dict[str, float]:
-    """Per input, the middle of what convert's calibration data spanned (its 1st to 99th
-    percentile), from an OUT_DIR's manifest: warm-up values inside the model's range. {} without."""
-    try:
-        ranges = (Manifest.read(version_dir).calibration or {}).get("ranges", {})
-        return {name: (span["p1"] + span["p99"]) / 2 for name, span in ranges.items()}
-    except (EdgekitError, OSError, KeyError, TypeError, AttributeError):
-        return {}
+@dataclass(frozen=True)
+class SourceFacts:
+    """What an OUT_DIR's manifest says of the model beyond the .tflite: per input, the middle of
+    what calibration spanned (its 1st to 99th percentile: warm-up values inside the model's range),
+    and the SavedModel's signatures (a client asking for one the artifact lacks is told how to get
+    it). Empty for a bare .tflite."""
+
+    middles: dict[str, float] = field(default_factory=dict)
+    signatures: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, version_dir: Path) -> SourceFacts:
+        if not (version_dir / MANIFEST_NAME).is_file():
+            return cls()
+        try:
+            manifest = Manifest.read(version_dir)
+            ranges = (manifest.calibration or {}).get("ranges", {})
+            return cls({name: (span["p1"] + span["p99"]) / 2 for name, span in ranges.items()},
+                       tuple(manifest.signatures))
+        except (EdgekitError, OSError, KeyError, TypeError, AttributeError):
+            return cls()
 
 
 def _row_elements(tensor: ServingTensor) -> int:
@@ -366,7 +379,7 @@ class LoadedVersion:
     running interpreter (with a memory-mapped file that is a SIGBUS)."""
 
     def __init__(self, name: str, version: int, path: Path, threads: int, interpreters: int,
-                 max_batch_rows: int | None = None, max_call_bytes: int = 1 << 62, fill: dict[str, float] | None = None):
+                 max_batch_rows: int | None = None, max_call_bytes: int = 1 << 62, source: SourceFacts | None = None):
         self.name, self.version, self.path = name, version, path
         content = path.read_bytes()
         self.models = [TFLiteModel(content, num_threads=threads) for _ in range(interpreters)]
@@ -374,7 +387,8 @@ class LoadedVersion:
         for model in self.models:
             self._pool.put(model)
         first = self.models[0]
-        self.signatures = {signature: _served_signature(first, signature, fill or {})
+        self.source = source or SourceFacts()
+        self.signatures = {signature: _served_signature(first, signature, self.source.middles)
                            for signature in first.signature_names}
         self.max_batch_rows, self.max_call_bytes = max_batch_rows, max_call_bytes
         self.call_seconds = 0.0  # the slowest one-row call at warm-up
@@ -415,8 +429,11 @@ class LoadedVersion:
     def specs(self, signature: str) -> ServedSignature:
         served = self.signatures.get(signature)
         if served is None:
-            raise NotFound(f"model {self.name} version {self.version} has no signature {signature[:100]!r}",
-                           "use one of: " + ", ".join(self.signatures))
+            hint = "use one of: " + ", ".join(self.signatures)
+            if signature in self.source.signatures:
+                hint += (f"; the SavedModel has {signature!r}, but this artifact was converted from another: "
+                         f"convert with --signature {signature} and serve that")
+            raise NotFound(f"model {self.name} version {self.version} has no signature {signature[:100]!r}", hint)
         return served
 
     def rows(self, served: ServedSignature, inputs: dict[str, np.ndarray]) -> int:
@@ -627,7 +644,7 @@ class ModelRepository:
             with captured_native_output() as native:  # LiteRT prints "INFO: Created ... delegate" raw
                 loaded = LoadedVersion(config.name, version, model_file(folder, config.variant), self.threads,
                                        self.interpreters, self.max_batch_rows, self.max_call_bytes,
-                                       calibration_middles(folder))
+                                       SourceFacts.of(folder))
                 loaded.warm_up()
         except Exception as exc:  # anything in a version's files fails that version, never the poller
             message = exc.message if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc}"
