@@ -154,3 +154,38 @@ def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array.astype(np.float32))
     return buffer.getvalue()
+
+
+def test_a_sequence_model_whose_positions_stop_short_of_the_probe_sizes_is_measured_where_it_runs(tmp_path):
+    """Token ids of any length, with 40 learned positions: lengths 64-256 fail, so its memory is
+    measured from the smallest length it runs, doubling, instead of all its tensors counted
+    against one token (which would have refused any real request)."""
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    from edgekit.serve.repository import LoadedVersion, SourceFacts
+
+    rng = np.random.default_rng(0)
+
+    class Positions(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens = tf.constant(rng.normal(size=(100, 8)).astype(np.float32))
+            self.positions = tf.constant(rng.normal(size=(40, 8)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids")])
+        def serve(self, ids):
+            embedded = tf.gather(self.tokens, ids) + tf.gather(self.positions, tf.range(tf.shape(ids)[1]))[None]
+            return {"mean": tf.reduce_mean(embedded, 1)}
+
+    module = Positions()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.serve)
+    np.savez(tmp_path / "rows.npz", ids=rng.integers(0, 100, (20, 30)).astype(np.int32))
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32",), tfjs=(),
+                       calibration=tmp_path / "rows.npz")
+    version = LoadedVersion("text", 1, Path(tmp_path / "out" / manifest.artifacts[0].file), 1, 1,
+                            source=SourceFacts.of(tmp_path / "out"))
+    served = version.signatures["serving_default"]
+    assert served.growth == 1.0 and 0 < served.row_bytes(40) < 64 * 1024  # tens of KB for 40 tokens
+    assert version.run("serving_default", {"ids": np.ones((2, 40), np.int32)})["mean"].shape == (2, 8)

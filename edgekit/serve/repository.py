@@ -284,15 +284,19 @@ def _held_growth(model: TFLiteModel, signature: str, ins: list[ServingTensor], f
     axis beyond the batch. The heap, not the interpreter's tensors: XNNPACK keeps an attention's
     L x L scores in a workspace of its own, so the tensors grew in step with L while the process grew
     by 70 MB at L=4000 (helper-12). Where glibc cannot say, the tensors it is."""
-    found = []
-    start = allocated()
-    for size in (max(smallest, GROWTH_SIZES[0]) * 2**i for i in range(len(GROWTH_SIZES))):
-        feeds, _ = _runnable(model, signature, ins, size, fill, True, None)
-        if feeds is None:
-            break
-        held = model.tensor_bytes() if start is None else allocated() - start - sum(v.nbytes for v in feeds.values())
-        found.append((sum(v.size for v in feeds.values()), held))
-    return found if len(found) >= 2 else []
+    # From the smallest size it runs where GROWTH_SIZES fail (a text model whose positions stop at 50)
+    for first in dict.fromkeys((max(smallest, GROWTH_SIZES[0]), smallest)):
+        found = []
+        start = allocated()
+        for size in (first * 2**i for i in range(len(GROWTH_SIZES))):
+            feeds, _ = _runnable(model, signature, ins, size, fill, True, None)
+            if feeds is None:
+                break
+            held = model.tensor_bytes() if start is None else allocated() - start - sum(v.nbytes for v in feeds.values())
+            found.append((sum(v.size for v in feeds.values()), held))
+        if len(found) >= 2:
+            return found
+    return []
 
 
 def _growth(found: list[tuple[int, int]]) -> dict:
