@@ -43,8 +43,7 @@ def compare_output(actual: np.ndarray, reference: np.ndarray) -> OutputCheck:
     """Errors of `actual` against `reference`. When `actual` holds NaN or Inf where the
     reference is finite, the errors are None: no number would be honest (and JSON has none).
     An integer or bool output is compared value by value (`exact_match`), not by its spread."""
-    if np.asarray(reference).dtype.kind in "biu":
-        return _compare_discrete(np.asarray(actual), np.asarray(reference))
+    given, expected = np.asarray(actual), np.asarray(reference)
     actual = np.asarray(actual, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     if actual.shape != reference.shape:
@@ -59,6 +58,9 @@ def compare_output(actual: np.ndarray, reference: np.ndarray) -> OutputCheck:
         rel_l2 = diff_norm / ref_norm
     else:
         rel_l2 = 0.0 if diff_norm == 0 else float("inf")
+    if expected.dtype.kind in "biu":
+        exact = float(np.mean(given == expected)) if given.size else 1.0
+        return OutputCheck(max_abs_error=max_abs, rel_l2_error=rel_l2, top1_agreement=None, exact_match=exact)
     top1 = confident_rows = confident_top1 = None
     if is_classifier_output(reference):
         agrees = np.argmax(actual, axis=1) == np.argmax(reference, axis=1)
@@ -74,16 +76,6 @@ def compare_output(actual: np.ndarray, reference: np.ndarray) -> OutputCheck:
     return OutputCheck(max_abs_error=max_abs, rel_l2_error=rel_l2, top1_agreement=top1,
                        rms_over_std=spread_errors(actual, reference)["rms_over_std"],
                        confident_rows=confident_rows, confident_top1_agreement=confident_top1, float32_ulps=ulps)
-
-
-def _compare_discrete(actual: np.ndarray, reference: np.ndarray) -> OutputCheck:
-    if actual.shape != reference.shape:
-        raise ValueError(f"shape {actual.shape} differs from the reference's {reference.shape}")
-    diff = actual.astype(np.float64) - reference.astype(np.float64)
-    ref_norm, diff_norm = float(np.linalg.norm(reference.astype(np.float64))), float(np.linalg.norm(diff))
-    rel_l2 = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else float("inf"))
-    return OutputCheck(max_abs_error=float(np.max(np.abs(diff))) if diff.size else 0.0, rel_l2_error=rel_l2,
-                       top1_agreement=None, exact_match=float(np.mean(actual == reference)) if actual.size else 1.0)
 
 
 def judge(per_output: dict[str, OutputCheck], tolerance: Tolerance, label: str) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgekit.benchmark.results import NOT_BUILT, BenchReport, Row
+from edgekit.benchmark.results import BenchReport, Row
 from edgekit.errors import BadInput
 
 
@@ -91,7 +91,7 @@ def broken_budgets(report: BenchReport, budgets: Budgets) -> list[str]:
 def passed_over(row: Row) -> bool:
     """An artifact convert failed or skipped: not one to ship (package refuses it), and convert
     already exited 1 for it. Bench may still measure one with a file; budgets do not gate on it."""
-    return row.convert_status in ("failed", "skipped") or (row.reason or "").startswith(NOT_BUILT)
+    return row.convert_status in ("failed", "skipped")  # bench sets it on every artifact's row
 
 
 def check_budgets_apply(budgets: Budgets, spec) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit import agreement
 from edgekit._version import __version__
-from edgekit.benchmark.results import NOT_BUILT, SCHEMA_VERSION, TASKS, BenchReport, Row, measurably_slower
+from edgekit.benchmark.results import SCHEMA_VERSION, TASKS, BenchReport, Row, measurably_slower
 from edgekit.benchmark.runners import RUNNERS, Runner, TensorFlowRunner
 from edgekit.build import data
 from edgekit.errors import BadInput, EdgekitError, NotFound
@@ -184,7 +184,7 @@ class _Session:
         """A runner per setting (threads, or TF.js backends), or why none can be opened."""
         runner_class = RUNNERS.get(entry.format)
         if entry.file is None or not (self.out_dir / entry.file).is_file():
-            return f"{NOT_BUILT} {entry.status}"
+            return f"no file: convert marked it {entry.status}"
         if entry.requires_flex:
             return "requires flex ops, which no Python LiteRT runtime can run"
         if runner_class is None:

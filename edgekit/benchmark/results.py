@@ -20,11 +20,6 @@ SLOWER_MARGIN = 1.05
 SLOWER_FLOOR_MS = 0.01
 
 
-# The reason of a row whose artifact convert never wrote (it failed, or was skipped): bench has
-# nothing to measure.
-NOT_BUILT = "no file: convert marked it"
-
-
 def measurably_slower(p50_ms: float, than_ms: float) -> bool:
     """What bench's slower-than-float32 flag and package's --pick fastest both go by."""
     return p50_ms > max(than_ms * SLOWER_MARGIN, than_ms + SLOWER_FLOOR_MS)
