@@ -175,6 +175,10 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
 @click.option("--range-method", type=click.Choice(activation_ranges.CHOICES), default=activation_ranges.CHOICES[0],
               show_default=True,
               help="How int8 sets each activation's range; auto tries all, and bias correction, keeps the best.")
+@click.option("--weight-rounding", type=click.Choice(tflite_target.WEIGHT_ROUNDING_CHOICES),
+              default=tflite_target.TFLiteOptions.weight_rounding, show_default=True,
+              help="int8, int16x8 and dynamic weights with --calibration: auto rounds them by error feedback "
+                   "(GPTQ) where that scores better; nearest is TFLite's own.")
 @click.option("--diagnose", is_flag=True,
               help="Record int8's and int16x8's per-layer errors even when they pass (always done when they do not).")
 @click.option("--float-layers", default="",
@@ -194,7 +198,7 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own logs.")
 @_handle_errors
 def convert(saved_model, out_dir, signature, variants, calibration, calibration_samples,
-            check_samples, int8_io, range_method, diagnose, float_layers, image_range, allow_flex, tfjs,
+            check_samples, int8_io, range_method, weight_rounding, diagnose, float_layers, image_range, allow_flex, tfjs,
             tfjs_shard_mb, onnx, onnx_opset, force, as_json, debug):
     """Convert SAVED_MODEL to TFLite variants and TF.js graph models, check each against
     it (LiteRT; TF.js in Node.js), write a manifest.
@@ -213,7 +217,7 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     options = ConvertOptions(
         signature=signature, variants=parse_variants(variants) if variants else None, calibration=calibration,
         calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
-        range_method=range_method, diagnose=diagnose, float_layers=float_layers, allow_flex=allow_flex,
+        range_method=range_method, weight_rounding=weight_rounding, diagnose=diagnose, float_layers=float_layers, allow_flex=allow_flex,
         image_range=image_range, tfjs=tfjs, tfjs_shard_mb=tfjs_shard_mb, onnx=onnx or onnx_opset is not None,
         onnx_opset=onnx_opset, force=force)
     printer = _ProgressPrinter()
@@ -229,9 +233,13 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
         ranges = artifact.quantization.get("ranges") or {}
         if ranges.get("note"):
             click.echo(f"note: {artifact.variant}: ranges by {ranges['method']}, {ranges['note']}", err=True)
+        rounding = artifact.quantization.get("weight_rounding") or {}
+        if rounding.get("note"):
+            click.echo(f"note: {artifact.variant}: weights rounded to nearest, {rounding['note']}", err=True)
         if "layers" in ranges:
-            click.echo(f"{artifact.variant}: "
-                       f"{layer_summary(ranges['layers'], ranges.get('layers_unmatched', []), artifact.variant)}", err=True)
+            summary = layer_summary(ranges["layers"], ranges.get("layers_unmatched", []), artifact.variant,
+                                    weights_fitted=rounding.get("method") == "gptq")
+            click.echo(f"{artifact.variant}: {summary}", err=True)
         if "float_layers" in ranges:
             click.echo(f"{artifact.variant}: {float_layers_summary(ranges['float_layers'])}", err=True)
         if artifact.quantization.get("note"):
@@ -334,8 +342,10 @@ def synthetic_row_notes(manifest) -> list[tuple[str, str]]:
     return lines
 
 
-def layer_summary(layers: list[dict], unmatched: list[str], variant: str = "int8", worst: int = 3) -> str:
-    """Where an integer model drifts (the manifest's per-layer errors) and what to try."""
+def layer_summary(layers: list[dict], unmatched: list[str], variant: str = "int8", worst: int = 3,
+                  weights_fitted: bool = False) -> str:
+    """Where an integer model drifts (the manifest's per-layer errors) and what to try
+    (`weights_fitted`: its weights were already rounded by error feedback)."""
     from edgekit.build.targets.int8_layers import NOT_KEPT_FLOAT
 
     measured = [layer for layer in layers if layer["rms_over_tensor_std"] is not None]
@@ -351,15 +361,15 @@ def layer_summary(layers: list[dict], unmatched: list[str], variant: str = "int8
             f"({peak['op']}); "
             "the layers that add most: "
             + ", ".join(f"{layer['tensor']} ({layer['op']}, +{layer['added']:.1%})" for layer in largest)
-            + left_out + ". " + _what_to_try(variant, measured, peak["rms_over_tensor_std"])
+            + left_out + ". " + _what_to_try(variant, measured, peak["rms_over_tensor_std"], weights_fitted)
             + "; every layer's figures are in the manifest (quantization.ranges.layers)")
 
 
-def _what_to_try(variant: str, measured: list[dict], peak: float) -> str:
+def _what_to_try(variant: str, measured: list[dict], peak: float, weights_fitted: bool = False) -> str:
     """int8's layers sit about a rounding step off (O-Net's first conv: 0.2-1 of its step), where
     better ranges or wider activations help. int16x8's steps are 256x finer: when its layers sit many
     steps off but close to the float model, its int8 weights (the ones dynamic-range shares) set the
-    error, and only float weights do better; a layer far off (an unrolled GRU's int16x8: 11x its spread)
+    error, and only weights rounded by error feedback or float weights do better; a layer far off (an unrolled GRU's int16x8: 11x its spread)
     is an op that 16 bits do not serve, which no calibration mends."""
     if variant == "int8":
         return ("Try: more or more typical --calibration rows, --variants dynamic (float activations), int16x8 "
@@ -370,9 +380,11 @@ def _what_to_try(variant: str, measured: list[dict], peak: float) -> str:
     steps = statistics.median([layer["rms_over_scale"] for layer in measured if layer["rms_over_scale"] is not None]
                               or [0.0])
     if steps > WEIGHT_BOUND_STEPS:
+        fit = "" if weights_fitted else ("--weight-rounding auto (the default) with 32 or more --calibration rows, "
+                                         "which rounds them by error feedback, or ")
         return (f"Its layers are off by a median {steps:.0f} of their 16-bit steps (rounding alone is 0.3): the "
-                "int8 weights set this error, not the activations, and dynamic-range shares them. Try float16 "
-                "(float weights) where its bytes allow")
+                "int8 weights set this error, not the activations, and dynamic-range shares them. Try "
+                f"{fit}float16 (float weights) where its bytes allow")
     return "Try: more or more typical --calibration rows, or --variants float16 (float weights)"
 
 

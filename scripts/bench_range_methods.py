@@ -1,14 +1,15 @@
-"""int8 under each activation-range method, against plain min/max and dynamic range, on held-out rows.
+"""int8 under each activation-range method and weight rounding, against plain min/max, int16x8 and dynamic range, on held-out rows.
 
     python scripts/bench_range_methods.py [--json results/range_methods.json] [--models onet,mobilenet_v2,digits]
 
 It prints the markdown table docs/convert.md shows.
 
-For each model, `edgekit convert --variants int8 --range-method M` for M in minmax, percentile,
-mse and auto (which tries the three, and the best with its biases corrected, and keeps the best
-on the calibration rows), auto with
-some ops kept float (--float-layers, O-Net only), plus the int16x8 and dynamic-range variants
-for comparison; then `edgekit bench` on held-out rows that calibration
+For each model, `edgekit convert --variants int8 --range-method M --weight-rounding nearest` for M
+in minmax, percentile, mse and auto (which tries the three, and the best with its biases
+corrected, and keeps the best on the calibration rows); auto with `--weight-rounding auto` (the
+default: the best also with its weights rounded by error feedback, GPTQ); auto with some ops kept
+float (--float-layers, O-Net only); plus the int16x8 and dynamic-range variants, with nearest and
+with auto weight rounding, for comparison; then `edgekit bench` on held-out rows that calibration
 never saw: per output, error against the output's spread (rms_over_std) or, for probabilities,
 top-1 agreement over all rows and over confident ones; bytes; p50 latency at 1 thread; and the
 seconds convert took (for auto, the extra over minmax is the range search).
@@ -34,6 +35,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 METHODS = ("minmax", "percentile", "mse", "auto")
+NEAREST = " nearest"  # a run's name ending in this: --weight-rounding nearest
 # Mixed precision, the last resort: auto ranges with these ops kept float (--float-layers).
 FLOAT_LAYERS = {"onet": {"float box head": "StatefulPartitionedCall:0", "float fully-connected": "FULLY_CONNECTED"}}
 # The other quantized variants, for comparison: int16 activations, and float activations.
@@ -78,12 +80,16 @@ def measure(name: str, saved_model: Path, calibration: Path, eval_data: Path, wo
 
     result = {}
     kept_float = FLOAT_LAYERS.get(name, {})
-    for method in (*METHODS, *kept_float, *OTHER_VARIANTS):
-        out = work / f"{name}_{method.replace(' ', '_')}"
+    runs = [*(m + NEAREST for m in METHODS), "auto", *kept_float,
+            *(v + rounding for v in OTHER_VARIANTS for rounding in (NEAREST, ""))]
+    for run in runs:
+        method = run.removesuffix(NEAREST)
+        out = work / f"{name}_{run.replace(' ', '_')}"
         started = time.perf_counter()
         variant = method if method in OTHER_VARIANTS else "int8"
         manifest = convert(saved_model, out, variants=(variant,), tfjs=(), calibration=calibration,
                            range_method=method if method in METHODS else "auto",
+                           weight_rounding="nearest" if run.endswith(NEAREST) else "auto",
                            float_layers=kept_float.get(method, ()),
                            # an output op kept float stays float only with float outputs
                            int8_io="float" if method in kept_float else "int8")
@@ -94,13 +100,15 @@ def measure(name: str, saved_model: Path, calibration: Path, eval_data: Path, wo
         entry = {"convert_seconds": round(seconds, 1), "check": artifact.status, **figures(row)}
         if method == "int16x8":
             entry["float_ops"] = artifact.quantization.get("float_ops", {})
-        elif method != "dynamic":
+        if method in OTHER_VARIANTS:
+            entry["weight_rounding"] = artifact.quantization.get("weight_rounding", {}).get("method", "nearest")
+        else:
             ranges = artifact.quantization["ranges"]
             entry["method_kept"] = ranges["method"]
             if "float_layers" in ranges:
                 entry["float_layers"] = {key: ranges["float_layers"][key] for key in ("asked", "byte_cost")}
-        result[method] = entry
-        print(f"{name:13s} {method:10s} {json.dumps(entry)}", flush=True)
+        result[run] = entry
+        print(f"{name:13s} {run:18s} {json.dumps(entry)}", flush=True)
     return result
 
 
@@ -113,17 +121,19 @@ def markdown(results: dict) -> str:
     lines = ["| model | artifact | held-out error (against spread; probabilities: top-1 agreement) | bytes "
              "| p50 1 thread | convert |", "| --- | --- | --- | --- | --- | --- |"]
     for model, runs in results["models"].items():
-        for i, (method, run) in enumerate(runs.items()):
-            errors = [f"{name} top-1 {o['top1_agreement']:.1%} (confident {o['confident_top1_agreement']:.0%} of "
-                      f"{o['confident_rows']})" if "top1_agreement" in o else f"{name} {o['rms_over_std']:.1%}"
-                      for name, o in run["outputs"].items()]
+        for i, (name, run) in enumerate(runs.items()):
+            errors = [f"{output} top-1 {o['top1_agreement']:.1%} (confident {o['confident_top1_agreement']:.0%} of "
+                      f"{o['confident_rows']})" if "top1_agreement" in o else f"{output} {o['rms_over_std']:.1%}"
+                      for output, o in run["outputs"].items()]
+            method, rounding = name.removesuffix(NEAREST), "nearest" if name.endswith(NEAREST) else "auto"
             if method == "dynamic":
-                label = "dynamic"
+                label = f"dynamic, rounding {rounding} (kept {run['weight_rounding']})"
             elif method == "int16x8":
                 floating = ", ".join(f"{op} x{count}" for op, count in run["float_ops"].items())
-                label = f"int16x8 ({floating} float)" if floating else "int16x8"
+                label = (f"int16x8 ({floating} float)" if floating else "int16x8") + \
+                    f", rounding {rounding} (kept {run['weight_rounding']})"
             elif method == "auto":
-                label = f"int8 auto (kept {run['method_kept']})"
+                label = f"int8 auto, rounding {rounding} (kept {run['method_kept']})"
             elif method in METHODS:
                 label = f"int8 {method}"
             else:

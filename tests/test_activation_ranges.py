@@ -46,10 +46,14 @@ def test_ranges_always_hold_zero():
 
 @pytest.fixture(scope="module")
 def onet_int8(tmp_path_factory):
+    """O-Net's int8 under the defaults, under auto ranges with nearest weight rounding, and as
+    TFLite makes it (min/max ranges, nearest rounding)."""
     out = tmp_path_factory.mktemp("onet")
-    return {method: convert(ONET / "saved_model", out / method, variants=("int8",), tfjs=(), int8_io="float",
-                            calibration=ONET / "calibration.npz", range_method=method).artifacts[0]
-            for method in ("auto", "minmax")}
+    runs = {"auto": ("auto", "auto"), "auto nearest": ("auto", "nearest"), "minmax": ("minmax", "nearest")}
+    return {name: convert(ONET / "saved_model", out / name.replace(" ", "_"), variants=("int8",), tfjs=(),
+                          int8_io="float", calibration=ONET / "calibration.npz", range_method=ranges,
+                          weight_rounding=rounding).artifacts[0]
+            for name, (ranges, rounding) in runs.items()}
 
 
 def test_auto_tries_every_method_and_keeps_the_best_on_the_check(onet_int8):
@@ -66,12 +70,26 @@ def test_auto_tries_every_method_and_keeps_the_best_on_the_check(onet_int8):
 def test_auto_offers_the_best_ranges_with_their_biases_corrected_and_keeps_it_when_it_scores_better(onet_int8):
     """On O-Net the mean shift int8 leaves in each conv/fc channel is a part of its error that
     a bias can take out: the corrected candidate, same bytes, scores better and is kept."""
-    candidates = {c["method"]: c for c in onet_int8["auto"].quantization["ranges"]["candidates"]}
+    candidates = {c["method"]: c for c in onet_int8["auto nearest"].quantization["ranges"]["candidates"]}
     plain = min((c for m, c in candidates.items() if "+" not in m), key=lambda c: c["worst_error"])
     corrected = candidates[f"{plain['method']}+bias"]
     assert corrected["bytes"] == plain["bytes"] and corrected["worst_error"] < plain["worst_error"]
-    assert onet_int8["auto"].quantization["ranges"]["method"] == corrected["method"]
-    assert onet_int8["auto"].check.outputs["box"].rms_over_std < onet_int8["minmax"].check.outputs["box"].rms_over_std
+    assert onet_int8["auto nearest"].quantization["ranges"]["method"] == corrected["method"]
+    assert (onet_int8["auto nearest"].check.outputs["box"].rms_over_std
+            < onet_int8["minmax"].check.outputs["box"].rms_over_std)
+
+
+def test_auto_offers_the_best_ranges_with_weights_rounded_by_error_feedback_and_keeps_them_when_better(onet_int8):
+    """GPTQ-style rounding of O-Net's conv and fully-connected weights, fitted on the calibration
+    rows, then bias-corrected: same bytes, closer to the float model than nearest rounding."""
+    ranges = onet_int8["auto"].quantization["ranges"]
+    candidates = {c["method"]: c for c in ranges["candidates"]}
+    plain = min((c for m, c in candidates.items() if "+" not in m), key=lambda c: c["worst_error"])
+    rounded, corrected = candidates[f"{plain['method']}+gptq+bias"], candidates[f"{plain['method']}+bias"]
+    assert rounded["ops_rounded"] == 8 and rounded["bytes"] == plain["bytes"]  # 4 convolutions, 4 fully-connected
+    assert rounded["worst_error"] < corrected["worst_error"] and ranges["method"] == rounded["method"]
+    assert (onet_int8["auto"].check.outputs["box"].rms_over_std
+            < onet_int8["auto nearest"].check.outputs["box"].rms_over_std)
 
 
 def test_bias_less_convolutions_get_a_bias_of_their_own_to_correct(tmp_path):

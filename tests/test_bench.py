@@ -225,7 +225,7 @@ def test_variants_slower_than_float32_are_flagged_per_machine():
 
 
 def test_budgets_pass_over_what_convert_failed_and_several_artifacts_can_be_named(digits_out, tmp_path):
-    """A budget gates what could ship: an artifact convert failed was already an exit 1 there and
+    """(int8 agrees 99.6% on the held-out rows, under the 99.9% asked.) A budget gates what could ship: an artifact convert failed was already an exit 1 there and
     package refuses it, so budgets pass it over with a note (helper-10: every --min-agreement run of
     a model whose int16x8 failed broke on it), whether its file was written or not; one with a file
     is still measured, and the table says convert failed it (helper-11: it passed silently). A run
@@ -238,22 +238,22 @@ def test_budgets_pass_over_what_convert_failed_and_several_artifacts_can_be_name
     unwritten = next(a for a in manifest["artifacts"] if a["variant"] == "int16x8")
     (out / unwritten.pop("file")).unlink()
     unwritten.update(status="failed", error="16x8 not yet supported for op PRELU")
-    written = next(a for a in manifest["artifacts"] if a["variant"] == "dynamic")
+    written = next(a for a in manifest["artifacts"] if a["variant"] == "int8")
     written.update(status="failed", error="output probs: 2 of 30 confident decisions flipped")
     (out / "manifest.json").write_text(json.dumps(manifest))
     args = ["bench", str(out), "--data", str(EVAL), "--runs", "5", "--warmup", "1", "--threads", "1", "--no-memory",
             "--min-agreement", "99.9", "--json", str(tmp_path / "r.json")]
-    result = CliRunner().invoke(cli, args + ["--artifact", "float32", "--artifact", "dynamic,int16x8"])
+    result = CliRunner().invoke(cli, args + ["--artifact", "float32", "--artifact", "int8,int16x8"])
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "r.json").read_text())["artifacts"]
     assert [(row["name"], row["status"], row["convert_status"]) for row in rows] == [
-        ("tflite_float32", "measured", "ok"), ("tflite_dynamic", "measured", "failed"),
+        ("tflite_float32", "measured", "ok"), ("tflite_int8", "measured", "failed"),
         ("tflite_int16x8", "skipped", "failed")]
     assert rows[1]["agreement"]["probs"]["top1_agreement"] < 0.999  # it would break --min-agreement 99.9
-    for name in ("tflite_dynamic", "tflite_int16x8"):
+    for name in ("tflite_int8", "tflite_int16x8"):
         assert f"note: budgets pass over {name}: convert marked it failed" in result.stderr
-    assert "tflite_dynamic: convert marked it failed (its check's reason is in the manifest)" in result.stdout
-    nothing = CliRunner().invoke(cli, args + ["--artifact", "dynamic,int16x8"])
+    assert "tflite_int8: convert marked it failed (its check's reason is in the manifest)" in result.stdout
+    nothing = CliRunner().invoke(cli, args + ["--artifact", "int8,int16x8"])
     assert nothing.exit_code == 1
     assert "no artifact that convert passed was measured, so no budget can be met" in nothing.stderr
 

@@ -13,7 +13,9 @@ method proposes a range per tensor:
 The signature's inputs keep their min/max range: clipping them would clip real data.
 The int8 target quantizes under each method and keeps the candidate closest to the float
 model on all the calibration rows (tflite.py); under `auto`, the best one with its biases
-corrected (bias_correction.py) is one more candidate. convert's check then judges the one kept.
+corrected (bias_correction.py) is one more candidate, and (unless --weight-rounding nearest)
+the best one with its weights rounded by error feedback (weight_rounding.py), corrected too
+under `auto`, another. convert's check then judges the one kept.
 """
 from __future__ import annotations
 
@@ -188,10 +190,10 @@ class RangePicker:
 
     def __init__(self, methods: tuple[str, ...], rows: dict[str, np.ndarray], signature: str, batch: int,
                  tolerance: Tolerance, diagnose: bool = False, histogram_batch: int | None = None,
-                 float_layers: tuple[str, ...] = ()):
+                 float_layers: tuple[str, ...] = (), rounding: bool = False):
         self.methods, self.rows, self.signature, self.batch, self.tolerance = methods, rows, signature, batch, tolerance
         self.histogram_batch = histogram_batch or batch
-        self.diagnose, self.float_layers = diagnose, float_layers
+        self.diagnose, self.float_layers, self.rounding = diagnose, float_layers, rounding
         self.record: dict | None = None
         self.reason: str | None = None  # why the kept candidate breaks a check rule on the calibration rows
         self.refusal: EdgekitError | None = None  # --float-layers named what the model lacks
@@ -210,7 +212,10 @@ class RangePicker:
             return quantize(calibrated)
         model, ranged = self._pick(calibrated, partial(quantize, denylisted_nodes=nodes, denylisted_ops=ops))
         all_int8 = quantize(ranged)
-        if self.record["method"].endswith("+bias"):  # compared like with like: all-int8 corrected too
+        kept = self.record["method"].split("+")  # compared like with like: all-int8 rounded and corrected too
+        if "gptq" in kept:
+            all_int8 = self._rounded(ranged, all_int8)[0]
+        if "bias" in kept:
             all_int8 = self._bias_corrected(ranged, all_int8)[0]
         self._add_float_cost(calibrated, model, all_int8, nodes, ops)
         return model
@@ -228,7 +233,7 @@ class RangePicker:
             self._add_layers(self.calibrated, self.kept)
 
     def _candidates(self, calibrated: bytes, quantize: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
-        if self.methods == ("minmax",):
+        if self.methods == ("minmax",) and not self.rounding:
             self.record = {"method": "minmax"}
             model = quantize(calibrated)
             if self.diagnose:
@@ -239,23 +244,19 @@ class RangePicker:
             self.expected = expected
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:  # LiteRT cannot run the calibrated model
             self.record = {"method": "minmax", "note": f"TFLite's own: the calibrated model could not be profiled "
-                                                       f"({_first_line(exc)})"}
+                                                       f"({first_line(exc)})"}
             return quantize(calibrated), calibrated
         candidates, ranged = [], []
         for method in self.methods:
             ranged.append(with_ranges(calibrated, choose_ranges(histograms, method)))
             model = quantize(ranged[-1])
             candidates.append((method, model, self._score(model, expected)))
-        best = min(range(len(candidates)), key=lambda i: (candidates[i][2]["loss"], i))
-        bias_note = None
+        best = plain = min(range(len(candidates)), key=lambda i: (candidates[i][2]["loss"], i))
+        notes = []
         if self.methods == METHODS:  # auto: the best ranges, with their biases corrected, as one more candidate
-            method, model, score = candidates[best]
-            model, count, bias_note = self._bias_corrected(ranged[best], model)
-            if count:
-                candidates.append((f"{method}+bias", model, {**self._score(model, expected), "ops_corrected": count}))
-                ranged.append(ranged[best])
-                if _clearly_better(candidates[-1][2], score):
-                    best = len(candidates) - 1
+            best = self._try(candidates, ranged, best, plain, expected, notes, rounding=False)
+        if self.rounding:  # and with weights rounded by error feedback (then corrected, under auto)
+            best = self._try(candidates, ranged, best, plain, expected, notes, rounding=True)
         self.record = {
             "method": candidates[best][0],
             "tensors": len(histograms),
@@ -263,12 +264,56 @@ class RangePicker:
             "candidates": [{"method": method, "bytes": len(model), **{k: v for k, v in score.items() if k != "loss"}}
                            for method, model, score in candidates],
         }
-        if bias_note:
-            self.record["note"] = bias_note
+        if notes:
+            self.record["note"] = "; ".join(notes)
         self.reason = candidates[best][2].get("reason")
         if self.diagnose or not candidates[best][2].get("passes"):
             self._add_layers(calibrated, candidates[best][1])
         return candidates[best][1], ranged[best]
+
+    def _try(self, candidates: list, ranged: list, best: int, plain: int, expected: dict[str, np.ndarray],
+             notes: list[str], rounding: bool) -> int:
+        """Add the best plain candidate (`plain`) with its biases corrected, or with its weights
+        rounded by error feedback (and corrected, under auto), as one more candidate; the index
+        of the best one after it (it must be clearly better to be kept)."""
+        method, model, _ = candidates[plain]
+        name, facts = method, {}
+        if rounding:
+            model, changed, note = self._rounded(ranged[plain], model)
+            if not changed:
+                notes.append(note)
+                return best
+            name, facts = f"{method}+gptq", {"ops_rounded": changed}
+        if self.methods == METHODS:
+            model, count, note = self._bias_corrected(ranged[plain], model)
+            if count:
+                name, facts = f"{name}+bias", {**facts, "ops_corrected": count}
+            elif not rounding:
+                notes.append(note)
+                return best
+        candidates.append((name, model, {**self._score(model, expected), **facts}))
+        ranged.append(ranged[plain])
+        return len(candidates) - 1 if _clearly_better(candidates[-1][2], candidates[best][2]) else best
+
+    def _rounded(self, ranged: bytes, model: bytes) -> tuple[bytes, int, str | None]:
+        """`model` with its weights rounded by error feedback against the calibrated float model
+        (weight_rounding.py), how many ops changed, and why none did when that is so."""
+        from edgekit.build.targets import weight_rounding
+
+        rows = len(next(iter(self.rows.values())))
+        if rows < weight_rounding.MIN_ROWS:
+            return model, 0, (f"error-feedback rounding skipped: {rows} calibration rows, and the inputs' "
+                              f"correlations need at least {weight_rounding.MIN_ROWS}")
+        try:
+            model, changed = weight_rounding.rounded(
+                model, ranged, chunks(spread_rows(self.rows, weight_rounding.FIT_ROWS), self.histogram_batch),
+                self.signature)
+        except (RuntimeError, ValueError, KeyError, IndexError, EdgekitError) as exc:  # never costs the artifact
+            return model, 0, f"error-feedback rounding skipped: {first_line(exc)}"
+        if not changed:
+            return model, 0, ("error-feedback rounding changed no weight: no convolution or fully-connected op with "
+                              "int8 weights of its own")
+        return model, changed, None
 
     def _bias_corrected(self, ranged: bytes, model: bytes) -> tuple[bytes, int, str | None]:
         """`model` with its biases corrected (bias_correction.py), how many ops were, and why
@@ -282,7 +327,7 @@ class RangePicker:
                 ranged, model, list(chunks(spread_rows(self.rows, BIAS_MAX_ROWS), self.histogram_batch)),
                 self.signature)
         except (RuntimeError, ValueError, KeyError, IndexError, EdgekitError) as exc:  # never costs the artifact
-            return model, 0, f"bias correction skipped: {_first_line(exc)}"
+            return model, 0, f"bias correction skipped: {first_line(exc)}"
         if not count:
             return model, 0, ("bias correction found nothing to correct: no convolution or fully-connected op "
                               "without a fused activation has an int32 bias of its own")
@@ -301,7 +346,7 @@ class RangePicker:
         try:  # the float model's outputs, unless profiling already ran it (minmax alone does not)
             expected = self.expected or run_in_chunks(calibrated, self.rows, self.signature, self.batch)
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:
-            record["error"] = _first_line(exc)
+            record["error"] = first_line(exc)
         else:
             for key, candidate in (("worst_error", model), ("worst_error_all_int8", all_int8)):
                 record[key] = self._score(candidate, expected).get("worst_error")
@@ -319,7 +364,7 @@ class RangePicker:
             per_output = {name: compare_output(value, expected[name]) for name, value in found.items()}
         except (RuntimeError, ValueError, KeyError, EdgekitError) as exc:  # a candidate LiteRT cannot run loses
             return {"error": str(exc), "loss": (True, float("inf"))}
-        worst = max((_error(check) for check in per_output.values()), default=0.0)
+        worst = _worst(per_output)
         reason = judge(per_output, self.tolerance, "int8")
         score = {"passes": reason is None, "worst_error": worst, "loss": (reason is not None, worst)}
         return score if reason is None else {**score, "reason": reason}
@@ -334,16 +379,25 @@ def add_layer_errors(record: dict, calibrated: bytes, quantized: bytes, rows: di
         first = {name: array[:DIAGNOSIS_ROWS] for name, array in rows.items()}
         found = layer_errors(calibrated, quantized, chunks(first, batch), signature)
     except (RuntimeError, ValueError, KeyError) as exc:
-        record["layers_error"] = _first_line(exc)
+        record["layers_error"] = first_line(exc)
         return
     record["layers"] = found["layers"]
     if found["unmatched"]:
         record["layers_unmatched"] = found["unmatched"]
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     """What a failed step says, short enough for the manifest (LiteRT's messages run long)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def worst_error(found: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
+    """The worst output's error of `found` against the float model's `expected` outputs (see _error)."""
+    return _worst({name: compare_output(value, expected[name]) for name, value in found.items()})
+
+
+def _worst(per_output: dict) -> float:
+    return float(max((_error(check) for check in per_output.values()), default=0.0))
 
 
 def _clearly_better(candidate: dict, than: dict) -> bool:

@@ -11,14 +11,14 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from functools import partial
 
 import numpy as np
 
 from edgekit.agreement import Tolerance
-from edgekit.build.targets import activation_ranges, int8_layers, tflite_isolated
+from edgekit.build.targets import activation_ranges, int8_layers, tflite_isolated, weight_rounding
 from edgekit.build.targets.base import BuildContext, Pending, Target
 from edgekit.errors import BadInput, ConversionFailed
 from edgekit.manifest import Artifact, TensorSpec
@@ -61,6 +61,9 @@ VARIANTS: dict[Variant, VariantSpec] = {
 }
 
 INT8_IO_CHOICES = ("int8", "float")
+WEIGHT_ROUNDING_CHOICES = ("auto", "nearest")  # auto: error feedback where it scores better (weight_rounding.py)
+# The variants whose weights weight_rounding.choose rounds after conversion (int8's picker does its own)
+WEIGHT_ROUNDED = (Variant.DYNAMIC, Variant.INT16X8)
 
 
 def parse_variants(text: str) -> tuple[Variant, ...]:
@@ -91,6 +94,7 @@ class TFLiteOptions:
     range_method: str = "auto"  # int8's activation ranges: activation_ranges.CHOICES
     diagnose: bool = False  # per-layer int8 and int16x8 errors in the manifest even when the check passes
     float_layers: tuple[str, ...] = ()  # int8 ops kept float: tensor names or op types
+    weight_rounding: str = "auto"  # int8 weights: WEIGHT_ROUNDING_CHOICES
 
     def __post_init__(self) -> None:
         if self.int8_io not in INT8_IO_CHOICES:
@@ -101,6 +105,10 @@ class TFLiteOptions:
         if self.range_method not in activation_ranges.CHOICES:
             raise BadInput(f"--range-method must be one of {', '.join(activation_ranges.CHOICES)}, "
                            f"not {self.range_method!r}", "auto tries every method and keeps the best one")
+        if self.weight_rounding not in WEIGHT_ROUNDING_CHOICES:
+            raise BadInput(f"--weight-rounding must be one of {', '.join(WEIGHT_ROUNDING_CHOICES)}, "
+                           f"not {self.weight_rounding!r}", "auto tries error-feedback rounding and keeps it "
+                           "when it scores better; nearest is TFLite's own")
         object.__setattr__(self, "variants", tuple(Variant(v) for v in self.variants))
 
 
@@ -308,6 +316,7 @@ class TFLiteTarget(Target):
         self.options = options
         self.flex_needed = False  # once one variant needed flex, later ones start with it
         self.runtime = "unknown"
+        self._float_twin: bytes | ConversionFailed | None = None  # weight rounding's reference, converted once
 
     @classmethod
     def for_job(cls, context: BuildContext, options) -> TFLiteTarget | None:
@@ -361,6 +370,8 @@ class TFLiteTarget(Target):
         except EdgekitError as exc:
             return Artifact(status="failed", **common, error=str(exc))
         failure = self._record_ranges(picker, common["quantization"], result.model)
+        if variant in WEIGHT_ROUNDED and context.calibration_rows is not None and self.options.weight_rounding == "auto":
+            result = replace(result, model=self._rounded_weights(result, common["quantization"]))
         if VARIANTS[variant].needs_calibration:
             failure = failure or _record_float_ops(variant, common["quantization"], result.model)
         if failure:
@@ -376,6 +387,32 @@ class TFLiteTarget(Target):
             if self.options.diagnose:
                 diagnose()
         return self._opened(step, fields, result, picker, diagnose)
+
+    def _rounded_weights(self, result: TFLiteResult, quantization: dict) -> bytes:
+        """dynamic-range's or int16x8's model with its weights rounded by error feedback when
+        that scores better against the float model (weight_rounding.choose), recorded in the
+        manifest's quantization.weight_rounding."""
+        context = self.context
+        if result.requires_flex:
+            quantization["weight_rounding"] = {"method": "nearest", "note": "error-feedback rounding skipped: the "
+                                               "model needs flex ops, which LiteRT here cannot run"}
+            return result.model
+        if self._float_twin is None:  # the float32 conversion: the same graph with float weights, made once per run
+            try:
+                self._float_twin = convert_variant(str(context.source_dir), context.signature, Variant.FLOAT32,
+                                                   self.options, None, context.quiet).model
+            except Exception as exc:  # noqa: BLE001 - TF raises many types; rounding must not cost the artifact
+                self._float_twin = ConversionFailed(_first_error_line(str(exc)))
+        if isinstance(self._float_twin, ConversionFailed):
+            quantization["weight_rounding"] = {"method": "nearest", "note": "error-feedback rounding skipped: the "
+                                               f"float model did not convert ({self._float_twin.message})"}
+            return result.model
+        fixed = context.signature_spec.fixed_batch is not None
+        model, record = weight_rounding.choose(result.model, self._float_twin, context.calibration_rows,
+                                               context.signature, context.batch, context.batch if fixed else 1)
+        quantization["weight_rounding"] = record
+        quantization.setdefault("calibration_samples", len(next(iter(context.calibration_rows.values()))))
+        return model
 
     def _diagnose_int16x8(self, model: bytes, quantization: dict) -> None:
         """int16x8's per-layer errors into the manifest (quantization.ranges: TFLite's min/max), once:
@@ -409,7 +446,8 @@ class TFLiteTarget(Target):
         return activation_ranges.RangePicker(methods, context.calibration_rows, context.signature, context.batch,
                                              VARIANTS[variant].tolerance, self.options.diagnose,
                                              histogram_batch=context.batch if fixed else 1,
-                                             float_layers=self.options.float_layers)
+                                             float_layers=self.options.float_layers,
+                                             rounding=self.options.weight_rounding == "auto")
 
     def _convert(self, variant: Variant, picker: activation_ranges.RangePicker | None) -> TFLiteResult:
         context = self.context
