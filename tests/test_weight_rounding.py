@@ -189,3 +189,23 @@ def test_a_weight_bound_int16x8_diagnosis_points_to_error_feedback_rounding_unti
         "--weight-rounding", "nearest")
     fitted = advice("--weight-rounding", "auto")
     assert "Try float16 (float weights)" in fitted and "--weight-rounding" not in fitted
+
+
+def test_a_large_images_correlations_are_taken_on_every_kth_output_row(monkeypatch):
+    """Past MAX_COLUMN_VALUES a convolution's patches would take hundreds of MB per row (a 3x3
+    conv over 512x512x64: 600 MB): every k-th output row is taken instead, each one whole."""
+    from types import SimpleNamespace
+
+    options = SimpleNamespace(strideH=1, strideW=1, dilationHFactor=1, dilationWFactor=1, padding=0)
+    value = np.random.default_rng(3).normal(size=(1, 20, 9, 4)).astype(np.float32)
+    for kind, weights in (("CONV_2D", np.zeros((5, 3, 3, 4))), ("DEPTHWISE_CONV_2D", np.zeros((1, 3, 3, 4)))):
+        layer = weight_rounding._Layer(kind, 0, weights, np.ones(1), 0, options)
+        full = weight_rounding._columns(layer, value)
+        monkeypatch.setattr(weight_rounding, "MAX_COLUMN_VALUES", value.size * 9 // 4)
+        sampled = weight_rounding._columns(layer, value)
+        monkeypatch.undo()
+        if kind == "CONV_2D":  # positions: 20 output rows of 9, every 4th row kept
+            expected = full.reshape(20, 9, -1)[::4].reshape(-1, full.shape[1])
+        else:  # [channels, taps, positions]
+            expected = full.reshape(4, 9, 20, 9)[:, :, ::4].reshape(4, 9, -1)
+        np.testing.assert_array_equal(sampled, expected)

@@ -22,9 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekit.build.data import spread_rows
-from edgekit.build.targets.activation_ranges import chunks, first_line, run_in_chunks, worst_error
+from edgekit.build.targets.activation_ranges import (
+    chunks,
+    first_line,
+    run_in_chunks,
+    worst_error,
+)
 from edgekit.build.targets.int8_layers import kept_tensor_runs, model_object, op_type
-from edgekit.errors import EdgekitError
 
 ROUNDED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 MIN_ROWS = 32  # fewer calibration rows: the inputs' correlations are mostly those rows' own
@@ -33,6 +37,7 @@ SCORE_ROWS = 64  # rows `choose` compares nearest and error-feedback rounding on
 MARGIN = 0.01  # how much better (worst output error) error feedback must score to be kept
 DAMPING = 0.01  # added to the correlations' diagonal, as a share of its mean (GPTQ's own)
 INT8_LIMIT = 127  # TFLite's int8 weights are symmetric: -127..127
+MAX_COLUMN_VALUES = 1 << 23  # a convolution's patches per run: beyond (32 MB), every k-th output row only
 BLOCK = 128  # inputs rounded between two updates of the rest (GPTQ's lazy batches: the same result, faster)
 
 
@@ -69,7 +74,7 @@ def choose(model: bytes, twin: bytes, rows: dict[str, np.ndarray], signature: st
         expected = run_in_chunks(twin, scored, signature, batch)
         errors = {name: worst_error(run_in_chunks(candidate, scored, signature, batch), expected)
                   for name, candidate in (("nearest", model), ("gptq", fitted))}
-    except (RuntimeError, ValueError, KeyError, IndexError, EdgekitError) as exc:  # never costs the artifact
+    except Exception as exc:  # noqa: BLE001 - an optional refinement: whatever it meets, never costs the artifact
         return model, {"method": "nearest", "note": f"error-feedback rounding skipped: {first_line(exc)}"}
     kept = "gptq" if errors["gptq"] < errors["nearest"] * (1 - MARGIN) else "nearest"
     record = {"method": kept, "ops_rounded": changed, "fitted_on_rows": len(next(iter(fit.values()))),
@@ -198,8 +203,10 @@ def _columns(layer: _Layer, value: np.ndarray) -> np.ndarray:
         raise ValueError("not an image batch")
     options = layer.options
     rows, cols = layer.weights.shape[1:3]
+    values = value.size * rows * cols // max(1, options.strideH * options.strideW)  # about the patches' size
+    row_step = max(1, -(-values // MAX_COLUMN_VALUES))
     geometry = (rows, cols, options.strideH, options.strideW, max(1, options.dilationHFactor),
-                max(1, options.dilationWFactor), options.padding == 0)
+                max(1, options.dilationWFactor), options.padding == 0, row_step)
     if layer.kind == "CONV_2D":
         if value.shape[-1] * rows * cols != layer.weights[0].size:
             raise ValueError("grouped convolution")
@@ -210,9 +217,10 @@ def _columns(layer: _Layer, value: np.ndarray) -> np.ndarray:
 
 
 def _patches(x: np.ndarray, rows: int, cols: int, stride_h: int, stride_w: int, dilation_h: int, dilation_w: int,
-             same: bool) -> np.ndarray:
+             same: bool, row_step: int = 1) -> np.ndarray:
     """[a, out_h, out_w, rows, cols, b] for `x` [a, height, width, b]: what each output position
-    of a convolution sees (a and b: batch and channels, either way round)."""
+    of a convolution sees (a and b: batch and channels, either way round); with `row_step`,
+    every row_step-th output row only (a large image's correlations, sampled)."""
     _, height, width, _ = x.shape
     span_h, span_w = (rows - 1) * dilation_h + 1, (cols - 1) * dilation_w + 1
     if same:
@@ -222,6 +230,7 @@ def _patches(x: np.ndarray, rows: int, cols: int, stride_h: int, stride_w: int, 
         x = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
     else:
         out_h, out_w = (height - span_h) // stride_h + 1, (width - span_w) // stride_w + 1
+    out_h, stride_h = -(-out_h // row_step), stride_h * row_step
     patches = np.empty((x.shape[0], out_h, out_w, rows, cols, x.shape[3]), x.dtype)
     for i in range(rows):
         for j in range(cols):
