@@ -198,7 +198,8 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own logs.")
 @_handle_errors
 def convert(saved_model, out_dir, signature, variants, calibration, calibration_samples,
-            check_samples, int8_io, range_method, weight_rounding, diagnose, float_layers, image_range, allow_flex, tfjs,
+            check_samples, int8_io, range_method, weight_rounding, diagnose, float_layers, image_range, allow_flex,
+            tfjs,
             tfjs_shard_mb, onnx, onnx_opset, force, as_json, debug):
     """Convert SAVED_MODEL to TFLite variants and TF.js graph models, check each against
     it (LiteRT; TF.js in Node.js), write a manifest.
@@ -217,7 +218,8 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
     options = ConvertOptions(
         signature=signature, variants=parse_variants(variants) if variants else None, calibration=calibration,
         calibration_samples=calibration_samples, check_samples=check_samples, int8_io=int8_io,
-        range_method=range_method, weight_rounding=weight_rounding, diagnose=diagnose, float_layers=float_layers, allow_flex=allow_flex,
+        range_method=range_method, weight_rounding=weight_rounding, diagnose=diagnose, float_layers=float_layers,
+        allow_flex=allow_flex,
         image_range=image_range, tfjs=tfjs, tfjs_shard_mb=tfjs_shard_mb, onnx=onnx or onnx_opset is not None,
         onnx_opset=onnx_opset, force=force)
     printer = _ProgressPrinter()
@@ -369,7 +371,8 @@ def _what_to_try(variant: str, measured: list[dict], peak: float, weights_fitted
     """int8's layers sit about a rounding step off (O-Net's first conv: 0.2-1 of its step), where
     better ranges or wider activations help. int16x8's steps are 256x finer: when its layers sit many
     steps off but close to the float model, its int8 weights (the ones dynamic-range shares) set the
-    error, and only weights rounded by error feedback or float weights do better; a layer far off (an unrolled GRU's int16x8: 11x its spread)
+    error, and only weights rounded by error feedback or float weights do better; a layer far off
+    (an unrolled GRU's int16x8: 11x its spread)
     is an op that 16 bits do not serve, which no calibration mends."""
     if variant == "int8":
         return ("Try: more or more typical --calibration rows, --variants dynamic (float activations), int16x8 "

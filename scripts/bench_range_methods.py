@@ -1,4 +1,4 @@
-"""int8 under each activation-range method and weight rounding, against plain min/max, int16x8 and dynamic range, on held-out rows.
+"""int8 under each range method and weight rounding, against min/max, int16x8 and dynamic range, held out.
 
     python scripts/bench_range_methods.py [--json results/range_methods.json] [--models onet,mobilenet_v2,digits]
 

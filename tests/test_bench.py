@@ -225,7 +225,8 @@ def test_variants_slower_than_float32_are_flagged_per_machine():
 
 
 def test_budgets_pass_over_what_convert_failed_and_several_artifacts_can_be_named(digits_out, tmp_path):
-    """(int8 agrees 99.6% on the held-out rows, under the 99.9% asked.) A budget gates what could ship: an artifact convert failed was already an exit 1 there and
+    """(int8 agrees 99.6% on the held-out rows, under the 99.9% asked.) A budget gates what could
+    ship: an artifact convert failed was already an exit 1 there and
     package refuses it, so budgets pass it over with a note (helper-10: every --min-agreement run of
     a model whose int16x8 failed broke on it), whether its file was written or not; one with a file
     is still measured, and the table says convert failed it (helper-11: it passed silently). A run

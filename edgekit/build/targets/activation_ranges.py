@@ -401,9 +401,9 @@ def _worst(per_output: dict) -> float:
 
 
 def _clearly_better(candidate: dict, than: dict) -> bool:
-    """A bias-corrected candidate replaces the one it corrects only when it passes where that
-    fails, or has a smaller worst error by more than BIAS_MARGIN (not a tie on the rows it was
-    fitted to)."""
+    """A derived candidate (biases corrected, weights rounded by error feedback) replaces the
+    best so far only when it passes where that fails, or has a smaller worst error by more than
+    BIAS_MARGIN (not a tie on the rows it was fitted to)."""
     if candidate.get("passes") != than.get("passes"):
         return bool(candidate.get("passes"))
     return candidate.get("worst_error", np.inf) < than.get("worst_error", np.inf) * (1 - BIAS_MARGIN)

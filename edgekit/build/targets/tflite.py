@@ -370,7 +370,8 @@ class TFLiteTarget(Target):
         except EdgekitError as exc:
             return Artifact(status="failed", **common, error=str(exc))
         failure = self._record_ranges(picker, common["quantization"], result.model)
-        if variant in WEIGHT_ROUNDED and context.calibration_rows is not None and self.options.weight_rounding == "auto":
+        rounds = variant in WEIGHT_ROUNDED and self.options.weight_rounding == "auto"
+        if rounds and context.calibration_rows is not None:
             result = replace(result, model=self._rounded_weights(result, common["quantization"]))
         if VARIANTS[variant].needs_calibration:
             failure = failure or _record_float_ops(variant, common["quantization"], result.model)
