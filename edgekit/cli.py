@@ -177,8 +177,8 @@ def _summary_table(manifest, seconds: dict[str, float]) -> str:
               help="How int8 sets each activation's range; auto tries all, and bias correction, keeps the best.")
 @click.option("--weight-rounding", type=click.Choice(tflite_target.WEIGHT_ROUNDING_CHOICES),
               default=tflite_target.TFLiteOptions.weight_rounding, show_default=True,
-              help="int8, int16x8 and dynamic weights with --calibration: auto rounds them by error feedback "
-                   "(GPTQ) where that scores better; nearest is TFLite's own.")
+              help="int8, int16x8, dynamic and TF.js uint8 weights with --calibration: auto rounds them by error "
+                   "feedback (GPTQ) where that scores better; nearest is the converters' own.")
 @click.option("--diagnose", is_flag=True,
               help="Record int8's and int16x8's per-layer errors even when they pass (always done when they do not).")
 @click.option("--float-layers", default="",
@@ -319,8 +319,9 @@ def calibration_notes(manifest) -> list[tuple[str, str]]:
         lines.append(("warning", f"the checks ran on {manifest.check_inputs['samples']} rows only: too few to "
                       "measure errors against an output's spread; give more calibration rows, or --check-samples"))
     if manifest.check_inputs["source"] == "calibration":
-        lines.append(("note", "the checks ran on rows of the calibration data, which the int8 ranges were fitted "
-                      "to: bench with held-out rows (edgekit bench OUT_DIR --data EVAL.npz) for an honest figure"))
+        lines.append(("note", "the checks ran on rows of the calibration data, which the quantized variants were "
+                      "fitted to (ranges, weight rounding): bench with held-out rows (edgekit bench OUT_DIR --data "
+                      "EVAL.npz) for an honest figure"))
     return lines
 
 

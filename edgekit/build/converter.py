@@ -67,7 +67,7 @@ class ConvertOptions:
     range_method: str = "auto"  # int8 activation ranges: auto, minmax, percentile or mse
     diagnose: bool = False  # per-layer int8 and int16x8 errors in the manifest even when the check passes
     float_layers: tuple[str, ...] | str = ()  # int8 ops kept float (tensor names or op types), last resort
-    weight_rounding: str = "auto"  # int8 weights of int8, int16x8, dynamic: auto (error feedback) or nearest
+    weight_rounding: str = "auto"  # weights of int8, int16x8, dynamic, TF.js uint8: auto (error feedback) or nearest
     allow_flex: bool = False
     image_range: str = "0:255"
     tfjs: tuple[str, ...] | str = tfjs_target.DEFAULT_VARIANTS

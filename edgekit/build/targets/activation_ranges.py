@@ -31,6 +31,7 @@ from edgekit.build.targets import bias_correction
 from edgekit.build.targets.int8_layers import (
     DIAGNOSIS_ROWS,
     float_layer_names,
+    keeping_all_tensors,
     layer_errors,
     model_object,
     op_precision,
@@ -92,11 +93,8 @@ def profile(calibrated: bytes, rows: dict[str, np.ndarray], signature: str, batc
     and the model's outputs, `batch` rows at a time (the candidates are scored the same way, so
     a graph that mixes rows compares like with like). Tensors the interpreter cannot hand back
     are left out (they keep min/max)."""
-    from edgekit.runtime.tflite import interpreter_class
-
     ranges = recorded_ranges(calibrated)
-    interpreter_cls, _ = interpreter_class()
-    interpreter = interpreter_cls(model_content=calibrated, experimental_preserve_all_tensors=True)
+    interpreter = keeping_all_tensors(calibrated)
     runner = interpreter.get_signature_runner(signature)
     details = runner.get_input_details()
     inputs = {detail["index"] for detail in details.values()}
@@ -214,7 +212,7 @@ class RangePicker:
         all_int8 = quantize(ranged)
         kept = self.record["method"].split("+")  # compared like with like: all-int8 rounded and corrected too
         if "gptq" in kept:
-            all_int8 = self._rounded(ranged, all_int8)[0]
+            all_int8 = self._rounded(ranged, all_int8)[0].model
         if "bias" in kept:
             all_int8 = self._bias_corrected(ranged, all_int8)[0]
         self._add_float_cost(calibrated, model, all_int8, nodes, ops)
@@ -279,11 +277,12 @@ class RangePicker:
         method, model, _ = candidates[plain]
         name, facts = method, {}
         if rounding:
-            model, changed, note = self._rounded(ranged[plain], model)
-            if not changed:
+            found, note = self._rounded(ranged[plain], model)
+            if note:
                 notes.append(note)
+            if not found.changed:
                 return best
-            name, facts = f"{method}+gptq", {"ops_rounded": changed}
+            model, name, facts = found.model, f"{method}+gptq", found.record()
         if self.methods == METHODS:
             model, count, note = self._bias_corrected(ranged[plain], model)
             if count:
@@ -293,27 +292,42 @@ class RangePicker:
                 return best
         candidates.append((name, model, {**self._score(model, expected), **facts}))
         ranged.append(ranged[plain])
+        if rounding:  # fitted on most of the rows: decided on the ones held out of its fit
+            return self._held_out_choice(candidates, ranged[plain], best)
         return len(candidates) - 1 if _clearly_better(candidates[-1][2], candidates[best][2]) else best
 
-    def _rounded(self, ranged: bytes, model: bytes) -> tuple[bytes, int, str | None]:
-        """`model` with its weights rounded by error feedback against the calibrated float model
-        (weight_rounding.py), how many ops changed, and why none did when that is so."""
+    def _held_out_choice(self, candidates: list, floating: bytes, best: int) -> int:
+        """The last candidate (weights rounded by error feedback) against the best so far, on the
+        calibration rows held out of its fit (weight_rounding.split_rows); its entry records both."""
         from edgekit.build.targets import weight_rounding
 
-        rows = len(next(iter(self.rows.values())))
-        if rows < weight_rounding.MIN_ROWS:
-            return model, 0, (f"error-feedback rounding skipped: {rows} calibration rows, and the inputs' "
-                              f"correlations need at least {weight_rounding.MIN_ROWS}")
+        held = weight_rounding.split_rows(self.rows)[1]
+        last = candidates[-1][2]
         try:
-            model, changed = weight_rounding.rounded(
-                model, ranged, chunks(spread_rows(self.rows, weight_rounding.FIT_ROWS), self.histogram_batch),
-                self.signature)
+            expected = run_in_chunks(floating, held, self.signature, self.batch)
+            errors = [worst_error(run_in_chunks(candidates[i][1], held, self.signature, self.batch), expected)
+                      for i in (len(candidates) - 1, best)]
+        except (RuntimeError, ValueError, KeyError, EdgekitError):
+            return best
+        last["held_out"] = {"rows": len(next(iter(held.values()))), "worst_error": errors[0],
+                            "best_before": candidates[best][0], "its_worst_error": errors[1]}
+        passes = last.get("passes") or not candidates[best][2].get("passes")
+        return len(candidates) - 1 if passes and errors[0] < errors[1] * (1 - BIAS_MARGIN) else best
+
+    def _rounded(self, ranged: bytes, model: bytes):
+        """weight_rounding.Fit: `model` with its weights rounded by error feedback against the
+        calibrated float model on the rows not held out; and a note when it changed nothing."""
+        from edgekit.build.targets import weight_rounding
+
+        reason = weight_rounding.too_few_rows(self.rows)
+        if reason:
+            return weight_rounding.Fit(model, 0, {}), reason
+        try:
+            fit = weight_rounding.split_rows(self.rows)[0]
+            found = weight_rounding.rounded(model, ranged, chunks(fit, self.histogram_batch), self.signature)
         except Exception as exc:  # noqa: BLE001 - an optional refinement: whatever it meets, never costs the artifact
-            return model, 0, f"error-feedback rounding skipped: {first_line(exc)}"
-        if not changed:
-            return model, 0, ("error-feedback rounding changed no weight: no convolution or fully-connected op with "
-                              "int8 weights of its own")
-        return model, changed, None
+            return weight_rounding.Fit(model, 0, {}), f"error-feedback rounding skipped: {first_line(exc)}"
+        return found, None if found.changed else found.nothing_changed()
 
     def _bias_corrected(self, ranged: bytes, model: bytes) -> tuple[bytes, int, str | None]:
         """`model` with its biases corrected (bias_correction.py), how many ops were, and why

@@ -233,13 +233,23 @@ def _accumulate(layers: list[dict], calibrated: bytes, quantized: bytes, parts: 
     return sums, low, high
 
 
-def kept_tensor_runs(model: bytes, signature: str, parts: Iterable[dict[str, np.ndarray]]) -> Iterator:
-    """`model` run on each part with every intermediate tensor kept (LiteRT reuses their memory
-    otherwise): yields the interpreter after each run, to read any tensor of it."""
+def keeping_all_tensors(model: bytes):
+    """A LiteRT interpreter for `model` that keeps every intermediate tensor, without LiteRT's
+    warning that this is for debugging (it is what edgekit uses it for)."""
+    import warnings
+
     from edgekit.runtime.tflite import interpreter_class
 
     interpreter_cls, _ = interpreter_class()
-    interpreter = interpreter_cls(model_content=model, experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+        return interpreter_cls(model_content=model, experimental_preserve_all_tensors=True)
+
+
+def kept_tensor_runs(model: bytes, signature: str, parts: Iterable[dict[str, np.ndarray]]) -> Iterator:
+    """`model` run on each part with every intermediate tensor kept (LiteRT reuses their memory
+    otherwise): yields the interpreter after each run, to read any tensor of it."""
+    interpreter = keeping_all_tensors(model)
     runner = interpreter.get_signature_runner(signature)
     for part in parts:
         runner(**_feeds(runner, part))

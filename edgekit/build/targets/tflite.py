@@ -317,6 +317,7 @@ class TFLiteTarget(Target):
         self.flex_needed = False  # once one variant needed flex, later ones start with it
         self.runtime = "unknown"
         self._float_twin: bytes | ConversionFailed | None = None  # weight rounding's reference, converted once
+        self._moments: dict = {}  # its layers' input moments, for both variants rounded against it
 
     @classmethod
     def for_job(cls, context: BuildContext, options) -> TFLiteTarget | None:
@@ -409,8 +410,10 @@ class TFLiteTarget(Target):
                                                f"float model did not convert ({self._float_twin.message})"}
             return result.model
         fixed = context.signature_spec.fixed_batch is not None
-        model, record = weight_rounding.choose(result.model, self._float_twin, context.calibration_rows,
-                                               context.signature, context.batch, context.batch if fixed else 1)
+        with captured_native_output(context.quiet):  # LiteRT announces its XNNPACK delegate
+            model, record = weight_rounding.choose(result.model, self._float_twin, context.calibration_rows,
+                                                   context.signature, context.batch, context.batch if fixed else 1,
+                                                   self._moments)
         quantization["weight_rounding"] = record
         quantization.setdefault("calibration_samples", len(next(iter(context.calibration_rows.values()))))
         return model

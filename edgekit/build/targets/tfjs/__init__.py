@@ -16,6 +16,8 @@ per variant (graph.py, fuse.py, weights.py). Grappler can abort the whole proces
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from edgekit.build.targets.base import BuildContext, Pending, Target
 from edgekit.build.targets.tfjs.variants import (
     DEFAULT_SHARD_MB,
@@ -37,14 +39,17 @@ class TfjsTarget(Target):
 
     format, engine = "tfjs", "TF.js"
 
-    def __init__(self, context: BuildContext, variants: tuple[str, ...], shard_mb: float):
+    def __init__(self, context: BuildContext, variants: tuple[str, ...], shard_mb: float, rounding: bool = False):
         super().__init__(context)
         self.variants, self.shard_mb = variants, shard_mb
+        self.rounding = rounding  # uint8 weights rounded by error feedback on the calibration rows (rounding.py)
         self.writer: TfjsWriter | None = None
+        self._rows_file: Path | None = None  # the calibration rows, handed to the writer process
 
     @classmethod
     def for_job(cls, context: BuildContext, options) -> TfjsTarget | None:
-        return cls(context, options.tfjs, options.tfjs_shard_mb) if options.tfjs else None
+        return cls(context, options.tfjs, options.tfjs_shard_mb, options.weight_rounding == "auto") \
+            if options.tfjs else None
 
     def steps(self) -> list[str]:
         return [f"tfjs_{variant}" for variant in self.variants]
@@ -53,12 +58,26 @@ class TfjsTarget(Target):
         from edgekit.engines import tfjs as tfjs_runtime
 
         context = self.context
+        if self.rounding and "uint8" in self.variants and context.calibration_rows is not None:
+            import tempfile
+
+            import numpy as np
+
+            from edgekit.build.data import spread_rows
+            from edgekit.build.targets.weight_rounding import FIT_ROWS
+
+            handle, name = tempfile.mkstemp(prefix="edgekit-calibration-", suffix=".npz")  # not in OUT_DIR
+            with open(handle, "wb") as file:
+                np.savez(file, **spread_rows(context.calibration_rows, FIT_ROWS))
+            self._rows_file = Path(name)
         self.writer = TfjsWriter(context.source_dir, context.signature, self.variants, self.shard_mb,
-                                 context.staging, tfjs_runtime.node_modules(), context.quiet)
+                                 context.staging, tfjs_runtime.node_modules(), context.quiet, self._rows_file)
 
     def stop(self) -> None:
         if self.writer is not None:
             self.writer.stop()
+        if self._rows_file is not None:
+            self._rows_file.unlink(missing_ok=True)
 
     def versions(self) -> dict[str, str]:
         """The TF.js version that checked the TF.js artifacts, or why none did."""
@@ -80,6 +99,9 @@ class TfjsTarget(Target):
             summary = self.writer.result()
         except EdgekitError as exc:
             return Artifact(status="failed", error=str(exc), **fields)
+        if variant == "uint8" and "weight_rounding" in summary:
+            fields["quantization"].update(weight_rounding=summary["weight_rounding"],
+                                          calibration_samples=len(next(iter(context.calibration_rows.values()))))
         folder = context.staging / step
         files = [{"path": f"{step}/{p.name}", "bytes": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(folder.iterdir())]

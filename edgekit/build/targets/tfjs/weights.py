@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.build.targets.tfjs.rounding import uint8_grid
 from edgekit.errors import ConversionFailed
 
 # TF.js weight dtypes, and what other constant dtypes become (TF.js has no 64-bit types).
@@ -50,31 +51,32 @@ def extract_weights(graph_def) -> list[tuple[str, np.ndarray]]:
     return weights
 
 
-def quantize(value: np.ndarray, variant: str) -> tuple[bytes, dict | None]:
+def quantize(value: np.ndarray, variant: str, fitted: np.ndarray | None = None) -> tuple[bytes, dict | None]:
     """The stored bytes of one weight, and its weights-manifest `quantization` entry.
 
     Only float32 weights are quantized. uint8 is affine per tensor, real = q * scale + min,
     over a range that always includes 0.0, with min nudged onto the grid so that 0.0 is
     exact (zero padding, pruned weights). This is what tensorflowjs_converter stores: on the
-    digits CNN both give the same error to the last digit.
+    digits CNN both give the same error to the last digit. `fitted`: uint8 integers on that
+    grid rounded by error feedback (rounding.py), stored instead of the nearest ones.
     """
     if variant == "float32" or value.dtype != np.float32:
         return np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<")).tobytes(), None
     if variant == "float16":
         return value.astype("<f2").tobytes(), {"dtype": "float16", "original_dtype": "float32"}
-    low, high = float(value.min(initial=0.0)), float(value.max(initial=0.0))
-    scale = (high - low) / 255 if high > low else 1.0
-    low = round(low / scale) * scale
-    stored = np.clip(np.rint((value - low) / scale), 0, 255).astype(np.uint8)
+    low, scale = uint8_grid(value)
+    stored = fitted if fitted is not None else np.clip(np.rint((value - low) / scale), 0, 255).astype(np.uint8)
     return stored.tobytes(), {"dtype": "uint8", "min": low, "scale": scale, "original_dtype": "float32"}
 
 
 def write_variant(folder: Path, topology: dict, signature: dict, weights, variant: str, shard_bytes: int,
-                  tensorflow_version: str, edgekit_version: str) -> None:
-    """model.json and its shards (raw little-endian weights, cut every `shard_bytes`)."""
+                  tensorflow_version: str, edgekit_version: str, fitted: dict[str, np.ndarray] | None = None) -> None:
+    """model.json and its shards (raw little-endian weights, cut every `shard_bytes`); `fitted`:
+    uint8 integers by weight name, rounded by error feedback (uint8 only)."""
     specs, blob = [], bytearray()
+    fitted = fitted if variant == "uint8" else None
     for name, value in weights:
-        stored, quantization = quantize(value, variant)
+        stored, quantization = quantize(value, variant, (fitted or {}).get(name))
         spec = {"name": name, "shape": list(value.shape), "dtype": _WEIGHT_DTYPES[value.dtype]}
         if quantization:
             spec["quantization"] = quantization

@@ -31,8 +31,9 @@ UNSUPPORTED_EXIT = 3  # the subprocess's exit status when the op check fails
 
 
 def build(saved_model_dir: Path, signature: str, out: Path, variants: tuple[str, ...], shard_mb: float,
-          node_modules: Path | None) -> dict:
-    """Everything the subprocess does; returns what the parent needs for the manifest."""
+          node_modules: Path | None, calibration: Path | None = None) -> dict:
+    """Everything the subprocess does; returns what the parent needs for the manifest.
+    `calibration`: an .npz of calibration rows by input name, to fit uint8 weights on."""
     import tensorflow as tf
     from google.protobuf import json_format
 
@@ -41,6 +42,7 @@ def build(saved_model_dir: Path, signature: str, out: Path, variants: tuple[str,
     graph_def, inputs, outputs = freeze(saved_model_dir, signature)
     keep = {e.tensor.split(":")[0] for e in inputs + outputs}
     graph_def = optimize(graph_def, outputs)
+    unfused = graph_def
     graph_def, fused = fuse(graph_def, keep)
     known, ops_source = supported_ops(node_modules)
     unsupported = sorted(graph_ops(graph_def) - known)
@@ -48,6 +50,9 @@ def build(saved_model_dir: Path, signature: str, out: Path, variants: tuple[str,
                "fused": fused, "ops_source": ops_source, "unsupported": unsupported}
     if unsupported:
         return summary
+    fitted = None
+    if calibration is not None and "uint8" in variants:  # before extract_weights empties the constants
+        fitted, summary["weight_rounding"] = _fitted_uint8(unfused, graph_def, inputs, calibration)
     weights = extract_weights(graph_def)
     topology = json_format.MessageToDict(graph_def)
     signature_json = {"inputs": {e.key: signature_entry(e) for e in inputs},
@@ -55,8 +60,24 @@ def build(saved_model_dir: Path, signature: str, out: Path, variants: tuple[str,
     shard_bytes = int(shard_mb * 1024 * 1024)
     for variant in variants:
         write_variant(out / f"tfjs_{variant}", topology, signature_json, weights, variant, shard_bytes,
-                      tf.__version__, __version__)
+                      tf.__version__, __version__, fitted)
     return summary
+
+
+def _fitted_uint8(unfused, graph_def, inputs, calibration: Path) -> tuple[dict, dict]:
+    """rounding.fitted_uint8 on the calibration rows; whatever it meets leaves the weights at
+    nearest with a note (it is a refinement: never costs the artifact)."""
+    import numpy as np
+
+    from edgekit.build.targets.tfjs.rounding import fitted_uint8
+
+    try:
+        with np.load(calibration) as archive:
+            rows = {key: archive[key] for key in archive.files}
+        return fitted_uint8(unfused, graph_def, inputs, rows)
+    except Exception as exc:  # noqa: BLE001 - an optional refinement
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return {}, {"method": "nearest", "note": f"error-feedback rounding skipped: {line}"}
 
 
 class TfjsWriter:
@@ -68,12 +89,14 @@ class TfjsWriter:
     """
 
     def __init__(self, saved_model_dir: Path, signature: str, variants: tuple[str, ...], shard_mb: float,
-                 out: Path, node_modules: Path | None, quiet: bool = True):
+                 out: Path, node_modules: Path | None, quiet: bool = True, calibration: Path | None = None):
         self.quiet = quiet  # False (--debug): the writer's log is copied to stderr when it ends
         command = [sys.executable, "-m", "edgekit.build.targets.tfjs", str(saved_model_dir), "--signature", signature,
                    "--out", str(out), "--variants", ",".join(variants), "--shard-mb", str(shard_mb)]
         if node_modules is not None:
             command += ["--node-modules", str(node_modules)]
+        if calibration is not None:
+            command += ["--calibration", str(calibration)]
         self._stdout, self._stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         self._process = subprocess.Popen(command, stdout=self._stdout, stderr=self._stderr,
                                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -149,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     parser.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_MB)
     parser.add_argument("--node-modules", type=Path, default=None)
+    parser.add_argument("--calibration", type=Path, default=None, help="rows (.npz by input name) to fit uint8 on")
     args = parser.parse_args(argv)
     if args.node_modules is None:
         from edgekit.engines.tfjs import node_modules
@@ -156,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         args.node_modules = node_modules()
     try:
         summary = build(args.saved_model, args.signature, args.out, parse_variants(args.variants), args.shard_mb,
-                        args.node_modules)
+                        args.node_modules, args.calibration)
     except (BadInput, ConversionFailed) as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(2)
