@@ -16,6 +16,7 @@ from edgekit.build import data
 from edgekit.build.targets import activation_ranges
 from edgekit.build.targets import tflite as tflite_target
 from edgekit.build.targets.tfjs import variants as tfjs_variants
+from edgekit.build.targets.weight_rounding import MIN_CALIBRATION_ROWS
 from edgekit.errors import BadInput, EdgekitError, MissingDependency
 from edgekit.packaging import PICKS, PLATFORMS
 
@@ -384,8 +385,8 @@ def _what_to_try(variant: str, measured: list[dict], peak: float, weights_fitted
     steps = statistics.median([layer["rms_over_scale"] for layer in measured if layer["rms_over_scale"] is not None]
                               or [0.0])
     if steps > WEIGHT_BOUND_STEPS:
-        fit = "" if weights_fitted else ("--weight-rounding auto (the default) with 32 or more --calibration rows, "
-                                         "which rounds them by error feedback, or ")
+        fit = "" if weights_fitted else (f"--weight-rounding auto (the default) with {MIN_CALIBRATION_ROWS} or more "
+                                         "--calibration rows, which rounds them by error feedback, or ")
         return (f"Its layers are off by a median {steps:.0f} of their 16-bit steps (rounding alone is 0.3): the "
                 "int8 weights set this error, not the activations, and dynamic-range shares them. Try "
                 f"{fit}float16 (float weights) where its bytes allow")

@@ -8,8 +8,8 @@ For each model, `edgekit convert --variants int8 --range-method M --weight-round
 in minmax, percentile, mse and auto (which tries the three, and the best with its biases
 corrected, and keeps the best on the calibration rows); auto with `--weight-rounding auto` (the
 default: the best also with its weights rounded by error feedback, GPTQ); auto with some ops kept
-float (--float-layers, O-Net only); plus the int16x8 and dynamic-range variants, with nearest and
-with auto weight rounding, for comparison; then `edgekit bench` on held-out rows that calibration
+float (--float-layers, O-Net only); plus the int16x8 and dynamic-range variants and TF.js uint8,
+with nearest and with auto weight rounding, for comparison; then `edgekit bench` on held-out rows that calibration
 never saw: per output, error against the output's spread (rms_over_std) or, for probabilities,
 top-1 agreement over all rows and over confident ones; bytes; p50 latency at 1 thread; and the
 seconds convert took (for auto, the extra over minmax is the range search).
@@ -38,8 +38,9 @@ METHODS = ("minmax", "percentile", "mse", "auto")
 NEAREST = " nearest"  # a run's name ending in this: --weight-rounding nearest
 # Mixed precision, the last resort: auto ranges with these ops kept float (--float-layers).
 FLOAT_LAYERS = {"onet": {"float box head": "StatefulPartitionedCall:0", "float fully-connected": "FULLY_CONNECTED"}}
-# The other quantized variants, for comparison: int16 activations, and float activations.
-OTHER_VARIANTS = ("int16x8", "dynamic")
+# The other quantized variants, for comparison: int16 activations, float activations, and TF.js's
+# uint8 weights (affine per tensor; checked in Node.js, its p50 on TF.js's wasm backend).
+OTHER_VARIANTS = ("int16x8", "dynamic", "tfjs_uint8")
 
 
 def models(work: Path, names: list[str]) -> dict[str, tuple[Path, Path, Path]]:
@@ -72,7 +73,8 @@ def figures(row) -> dict:
                              "confident_top1_agreement": a["confident_top1_agreement"]}
         else:
             outputs[name] = {"rms_over_std": round(a["rms_over_std"], 4)}
-    return {"bytes": row.bytes, "p50_ms_1_thread": round(row.latency_ms["1"].p50_ms, 3), "outputs": outputs}
+    latency = row.latency_ms.get("1") or next(iter(row.latency_ms.values()))  # TF.js: keyed by backend
+    return {"bytes": row.bytes, "p50_ms_1_thread": round(latency.p50_ms, 3), "outputs": outputs}
 
 
 def measure(name: str, saved_model: Path, calibration: Path, eval_data: Path, work: Path) -> dict:
@@ -87,15 +89,18 @@ def measure(name: str, saved_model: Path, calibration: Path, eval_data: Path, wo
         out = work / f"{name}_{run.replace(' ', '_')}"
         started = time.perf_counter()
         variant = method if method in OTHER_VARIANTS else "int8"
-        manifest = convert(saved_model, out, variants=(variant,), tfjs=(), calibration=calibration,
+        tfjs = method == "tfjs_uint8"
+        manifest = convert(saved_model, out, variants=("float32",) if tfjs else (variant,),
+                           tfjs=("uint8",) if tfjs else (), calibration=calibration,
                            range_method=method if method in METHODS else "auto",
                            weight_rounding="nearest" if run.endswith(NEAREST) else "auto",
                            float_layers=kept_float.get(method, ()),
                            # an output op kept float stays float only with float outputs
                            int8_io="float" if method in kept_float else "int8")
         seconds = time.perf_counter() - started
-        artifact = manifest.artifacts[0]
-        report = bench(out, eval_data=eval_data, runs=50, warmup=5, threads=(1,), memory=False)
+        artifact = manifest.artifact(variant)
+        report = bench(out, eval_data=eval_data, runs=50, warmup=5, threads=(1,), memory=False,
+                       artifact=artifact.name, tfjs_backends=("wasm",))
         row = next(r for r in report.artifacts if r.name == artifact.name)
         entry = {"convert_seconds": round(seconds, 1), "check": artifact.status, **figures(row)}
         if method == "int16x8":
@@ -126,8 +131,8 @@ def markdown(results: dict) -> str:
                       f"{o['confident_rows']})" if "top1_agreement" in o else f"{output} {o['rms_over_std']:.1%}"
                       for output, o in run["outputs"].items()]
             method, rounding = name.removesuffix(NEAREST), "nearest" if name.endswith(NEAREST) else "auto"
-            if method == "dynamic":
-                label = f"dynamic, rounding {rounding} (kept {run['weight_rounding']})"
+            if method in ("dynamic", "tfjs_uint8"):
+                label = f"{method}, rounding {rounding} (kept {run['weight_rounding']})"
             elif method == "int16x8":
                 floating = ", ".join(f"{op} x{count}" for op, count in run["float_ops"].items())
                 label = (f"int16x8 ({floating} float)" if floating else "int16x8") + \

@@ -186,7 +186,7 @@ def test_a_weight_bound_int16x8_diagnosis_points_to_error_feedback_rounding_unti
         assert Manifest.read(out).artifact("int16x8").status == "ok"
         return next(line for line in result.stderr.splitlines() if line.startswith("int16x8: "))
 
-    assert "Try --weight-rounding auto (the default) with 32 or more --calibration rows" in advice(
+    assert "Try --weight-rounding auto (the default) with 42 or more --calibration rows" in advice(
         "--weight-rounding", "nearest")
     fitted = advice("--weight-rounding", "auto")
     assert "Try float16 (float weights)" in fitted and "--weight-rounding" not in fitted
@@ -298,8 +298,9 @@ def test_rows_held_out_to_score_the_rounding_are_never_fitted_on():
     assert held["x"].min() == 0 and held["x"].max() == 199  # spread over the data, not its tail
     fit, held = weight_rounding.split_rows({"x": np.arange(1000)[:, None]})
     assert len(held["x"]) == weight_rounding.SCORE_ROWS and len(fit["x"]) == weight_rounding.FIT_ROWS
-    assert weight_rounding.too_few_rows({"x": np.arange(41)[:, None]}) is not None  # 31 to fit on after 10 held
-    assert weight_rounding.too_few_rows({"x": np.arange(42)[:, None]}) is None
+    least = weight_rounding.MIN_CALIBRATION_ROWS  # 42: 32 to fit on after 10 held out
+    assert weight_rounding.too_few_rows({"x": np.arange(least - 1)[:, None]}) is not None
+    assert weight_rounding.too_few_rows({"x": np.arange(least)[:, None]}) is None
 
 
 def test_what_rounding_leaves_at_nearest_is_named(tmp_path):

@@ -31,6 +31,7 @@ from edgekit.build.targets.int8_layers import kept_tensor_runs, model_object, op
 
 ROUNDED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 MIN_ROWS = 32  # fewer rows to fit on: the inputs' correlations are mostly those rows' own
+MIN_CALIBRATION_ROWS = 42  # calibration rows that leave MIN_ROWS to fit on once a quarter is held out
 FIT_ROWS = 256  # rows the correlations are taken on (one run of the float model each)
 SCORE_ROWS = 64  # rows held out of the fit to compare nearest and error-feedback rounding on (a quarter, at most)
 MAX_INPUTS = 4608  # a layer's inputs (3x3x512); wider ones keep nearest: their moments take d^2 memory, d^3 time

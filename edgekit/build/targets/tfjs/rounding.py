@@ -36,8 +36,8 @@ def fitted_uint8(graph_def, fused_graph_def, inputs: list, rows: dict[str, np.nd
     """Weight name -> its uint8 integers (its own shape) for each convolution or matmul filter
     of `fused_graph_def` rounded by error feedback (fitted on most of `rows`, the calibration
     rows keyed by the signature's input names) where that moves its layer less than nearest
-    rounding on the rows held out of the fit; and the record for the manifest. `graph_def` is the same graph before fusion, which TensorFlow
-    runs; `inputs` the signature's input endpoints."""
+    rounding on the rows held out of the fit; and the record for the manifest. `graph_def` is
+    the same graph before fusion, which TensorFlow runs; `inputs` the signature's input endpoints."""
     reason = weight_rounding.too_few_rows(rows)
     if reason:
         return {}, {"method": "nearest", "note": reason}
