@@ -238,7 +238,8 @@ def convert(saved_model, out_dir, signature, variants, calibration, calibration_
             click.echo(f"note: {artifact.variant}: ranges by {ranges['method']}, {ranges['note']}", err=True)
         rounding = artifact.quantization.get("weight_rounding") or {}
         if rounding.get("note"):
-            click.echo(f"note: {artifact.variant}: weights rounded to nearest, {rounding['note']}", err=True)
+            label = artifact.variant if artifact.format == "tflite" else artifact.name  # tfjs_uint8, not uint8
+            click.echo(f"note: {label}: weights rounded to nearest, {rounding['note']}", err=True)
         if "layers" in ranges:
             summary = layer_summary(ranges["layers"], ranges.get("layers_unmatched", []), artifact.variant,
                                     weights_fitted=rounding.get("method") == "gptq")

@@ -359,3 +359,17 @@ def test_a_variant_litert_cannot_run_is_not_rounded_and_the_note_points_to_its_c
     assert artifact.quantization["weight_rounding"] == {
         "method": "nearest", "note": "error-feedback rounding skipped: LiteRT cannot run this model on the "
                                      "calibration rows (its check says why)"}
+
+
+def test_a_tfjs_uint8_left_at_nearest_is_named_by_its_artifact(tmp_path):
+    """Too few rows to fit on: the note under the table names tfjs_uint8 (not "uint8")."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    result = CliRunner().invoke(cli, ["convert", str(DIGITS / "saved_model"), "-o", str(tmp_path / "out"),
+                                      "--variants", "float32", "--tfjs", "uint8", "--calibration-samples", "20",
+                                      "--calibration", str(DIGITS / "calibration.npz")])
+    assert result.exit_code == 0, result.output
+    assert "note: tfjs_uint8: weights rounded to nearest, error-feedback rounding skipped: 20 calibration rows" \
+        in result.stderr

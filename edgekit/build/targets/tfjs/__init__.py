@@ -64,11 +64,11 @@ class TfjsTarget(Target):
             import numpy as np
 
             from edgekit.build.data import spread_rows
-            from edgekit.build.targets.weight_rounding import FIT_ROWS
+            from edgekit.build.targets.weight_rounding import FIT_ROWS, SCORE_ROWS
 
             handle, name = tempfile.mkstemp(prefix="edgekit-calibration-", suffix=".npz")  # not in OUT_DIR
             with open(handle, "wb") as file:
-                np.savez(file, **spread_rows(context.calibration_rows, FIT_ROWS))
+                np.savez(file, **spread_rows(context.calibration_rows, FIT_ROWS + SCORE_ROWS))
             self._rows_file = Path(name)
         self.writer = TfjsWriter(context.source_dir, context.signature, self.variants, self.shard_mb,
                                  context.staging, tfjs_runtime.node_modules(), context.quiet, self._rows_file)
