@@ -317,6 +317,11 @@ def calibration_notes(manifest) -> list[tuple[str, str]]:
                           "across a batch's rows (a sum, a mean), the full-integer artifacts' range for it was fitted "
                           "one row at a time, as calibration runs, and clips it for bigger batches; ship a float "
                           "variant, or compute it outside the model"))
+    calibration = manifest.calibration or {}
+    if calibration.get("distinct_samples", calibration.get("samples", 0)) * 2 < calibration.get("samples", 0):
+        lines.append(("warning", f"calibration: only {calibration['distinct_samples']} of its "
+                      f"{calibration['samples']} rows differ: ranges, weight rounding and the checks all see the same "
+                      "few inputs, so their figures mean little; give varied real samples"))
     if manifest.check_inputs["samples"] < FEW_CHECK_SAMPLES:
         lines.append(("warning", f"the checks ran on {manifest.check_inputs['samples']} rows only: too few to "
                       "measure errors against an output's spread; give more calibration rows, or --check-samples"))

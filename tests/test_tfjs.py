@@ -130,6 +130,34 @@ def test_batchnorm_chains_fold_into_fused_depthwise_and_conv_ops(tmp_path):
 
 
 @needs_node
+def test_a_matmul_against_a_transposed_filter_with_a_bias_matches_in_tfjs(tmp_path):
+    """helper-14: x @ w^T + b (a tied or transposed weight, transpose_b=True) fused into
+    _FusedMatMul with transpose_b gave wrong outputs in TF.js (relative L2 0.62); the fused
+    filter is stored as [in, out] instead."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+
+    class Tied(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(rng.normal(size=(16, 8)).astype(np.float32))
+            self.b = tf.Variable(rng.normal(size=16).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": tf.matmul(x, self.w, transpose_b=True) + self.b}
+
+    module = Tied()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures={"serving_default": module.__call__})
+    manifest = convert(tmp_path / "saved_model", tmp_path / "out", variants=("float32",), tfjs=("float32",))
+    artifact = manifest.artifact("tfjs_float32")
+    assert artifact.status == "ok", artifact.error
+    nodes = json.loads((tmp_path / "out" / artifact.file).read_text())["modelTopology"]["node"]
+    fused = next(n for n in nodes if n["op"] == "_FusedMatMul")
+    assert not fused["attr"]["transpose_b"].get("b", False)
+
+
+@needs_node
 def test_ops_tfjs_lacks_are_named_and_tflite_still_converts(lgamma_saved_model, tmp_path):
     manifest = convert(lgamma_saved_model, tmp_path / "out", variants=("float32",))
     for variant in ("float32", "uint8"):

@@ -235,7 +235,8 @@ def test_tfjs_filters_are_read_in_the_layout_their_layers_multiply_them(tmp_path
     keras.Model(inputs, outputs).export(str(tmp_path / "saved_model"), verbose=False)
     graph_def, ins, outs = freeze(tmp_path / "saved_model", "serving_default")
     graph_def = optimize(graph_def, outs)
-    targets = rounding._targets(graph_def)
+    targets, left = rounding._targets(graph_def)
+    assert left == {}
     assert sorted(layer.kind for _, layer, _, _ in targets) == [
         "CONV_2D", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED", "FULLY_CONNECTED"]
     image = np.random.default_rng(1).normal(size=(2, 11, 13, 3)).astype(np.float32)
@@ -324,7 +325,7 @@ def test_what_rounding_leaves_at_nearest_is_named(tmp_path):
     from edgekit.cli import cli
 
     result = CliRunner().invoke(cli, ["convert", str(tmp_path / "saved_model"), "-o", str(tmp_path / "out"),
-                                      "--variants", "dynamic,int8", "--tfjs", "none",
+                                      "--variants", "dynamic,int8", "--tfjs", "uint8",
                                       "--calibration", str(tmp_path / "rows.npz")])
     assert result.exit_code in (0, 1), result.output
     assert "experimental_preserve_all_tensors" not in result.stderr  # LiteRT's debugging warning stays out
@@ -336,10 +337,11 @@ def test_what_rounding_leaves_at_nearest_is_named(tmp_path):
         assert left["FULLY_CONNECTED: more than 4608 inputs"] == 1, left
         assert left["FULLY_CONNECTED: weights shared with another op"] == 2, left
         assert record["ops_rounded"] <= 3  # the conv, the Dense between the shared calls, the last Dense
-    assert manifest.artifact("int8").quantization["ranges"]["candidates"][-1]["held_out"]["rows"] == 16
-    int8_left = next(c for c in manifest.artifact("int8").quantization["ranges"]["candidates"]
-                     if "+gptq" in c["method"])["ops_left_at_nearest"]
-    assert int8_left["TRANSPOSE_CONV: op not rounded"] == 1
+    rounded = next(c for c in manifest.artifact("int8").quantization["ranges"]["candidates"] if "+gptq" in c["method"])
+    assert rounded["held_out"]["rows"] == 16 and rounded["ops_left_at_nearest"]["TRANSPOSE_CONV: op not rounded"] == 1
+    tfjs = manifest.artifact("tfjs_uint8").quantization["weight_rounding"]  # helper-14: no width limit there
+    assert tfjs["ops_left_at_nearest"]["FULLY_CONNECTED: more than 4608 inputs"] == 1, tfjs
+    assert tfjs["ops_left_at_nearest"]["Conv2DBackpropInput: op not rounded"] == 1, tfjs
 
 
 def test_a_variant_litert_cannot_run_is_not_rounded_and_the_note_points_to_its_check(tmp_path):
@@ -373,3 +375,25 @@ def test_a_tfjs_uint8_left_at_nearest_is_named_by_its_artifact(tmp_path):
     assert result.exit_code == 0, result.output
     assert "note: tfjs_uint8: weights rounded to nearest, error-feedback rounding skipped: 20 calibration rows" \
         in result.stderr
+
+
+def test_repeated_calibration_rows_are_warned_of_and_not_fitted_on(tmp_path):
+    """helper-14: 200 copies of a few images passed with no word, and the rounding was kept on
+    'held-out' rows that were copies of the rows it was fitted on."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    with np.load(DIGITS / "calibration.npz") as archive:
+        np.savez(tmp_path / "same.npz", pixels=np.repeat(archive["pixels"][:5], 40, axis=0))
+    result = CliRunner().invoke(cli, ["convert", str(DIGITS / "saved_model"), "-o", str(tmp_path / "out"),
+                                      "--variants", "dynamic,int8", "--tfjs", "uint8",
+                                      "--calibration", str(tmp_path / "same.npz")])
+    assert result.exit_code in (0, 1), result.output
+    assert "warning: calibration: only 5 of its 200 rows differ" in result.stderr
+    manifest = Manifest.read(tmp_path / "out")
+    assert manifest.calibration["distinct_samples"] == 5
+    skipped = "error-feedback rounding skipped: 5 distinct calibration rows of"
+    assert manifest.artifact("dynamic").quantization["weight_rounding"]["note"].startswith(skipped)
+    assert manifest.artifact("tfjs_uint8").quantization["weight_rounding"]["note"].startswith(skipped)
+    assert not any("gptq" in c["method"] for c in manifest.artifact("int8").quantization["ranges"]["candidates"])

@@ -210,6 +210,7 @@ def _rows(options: ConvertOptions, spec) -> tuple[dict | None, dict | None, dict
         "format": "images" if Path(calibration).is_dir() else Path(calibration).suffix[1:],
         "samples_available": len(next(iter(all_rows.values()))),
         "samples": len(next(iter(calibration_rows.values()))),
+        "distinct_samples": data.distinct_rows(calibration_rows),
         "sha256": sha256_file(Path(calibration)) if Path(calibration).is_file() else sha256_tree(Path(calibration)),
         "ranges": data.value_ranges(calibration_rows),
     }

@@ -221,6 +221,16 @@ def fit_to_signature(
     return fitted
 
 
+def distinct_rows(samples: dict[str, np.ndarray]) -> int:
+    """How many rows differ from every other (over all inputs): a calibration set of one image
+    repeated has 1, however many rows it holds."""
+    import hashlib
+
+    count = len(next(iter(samples.values())))
+    return len({hashlib.blake2b(b"".join(np.ascontiguousarray(array[i]).tobytes() for array in samples.values()),
+                                digest_size=16).digest() for i in range(count)})
+
+
 def spread_rows(samples: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
     """`count` rows spread evenly over the data (all when fewer): deterministic, and not
     just the first class of a sorted data set."""

@@ -272,47 +272,57 @@ class RangePicker:
     def _try(self, candidates: list, ranged: list, best: int, plain: int, expected: dict[str, np.ndarray],
              notes: list[str], rounding: bool) -> int:
         """Add the best plain candidate (`plain`) with its biases corrected, or with its weights
-        rounded by error feedback (and corrected, under auto), as one more candidate; the index
-        of the best one after it (it must be clearly better to be kept)."""
+        rounded by error feedback, as one more candidate; the index of the best one after it.
+        Corrected biases must be clearly better on all the rows (_clearly_better). Rounded weights,
+        fitted on most of the rows, must beat `plain` on the rows held out of their fit, before any
+        bias is fitted (on all rows, it would see those rows too); when the best so far corrects
+        `plain`'s biases, the kept rounding then gets its biases corrected the same way."""
         method, model, _ = candidates[plain]
-        name, facts = method, {}
-        if rounding:
-            found, note = self._rounded(ranged[plain], model)
-            if note:
-                notes.append(note)
-            if not found.changed:
-                return best
-            model, name, facts = found.model, f"{method}+gptq", found.record()
-        if self.methods == METHODS:
+        if not rounding:
             model, count, note = self._bias_corrected(ranged[plain], model)
-            if count:
-                name, facts = f"{name}+bias", {**facts, "ops_corrected": count}
-            elif not rounding:
+            if not count:
                 notes.append(note)
                 return best
-        candidates.append((name, model, {**self._score(model, expected), **facts}))
+            candidates.append((f"{method}+bias", model, {**self._score(model, expected), "ops_corrected": count}))
+            ranged.append(ranged[plain])
+            return len(candidates) - 1 if _clearly_better(candidates[-1][2], candidates[best][2]) else best
+        found, note = self._rounded(ranged[plain], model)
+        if note:
+            notes.append(note)
+        if not found.changed:
+            return best
+        candidates.append((f"{method}+gptq", found.model, {**self._score(found.model, expected), **found.record()}))
         ranged.append(ranged[plain])
-        if rounding:  # fitted on most of the rows: decided on the ones held out of its fit
-            return self._held_out_choice(candidates, ranged[plain], best)
-        return len(candidates) - 1 if _clearly_better(candidates[-1][2], candidates[best][2]) else best
+        if not self._better_held_out(candidates, ranged[plain], len(candidates) - 1, plain):
+            return best
+        if best == plain:
+            return len(candidates) - 1
+        model, count, _ = self._bias_corrected(ranged[plain], found.model)  # as the best so far was
+        if not count:
+            return len(candidates) - 1
+        candidates.append((f"{method}+gptq+bias", model,
+                           {**self._score(model, expected), **found.record(), "ops_corrected": count}))
+        ranged.append(ranged[plain])
+        return len(candidates) - 1
 
-    def _held_out_choice(self, candidates: list, floating: bytes, best: int) -> int:
-        """The last candidate (weights rounded by error feedback) against the best so far, on the
-        calibration rows held out of its fit (weight_rounding.split_rows); its entry records both."""
+    def _better_held_out(self, candidates: list, floating: bytes, rounded: int, plain: int) -> bool:
+        """Whether candidate `rounded` (`plain` with its weights rounded by error feedback) is
+        clearly closer to the float model than `plain` on the calibration rows held out of its fit
+        (weight_rounding.split_rows), and breaks no check rule `plain` keeps; its entry records both."""
         from edgekit.build.targets import weight_rounding
 
         held = weight_rounding.split_rows(self.rows)[1]
-        last = candidates[-1][2]
+        entry = candidates[rounded][2]
         try:
             expected = run_in_chunks(floating, held, self.signature, self.batch)
             errors = [worst_error(run_in_chunks(candidates[i][1], held, self.signature, self.batch), expected)
-                      for i in (len(candidates) - 1, best)]
+                      for i in (rounded, plain)]
         except (RuntimeError, ValueError, KeyError, EdgekitError):
-            return best
-        last["held_out"] = {"rows": len(next(iter(held.values()))), "worst_error": errors[0],
-                            "best_before": candidates[best][0], "its_worst_error": errors[1]}
-        passes = last.get("passes") or not candidates[best][2].get("passes")
-        return len(candidates) - 1 if passes and errors[0] < errors[1] * (1 - BIAS_MARGIN) else best
+            return False
+        entry["held_out"] = {"rows": len(next(iter(held.values()))), "worst_error": _figure(errors[0]),
+                             "against": candidates[plain][0], "its_worst_error": _figure(errors[1])}
+        passes = entry.get("passes") or not candidates[plain][2].get("passes")
+        return bool(passes) and errors[0] < errors[1] * (1 - BIAS_MARGIN)
 
     def _rounded(self, ranged: bytes, model: bytes):
         """weight_rounding.Fit: `model` with its weights rounded by error feedback against the
@@ -408,6 +418,11 @@ def first_line(exc: Exception) -> str:
 def worst_error(found: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
     """The worst output's error of `found` against the float model's `expected` outputs (see _error)."""
     return _worst({name: compare_output(value, expected[name]) for name, value in found.items()})
+
+
+def _figure(value: float) -> float:
+    """An error for the manifest: four significant digits (2.1e-05 stays 2.1e-05)."""
+    return float(f"{value:.4g}")
 
 
 def _worst(per_output: dict) -> float:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.build.data import distinct_rows
 from edgekit.build.targets.activation_ranges import (
     chunks,
     first_line,
@@ -88,13 +89,18 @@ def split_rows(rows: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict
 
 
 def too_few_rows(rows: dict[str, np.ndarray]) -> str | None:
-    """Why `rows` are too few to fit the rounding on, or None."""
+    """Why `rows` are too few to fit the rounding on, or None. Repeated rows count once: held out,
+    a copy of a row it was fitted on would score the fit on itself."""
     count = len(next(iter(rows.values())))
     fit = len(next(iter(split_rows(rows)[0].values())))
-    if fit >= MIN_ROWS:
-        return None
-    return (f"error-feedback rounding skipped: {count} calibration rows, {fit} to fit on once a quarter is held "
-            f"out to score it, and the inputs' correlations need at least {MIN_ROWS}")
+    if fit < MIN_ROWS:
+        return (f"error-feedback rounding skipped: {count} calibration rows, {fit} to fit on once a quarter is held "
+                f"out to score it, and the inputs' correlations need at least {MIN_ROWS}")
+    distinct = distinct_rows(rows)
+    if distinct < MIN_CALIBRATION_ROWS:
+        return (f"error-feedback rounding skipped: {distinct} distinct calibration rows of {count}, and it needs "
+                f"{MIN_CALIBRATION_ROWS} (rows held out to score it must differ from the ones it is fitted on)")
+    return None
 
 
 def choose(model: bytes, twin: bytes, rows: dict[str, np.ndarray], signature: str, batch: int,
@@ -125,7 +131,7 @@ def choose(model: bytes, twin: bytes, rows: dict[str, np.ndarray], signature: st
     kept = "gptq" if errors["gptq"] < errors["nearest"] * (1 - MARGIN) else "nearest"
     record = {"method": kept, **found.record(), "fitted_on_rows": len(next(iter(fit.values()))),
               "scored_on_held_out_rows": len(next(iter(scored.values()))),
-              "worst_error": {name: round(value, 6) for name, value in errors.items()}}
+              "worst_error": {name: float(f"{value:.4g}") for name, value in errors.items()}}
     return (found.model if kept == "gptq" else model), record
 
 

@@ -42,15 +42,18 @@ def fitted_uint8(graph_def, fused_graph_def, inputs: list, rows: dict[str, np.nd
     if reason:
         return {}, {"method": "nearest", "note": reason}
     fit, held = weight_rounding.split_rows(rows)
-    targets = _targets(fused_graph_def)
-    moments = _input_moments(graph_def, inputs, fit, targets)
-    held_moments = _input_moments(graph_def, inputs, held, targets)
+    targets, left = _targets(fused_graph_def)
+    moments, fitted_rows = _input_moments(graph_def, inputs, fit, targets)
+    held_moments, held_rows = _input_moments(graph_def, inputs, held, targets)
     fitted, errors = {}, {"nearest": 0.0, "gptq": 0.0}
+
+    def leave(kind: str, why: str) -> None:
+        left[f"{kind}: {why}"] = left.get(f"{kind}: {why}", 0) + 1
+
     for (name, layer, _, back), moment, held_moment in zip(targets, moments, held_moments):
-        if moment is None or held_moment is None:
-            continue
-        integers = weight_rounding.rounded_layer(layer, moment)
+        integers = None if moment is None or held_moment is None else weight_rounding.rounded_layer(layer, moment)
         if integers is None:
+            leave(layer.kind, "input not readable as its weights see it")
             continue
         plain = weight_rounding.nearest(layer)  # judged on the rows held out of the fit
         before, after = (weight_rounding.output_error(layer, q, held_moment) for q in (plain, integers))
@@ -58,19 +61,23 @@ def fitted_uint8(graph_def, fused_graph_def, inputs: list, rows: dict[str, np.nd
             fitted[name] = back(integers).astype(np.uint8)
             errors["nearest"] += before
             errors["gptq"] += after
+        else:
+            leave(layer.kind, "no better on the held-out rows")
     if not fitted:
-        return {}, {"method": "nearest", "note": "error-feedback rounding changed no weight: no convolution or matmul "
-                                                 "whose input could be measured moved less with it"}
-    record = {"method": "gptq", "ops_rounded": len(fitted), "fitted_on_rows": len(next(iter(fit.values()))),
-              "scored_on_held_out_rows": len(next(iter(held.values()))),
-              "layer_error_ratio": round(errors["gptq"] / errors["nearest"], 4) if errors["nearest"] else None}
+        found = weight_rounding.Fit(b"", 0, left)
+        return {}, {"method": "nearest", "note": found.nothing_changed(), **({"ops_left_at_nearest": left} if left
+                                                                            else {})}
+    record = {"method": "gptq", "ops_rounded": len(fitted), **({"ops_left_at_nearest": left} if left else {}),
+              "fitted_on_rows": fitted_rows, "scored_on_held_out_rows": held_rows,
+              "layer_error_ratio": float(f"{errors['gptq'] / errors['nearest']:.4g}") if errors["nearest"] else None}
     return fitted, record
 
 
-def _targets(fused_graph_def) -> list[tuple[str, weight_rounding.Layer, str, Callable]]:
+def _targets(fused_graph_def) -> tuple[list[tuple[str, weight_rounding.Layer, str, Callable]], dict[str, int]]:
     """(filter constant's name, its Layer in TFLite's layout on TF.js's uint8 grid, the op's input
     tensor, what turns an array in TFLite's layout back into the filter's) for each convolution or
-    matmul whose filter is a float constant read by it alone."""
+    matmul whose filter is a float constant read by it alone; and the ops with float weights left
+    out, counted by why (op types named as TFLite's for a convolution or matmul, else TF's)."""
     from tensorflow.python.framework import tensor_util
 
     nodes = {node.name: node for node in fused_graph_def.node}
@@ -79,20 +86,41 @@ def _targets(fused_graph_def) -> list[tuple[str, weight_rounding.Layer, str, Cal
         for name in node.input:
             key = name.lstrip("^").split(":")[0]
             readers[key] = readers.get(key, 0) + 1
-    targets = []
+    targets, left = [], {}
+
+    def leave(kind: str, why: str) -> None:
+        left[f"{kind}: {why}"] = left.get(f"{kind}: {why}", 0) + 1
+
     for node in fused_graph_def.node:
         kind = KINDS.get(node.op)
-        if kind is None or len(node.input) < 2:
+        if kind is None:
+            weights = [nodes.get(name.split(":")[0]) for name in node.input[1:]]
+            if node.op not in ("Identity", "Const") and any(
+                    w is not None and w.op == "Const" and w.attr["value"].tensor.dtype == 1  # DT_FLOAT
+                    and len(w.attr["value"].tensor.tensor_shape.dim) >= 2 for w in weights):
+                leave(node.op, "op not rounded")
+            continue
+        if len(node.input) < 2:
             continue
         source = nodes.get(node.input[1].split(":")[0])
-        if source is None or source.op != "Const" or readers.get(source.name) != 1:
+        if source is None or source.op != "Const":
+            continue
+        if readers.get(source.name) != 1:
+            leave(kind, "weights shared with another op")
             continue
         value = tensor_util.MakeNdarray(source.attr["value"].tensor)
         found = _layer(kind, node, value)
-        if found is not None:
-            input_name = node.input[0] if ":" in node.input[0] else f"{node.input[0]}:0"
-            targets.append((source.name, *found[:1], input_name, found[1]))
-    return targets
+        if found is None:
+            leave(kind, "op not rounded (its layout or padding)")
+            continue
+        layer, back = found
+        inputs = int(np.prod(layer.weights.shape[1:3] if kind == "DEPTHWISE_CONV_2D" else layer.weights.shape[1:]))
+        if inputs > weight_rounding.MAX_INPUTS:
+            leave(kind, f"more than {weight_rounding.MAX_INPUTS} inputs")
+            continue
+        input_name = node.input[0] if ":" in node.input[0] else f"{node.input[0]}:0"
+        targets.append((source.name, layer, input_name, back))
+    return targets, left
 
 
 def _layer(kind: str, node, value: np.ndarray) -> tuple[weight_rounding.Layer, Callable] | None:
@@ -139,9 +167,10 @@ def _layer(kind: str, node, value: np.ndarray) -> tuple[weight_rounding.Layer, C
 
 
 def _input_moments(graph_def, inputs: list, rows: dict[str, np.ndarray],
-                   targets: list) -> list[np.ndarray | None]:
-    """Each target's input second moments over `rows`, from TensorFlow running `graph_def`; None
-    for a target whose input the graph lacks or cannot be read as its weights see it."""
+                   targets: list) -> tuple[list[np.ndarray | None], int]:
+    """Each target's input second moments over `rows`, from TensorFlow running `graph_def` (None
+    for a target whose input the graph lacks or cannot be read as its weights see it), and how
+    many rows ran (a fixed batch drops the last part)."""
     import tensorflow as tf
 
     moments: list[np.ndarray | None] = [None] * len(targets)
@@ -155,14 +184,15 @@ def _input_moments(graph_def, inputs: list, rows: dict[str, np.ndarray],
             except (KeyError, ValueError):
                 continue
         if not fetches:
-            return moments
+            return moments, 0
         feeds = {endpoint.key: graph.get_tensor_by_name(endpoint.tensor) for endpoint in inputs}
         count = len(next(iter(rows.values())))
         fixed = next((e.shape[0] for e in inputs if e.shape and e.shape[0] is not None), None)
         batch = fixed or BATCH
         failed: set[int] = set()
+        used = count - (count % batch if fixed else 0)
         with tf.compat.v1.Session(graph=graph) as session:
-            for start in range(0, count - (count % batch if fixed else 0), batch):
+            for start in range(0, used, batch):
                 feed = {tensor: rows[key][start:start + batch].astype(tensor.dtype.as_numpy_dtype)
                         for key, tensor in feeds.items()}
                 for i, value in zip(wanted, session.run(fetches, feed_dict=feed)):
@@ -173,4 +203,4 @@ def _input_moments(graph_def, inputs: list, rows: dict[str, np.ndarray],
                     except (ValueError, IndexError):
                         failed.add(i)
                         moments[i] = None
-    return moments
+    return moments, used
