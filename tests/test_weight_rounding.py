@@ -397,3 +397,12 @@ def test_repeated_calibration_rows_are_warned_of_and_not_fitted_on(tmp_path):
     assert manifest.artifact("dynamic").quantization["weight_rounding"]["note"].startswith(skipped)
     assert manifest.artifact("tfjs_uint8").quantization["weight_rounding"]["note"].startswith(skipped)
     assert not any("gptq" in c["method"] for c in manifest.artifact("int8").quantization["ranges"]["candidates"])
+
+
+def test_per_channel_slopes_are_not_counted_as_weights_left_at_nearest(tmp_path):
+    """O-Net's five PReLUs hold int8 slopes [1, 1, C]: no filter whose rounding errors add up, so
+    not 'op not rounded' (a first version listed them)."""
+    manifest = convert(ONET / "saved_model", tmp_path / "out", variants=("int8",), tfjs=(), int8_io="float",
+                       calibration=ONET / "calibration.npz")
+    rounded = next(c for c in manifest.artifact("int8").quantization["ranges"]["candidates"] if "+gptq" in c["method"])
+    assert rounded["ops_rounded"] == 8 and "ops_left_at_nearest" not in rounded

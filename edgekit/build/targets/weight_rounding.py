@@ -7,12 +7,13 @@ fully-connected op's weights are rounded one input at a time, and the error each
 is pushed onto the weights not yet rounded, in proportion to how the layer's inputs on the
 calibration rows correlate (their second moments, X^T X). The converter's int8 steps
 (per-channel scales) stay as they are, so only the stored integers change: same bytes, same
-kernels, same speed. It serves every variant with int8 weights (int8, int16x8, dynamic-range);
-where activations stay near float (int16x8, dynamic) the weights are most of the error.
+kernels, same speed. It serves every variant with int8 weights (int8, int16x8, dynamic-range),
+and, on its own affine grid, TF.js's uint8 (tfjs/rounding.py); where activations stay near
+float (int16x8, dynamic, TF.js) the weights are most of the error.
 
-`choose` fits the rounding on the calibration rows and keeps it only when it brings the outputs
-closer to the float model's than nearest rounding does; the int8 range picker scores it among
-its own candidates (activation_ranges.RangePicker).
+It is fitted on three quarters of the calibration rows and kept only where it does better than
+nearest rounding on the quarter held out (split_rows): `choose` for dynamic and int16x8, the
+int8 range picker among its candidates (activation_ranges.RangePicker).
 """
 from __future__ import annotations
 
@@ -188,11 +189,9 @@ def _layers(model: bytes, twin: bytes) -> tuple[list[Layer], dict[str, int]]:
 
     for op in graph.operators:
         kind = op_type(quantized, op)
-        constant_int8 = [i for i in op.inputs if i >= 0 and graph.tensors[i].type == 9
-                         and quantized.buffers[graph.tensors[i].buffer].data is not None]
         if kind not in ROUNDED_OPS or len(op.inputs) < 2:
-            if constant_int8 and kind not in ("QUANTIZE", "DEQUANTIZE"):
-                leave(kind, "op not rounded")
+            if any(_int8_matrix(quantized, graph.tensors[i]) for i in op.inputs if i >= 0):
+                leave(kind, "op not rounded")  # TRANSPOSE_CONV, BATCH_MATMUL, an embedding's GATHER
             continue
         weights = graph.tensors[op.inputs[1]]
         quantization = weights.quantization
@@ -227,6 +226,13 @@ def _layers(model: bytes, twin: bytes) -> tuple[list[Layer], dict[str, int]]:
         layers.append(Layer(kind, float_weights, np.broadcast_to(scales, (channels,)).copy(), op.builtinOptions,
                             buffer=weights.buffer, twin_input=int(twin_op.inputs[0])))
     return layers, left
+
+
+def _int8_matrix(model, tensor) -> bool:
+    """A constant int8 tensor with two axes or more longer than 1: weights whose rounding errors
+    add up (not a PReLU's per-channel slope)."""
+    return (tensor.type == 9 and model.buffers[tensor.buffer].data is not None and tensor.shape is not None
+            and sum(int(d) > 1 for d in tensor.shape) >= 2)
 
 
 def _weight_views(model: bytearray, layers: list[Layer]) -> list[np.ndarray | None]:

@@ -95,9 +95,9 @@ def _targets(fused_graph_def) -> tuple[list[tuple[str, weight_rounding.Layer, st
         kind = KINDS.get(node.op)
         if kind is None:
             weights = [nodes.get(name.split(":")[0]) for name in node.input[1:]]
-            if node.op not in ("Identity", "Const") and any(
+            if node.op not in ("Identity", "Const") and any(  # float weights with two real axes (not a slope)
                     w is not None and w.op == "Const" and w.attr["value"].tensor.dtype == 1  # DT_FLOAT
-                    and len(w.attr["value"].tensor.tensor_shape.dim) >= 2 for w in weights):
+                    and sum(d.size > 1 for d in w.attr["value"].tensor.tensor_shape.dim) >= 2 for w in weights):
                 leave(node.op, "op not rounded")
             continue
         if len(node.input) < 2:
