@@ -319,8 +319,8 @@ class RangePicker:
                       for i in (rounded, plain)]
         except (RuntimeError, ValueError, KeyError, EdgekitError):
             return False
-        entry["held_out"] = {"rows": len(next(iter(held.values()))), "worst_error": _figure(errors[0]),
-                             "against": candidates[plain][0], "its_worst_error": _figure(errors[1])}
+        entry["held_out"] = {"rows": len(next(iter(held.values()))), "worst_error": figure(errors[0]),
+                             "against": candidates[plain][0], "its_worst_error": figure(errors[1])}
         passes = entry.get("passes") or not candidates[plain][2].get("passes")
         return bool(passes) and errors[0] < errors[1] * (1 - BIAS_MARGIN)
 
@@ -420,7 +420,7 @@ def worst_error(found: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -
     return _worst({name: compare_output(value, expected[name]) for name, value in found.items()})
 
 
-def _figure(value: float) -> float:
+def figure(value: float) -> float:
     """An error for the manifest: four significant digits (2.1e-05 stays 2.1e-05)."""
     return float(f"{value:.4g}")
 

@@ -316,7 +316,8 @@ class TFLiteTarget(Target):
         self.options = options
         self.flex_needed = False  # once one variant needed flex, later ones start with it
         self.runtime = "unknown"
-        self._float_twin: bytes | ConversionFailed | None = None  # weight rounding's reference, converted once
+        # weight rounding's reference, converted once: the float32 conversion (the float32 artifact reuses it)
+        self._float_twin: TFLiteResult | ConversionFailed | None = None
         self._moments: dict = {}  # its layers' input moments, for both variants rounded against it
 
     @classmethod
@@ -399,10 +400,10 @@ class TFLiteTarget(Target):
             quantization["weight_rounding"] = {"method": "nearest", "note": "error-feedback rounding skipped: the "
                                                "model needs flex ops, which LiteRT here cannot run"}
             return result.model
-        if self._float_twin is None:  # the float32 conversion: the same graph with float weights, made once per run
+        if self._float_twin is None:
             try:
                 self._float_twin = convert_variant(str(context.source_dir), context.signature, Variant.FLOAT32,
-                                                   self.options, None, context.quiet).model
+                                                   self.options, None, context.quiet)
             except Exception as exc:  # noqa: BLE001 - TF raises many types; rounding must not cost the artifact
                 self._float_twin = ConversionFailed(_first_error_line(str(exc)))
         if isinstance(self._float_twin, ConversionFailed):
@@ -411,7 +412,7 @@ class TFLiteTarget(Target):
             return result.model
         fixed = context.signature_spec.fixed_batch is not None
         with captured_native_output(context.quiet):  # LiteRT announces its XNNPACK delegate
-            model, record = weight_rounding.choose(result.model, self._float_twin, context.calibration_rows,
+            model, record = weight_rounding.choose(result.model, self._float_twin.model, context.calibration_rows,
                                                    context.signature, context.batch, context.batch if fixed else 1,
                                                    self._moments)
         quantization["weight_rounding"] = record
@@ -459,6 +460,8 @@ class TFLiteTarget(Target):
             return tflite_isolated.convert(str(context.source_dir), context.signature, variant, self.options,
                                            context.calibration_rows, context.quiet, self.flex_needed, picker,
                                            context.control_flow)
+        if variant is Variant.FLOAT32 and isinstance(self._float_twin, TFLiteResult) and not self.flex_needed:
+            return self._float_twin  # weight rounding converted it already, the same way
         samples = representative(context.calibration_rows) if context.calibration_rows is not None else None
         return convert_variant(str(context.source_dir), context.signature, variant, self.options, samples,
                                context.quiet, self.flex_needed, picker)

@@ -25,6 +25,7 @@ import numpy as np
 from edgekit.build.data import distinct_rows
 from edgekit.build.targets.activation_ranges import (
     chunks,
+    figure,
     first_line,
     run_in_chunks,
     worst_error,
@@ -57,6 +58,17 @@ class Layer:
     offset: float = 0.0  # TF.js's uint8 min
     buffer: int = -1  # TFLite: the weights' buffer in the quantized model
     twin_input: int = -1  # TFLite: the op's input tensor in the float model
+
+    @property
+    def inputs(self) -> int:
+        """How many inputs each output channel's weights multiply (a depthwise one: its taps)."""
+        shape = self.weights.shape
+        return int(np.prod(shape[1:3] if self.kind == "DEPTHWISE_CONV_2D" else shape[1:]))
+
+
+def leave(left: dict[str, int], kind: str, why: str) -> None:
+    """Count one op of `kind` left at nearest rounding, by why (the record's ops_left_at_nearest)."""
+    left[f"{kind}: {why}"] = left.get(f"{kind}: {why}", 0) + 1
 
 
 @dataclass
@@ -132,7 +144,7 @@ def choose(model: bytes, twin: bytes, rows: dict[str, np.ndarray], signature: st
     kept = "gptq" if errors["gptq"] < errors["nearest"] * (1 - MARGIN) else "nearest"
     record = {"method": kept, **found.record(), "fitted_on_rows": len(next(iter(fit.values()))),
               "scored_on_held_out_rows": len(next(iter(scored.values()))),
-              "worst_error": {name: float(f"{value:.4g}") for name, value in errors.items()}}
+              "worst_error": {name: figure(value) for name, value in errors.items()}}
     return (found.model if kept == "gptq" else model), record
 
 
@@ -151,9 +163,8 @@ def rounded(model: bytes, twin: bytes, parts: Iterable[dict[str, np.ndarray]], s
     changed = 0
     for layer, view, moment in zip(layers, views, moments):
         if view is None or moment is None:
-            why = f"{layer.kind}: input not readable as its weights see it" if moment is None else \
-                f"{layer.kind}: weights not inline"
-            left[why] = left.get(why, 0) + 1
+            leave(left, layer.kind, "input not readable as its weights see it" if moment is None else
+                  "weights not inline")
             continue
         integers = rounded_layer(layer, moment)
         if integers is None:
@@ -183,22 +194,18 @@ def _layers(model: bytes, twin: bytes) -> tuple[list[Layer], dict[str, int]]:
     for tensor in graph.tensors:
         users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
     layers, left = [], {}
-
-    def leave(kind: str, why: str) -> None:
-        left[f"{kind}: {why}"] = left.get(f"{kind}: {why}", 0) + 1
-
     for op in graph.operators:
         kind = op_type(quantized, op)
         if kind not in ROUNDED_OPS or len(op.inputs) < 2:
             if any(_int8_matrix(quantized, graph.tensors[i]) for i in op.inputs if i >= 0):
-                leave(kind, "op not rounded")  # TRANSPOSE_CONV, BATCH_MATMUL, an embedding's GATHER
+                leave(left, kind, "op not rounded")  # TRANSPOSE_CONV, BATCH_MATMUL, an embedding's GATHER
             continue
         weights = graph.tensors[op.inputs[1]]
         quantization = weights.quantization
         if weights.type != 9 or quantization is None or quantization.scale is None:
             continue  # not int8 weights
         if users.get(weights.buffer) != 1 or readers.get(int(op.inputs[1])) != 1:
-            leave(kind, "weights shared with another op")
+            leave(left, kind, "weights shared with another op")
             continue
         if quantization.zeroPoint is not None and np.any(np.asarray(quantization.zeroPoint) != 0):
             continue
@@ -206,25 +213,25 @@ def _layers(model: bytes, twin: bytes) -> tuple[list[Layer], dict[str, int]]:
         name = next((n for n in (graph.tensors[output].name, dequantized.get(output)) if n in twin_index), None)
         twin_op = twin_producer.get(twin_index.get(name))
         if twin_op is None or op_type(floating, twin_op) != kind or len(twin_op.inputs) < 2:
-            leave(kind, "no float twin")
+            leave(left, kind, "no float twin")
             continue
         twin_weights = twin_graph.tensors[twin_op.inputs[1]]
         data = floating.buffers[twin_weights.buffer].data
         shape = tuple(int(d) for d in weights.shape)
         if twin_weights.type != 0 or data is None or tuple(int(d) for d in twin_weights.shape) != shape:
-            leave(kind, "no float twin")  # FLOAT32 weights of the same shape, held in the flatbuffer
+            leave(left, kind, "no float twin")  # FLOAT32 weights of the same shape, held in the flatbuffer
             continue
         channels = shape[-1] if kind == "DEPTHWISE_CONV_2D" else shape[0]
         scales = np.asarray(quantization.scale, np.float64)
         if scales.size not in (1, channels) or (kind == "FULLY_CONNECTED" and len(shape) != 2):
             continue
-        inputs = int(np.prod(shape[1:])) if kind != "DEPTHWISE_CONV_2D" else int(np.prod(shape[1:3]))
-        if inputs > MAX_INPUTS:
-            leave(kind, f"more than {MAX_INPUTS} inputs")
-            continue
         float_weights = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32).reshape(shape)
-        layers.append(Layer(kind, float_weights, np.broadcast_to(scales, (channels,)).copy(), op.builtinOptions,
-                            buffer=weights.buffer, twin_input=int(twin_op.inputs[0])))
+        layer = Layer(kind, float_weights, np.broadcast_to(scales, (channels,)).copy(), op.builtinOptions,
+                      buffer=weights.buffer, twin_input=int(twin_op.inputs[0]))
+        if layer.inputs > MAX_INPUTS:
+            leave(left, kind, f"more than {MAX_INPUTS} inputs")
+            continue
+        layers.append(layer)
     return layers, left
 
 

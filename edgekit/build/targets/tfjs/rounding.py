@@ -6,7 +6,8 @@ than TFLite's per-channel int8, so rounding each weight to nearest costs more th
 layer inputs come from running the graph before fusion (TensorFlow cannot run TF.js's fused
 ops; the fused node reads the same input tensor) on the calibration rows; each weight tensor
 is then rounded against them on its own grid, and kept where it moves its layer's outputs on
-rows held out of the fit less than nearest rounding does. TF.js's own check in Node.js then judges the model.
+rows held out of the fit less than nearest rounding does. TF.js's own check in Node.js then
+judges the model.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from edgekit.build.targets import weight_rounding
+from edgekit.build.targets.activation_ranges import figure
+from edgekit.build.targets.weight_rounding import leave
 
 # TF ops (as the fused graph holds them) -> the TFLite kind whose layout and columns they share
 KINDS = {"Conv2D": "CONV_2D", "_FusedConv2D": "CONV_2D", "DepthwiseConv2dNative": "DEPTHWISE_CONV_2D",
@@ -43,17 +46,12 @@ def fitted_uint8(graph_def, fused_graph_def, inputs: list, rows: dict[str, np.nd
         return {}, {"method": "nearest", "note": reason}
     fit, held = weight_rounding.split_rows(rows)
     targets, left = _targets(fused_graph_def)
-    moments, fitted_rows = _input_moments(graph_def, inputs, fit, targets)
-    held_moments, held_rows = _input_moments(graph_def, inputs, held, targets)
+    (moments, fitted_rows), (held_moments, held_rows) = _input_moments(graph_def, inputs, (fit, held), targets)
     fitted, errors = {}, {"nearest": 0.0, "gptq": 0.0}
-
-    def leave(kind: str, why: str) -> None:
-        left[f"{kind}: {why}"] = left.get(f"{kind}: {why}", 0) + 1
-
     for (name, layer, _, back), moment, held_moment in zip(targets, moments, held_moments):
         integers = None if moment is None or held_moment is None else weight_rounding.rounded_layer(layer, moment)
         if integers is None:
-            leave(layer.kind, "input not readable as its weights see it")
+            leave(left, layer.kind, "input not readable as its weights see it")
             continue
         plain = weight_rounding.nearest(layer)  # judged on the rows held out of the fit
         before, after = (weight_rounding.output_error(layer, q, held_moment) for q in (plain, integers))
@@ -62,14 +60,13 @@ def fitted_uint8(graph_def, fused_graph_def, inputs: list, rows: dict[str, np.nd
             errors["nearest"] += before
             errors["gptq"] += after
         else:
-            leave(layer.kind, "no better on the held-out rows")
+            leave(left, layer.kind, "no better on the held-out rows")
+    found = weight_rounding.Fit(b"", len(fitted), left)
     if not fitted:
-        found = weight_rounding.Fit(b"", 0, left)
         return {}, {"method": "nearest", "note": found.nothing_changed(), **({"ops_left_at_nearest": left} if left
                                                                             else {})}
-    record = {"method": "gptq", "ops_rounded": len(fitted), **({"ops_left_at_nearest": left} if left else {}),
-              "fitted_on_rows": fitted_rows, "scored_on_held_out_rows": held_rows,
-              "layer_error_ratio": float(f"{errors['gptq'] / errors['nearest']:.4g}") if errors["nearest"] else None}
+    record = {"method": "gptq", **found.record(), "fitted_on_rows": fitted_rows, "scored_on_held_out_rows": held_rows,
+              "layer_error_ratio": figure(errors["gptq"] / errors["nearest"]) if errors["nearest"] else None}
     return fitted, record
 
 
@@ -87,10 +84,6 @@ def _targets(fused_graph_def) -> tuple[list[tuple[str, weight_rounding.Layer, st
             key = name.lstrip("^").split(":")[0]
             readers[key] = readers.get(key, 0) + 1
     targets, left = [], {}
-
-    def leave(kind: str, why: str) -> None:
-        left[f"{kind}: {why}"] = left.get(f"{kind}: {why}", 0) + 1
-
     for node in fused_graph_def.node:
         kind = KINDS.get(node.op)
         if kind is None:
@@ -98,7 +91,7 @@ def _targets(fused_graph_def) -> tuple[list[tuple[str, weight_rounding.Layer, st
             if node.op not in ("Identity", "Const") and any(  # float weights with two real axes (not a slope)
                     w is not None and w.op == "Const" and w.attr["value"].tensor.dtype == 1  # DT_FLOAT
                     and sum(d.size > 1 for d in w.attr["value"].tensor.tensor_shape.dim) >= 2 for w in weights):
-                leave(node.op, "op not rounded")
+                leave(left, node.op, "op not rounded")
             continue
         if len(node.input) < 2:
             continue
@@ -106,17 +99,16 @@ def _targets(fused_graph_def) -> tuple[list[tuple[str, weight_rounding.Layer, st
         if source is None or source.op != "Const":
             continue
         if readers.get(source.name) != 1:
-            leave(kind, "weights shared with another op")
+            leave(left, kind, "weights shared with another op")
             continue
         value = tensor_util.MakeNdarray(source.attr["value"].tensor)
         found = _layer(kind, node, value)
         if found is None:
-            leave(kind, "op not rounded (its layout or padding)")
+            leave(left, kind, "op not rounded (its layout or padding)")
             continue
         layer, back = found
-        inputs = int(np.prod(layer.weights.shape[1:3] if kind == "DEPTHWISE_CONV_2D" else layer.weights.shape[1:]))
-        if inputs > weight_rounding.MAX_INPUTS:
-            leave(kind, f"more than {weight_rounding.MAX_INPUTS} inputs")
+        if layer.inputs > weight_rounding.MAX_INPUTS:
+            leave(left, kind, f"more than {weight_rounding.MAX_INPUTS} inputs")
             continue
         input_name = node.input[0] if ":" in node.input[0] else f"{node.input[0]}:0"
         targets.append((source.name, layer, input_name, back))
@@ -166,14 +158,13 @@ def _layer(kind: str, node, value: np.ndarray) -> tuple[weight_rounding.Layer, C
     return weight_rounding.Layer(kind, weights, np.full(channels, scale), options, grid=(0, 255), offset=low), back
 
 
-def _input_moments(graph_def, inputs: list, rows: dict[str, np.ndarray],
-                   targets: list) -> tuple[list[np.ndarray | None], int]:
-    """Each target's input second moments over `rows`, from TensorFlow running `graph_def` (None
-    for a target whose input the graph lacks or cannot be read as its weights see it), and how
-    many rows ran (a fixed batch drops the last part)."""
+def _input_moments(graph_def, inputs: list, row_sets: tuple[dict[str, np.ndarray], ...],
+                   targets: list) -> list[tuple[list[np.ndarray | None], int]]:
+    """For each set of rows, from one TensorFlow session running `graph_def`: each target's input
+    second moments over those rows (None for a target whose input the graph lacks or cannot be
+    read as its weights see it), and how many rows ran (a fixed batch drops the last part)."""
     import tensorflow as tf
 
-    moments: list[np.ndarray | None] = [None] * len(targets)
     with tf.Graph().as_default() as graph:
         tf.graph_util.import_graph_def(graph_def, name="")
         fetches, wanted = [], []
@@ -184,23 +175,27 @@ def _input_moments(graph_def, inputs: list, rows: dict[str, np.ndarray],
             except (KeyError, ValueError):
                 continue
         if not fetches:
-            return moments, 0
+            return [([None] * len(targets), 0) for _ in row_sets]
         feeds = {endpoint.key: graph.get_tensor_by_name(endpoint.tensor) for endpoint in inputs}
-        count = len(next(iter(rows.values())))
         fixed = next((e.shape[0] for e in inputs if e.shape and e.shape[0] is not None), None)
         batch = fixed or BATCH
-        failed: set[int] = set()
-        used = count - (count % batch if fixed else 0)
+        results = []
         with tf.compat.v1.Session(graph=graph) as session:
-            for start in range(0, used, batch):
-                feed = {tensor: rows[key][start:start + batch].astype(tensor.dtype.as_numpy_dtype)
-                        for key, tensor in feeds.items()}
-                for i, value in zip(wanted, session.run(fetches, feed_dict=feed)):
-                    if i in failed:
-                        continue
-                    try:
-                        moments[i] = weight_rounding.add_moments(targets[i][1], np.asarray(value), moments[i])
-                    except (ValueError, IndexError):
-                        failed.add(i)
-                        moments[i] = None
-    return moments, used
+            for rows in row_sets:
+                moments: list[np.ndarray | None] = [None] * len(targets)
+                failed: set[int] = set()
+                count = len(next(iter(rows.values())))
+                used = count - (count % batch if fixed else 0)
+                for start in range(0, used, batch):
+                    feed = {tensor: rows[key][start:start + batch].astype(tensor.dtype.as_numpy_dtype)
+                            for key, tensor in feeds.items()}
+                    for i, value in zip(wanted, session.run(fetches, feed_dict=feed)):
+                        if i in failed:
+                            continue
+                        try:
+                            moments[i] = weight_rounding.add_moments(targets[i][1], np.asarray(value), moments[i])
+                        except (ValueError, IndexError):
+                            failed.add(i)
+                            moments[i] = None
+                results.append((moments, used))
+    return results

@@ -69,6 +69,7 @@ def _fitted_uint8(unfused, graph_def, inputs, calibration: Path) -> tuple[dict, 
     nearest with a note (it is a refinement: never costs the artifact)."""
     import numpy as np
 
+    from edgekit.build.targets.activation_ranges import first_line
     from edgekit.build.targets.tfjs.rounding import fitted_uint8
 
     try:
@@ -76,8 +77,7 @@ def _fitted_uint8(unfused, graph_def, inputs, calibration: Path) -> tuple[dict, 
             rows = {key: archive[key] for key in archive.files}
         return fitted_uint8(unfused, graph_def, inputs, rows)
     except Exception as exc:  # noqa: BLE001 - an optional refinement
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        return {}, {"method": "nearest", "note": f"error-feedback rounding skipped: {line}"}
+        return {}, {"method": "nearest", "note": f"error-feedback rounding skipped: {first_line(exc)}"}
 
 
 class TfjsWriter:
