@@ -48,12 +48,13 @@ class Client:
 
 
 class Server:
-    def __init__(self, args: list[str], key: str | None = None):
+    def __init__(self, args: list[str], key: str | None = None, prefix: tuple[str, ...] = ()):
+        """`prefix`: what the command runs under (e.g. taskset -c 0)."""
         self.port, self.grpc_port = free_port(), free_port()
         # The log goes to a file: a pipe nobody reads fills up and blocks the server's writes.
         self.log = tempfile.NamedTemporaryFile("w+", prefix="edgekit-serve-", suffix=".log")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgekit.cli", "serve", *args, "--port", str(self.port),
+            [*prefix, sys.executable, "-m", "edgekit.cli", "serve", *args, "--port", str(self.port),
              "--grpc-port", str(self.grpc_port), "--poll-seconds", "0.2"],
             stdout=self.log, stderr=subprocess.STDOUT, text=True,
         )

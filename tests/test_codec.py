@@ -159,6 +159,32 @@ def test_binary_bodies_in_and_out():
     assert media == NPZ and sorted(np.load(io.BytesIO(payload)).files) == ["a", "b"]
 
 
+@pytest.mark.parametrize("array", [
+    np.zeros((1, 1000), np.float32), np.arange(5, dtype=np.int64), np.array(3.5), np.ones((2, 3, 4), bool),
+    np.zeros((0, 4), np.float16), np.ones((2, 3), ">f4"), np.arange(8, dtype=np.uint8)[::2],
+    np.asfortranarray(np.arange(12.0).reshape(3, 4)), np.zeros((1,) * 64, np.int8),
+], ids=lambda array: f"{array.dtype}{list(array.shape)[:4]}")
+def test_an_npy_reply_is_what_np_save_writes_and_reads_back_alike_twice(array):
+    """Output headers are written once per dtype and shape, then reused."""
+    first, _ = encode_binary({"y": array}, "npy")
+    second, _ = encode_binary({"y": array}, "npy")
+    expected = io.BytesIO()
+    np.save(expected, np.ascontiguousarray(array) if array.ndim else array)
+    assert first == second == expected.getvalue()
+    back = np.load(io.BytesIO(first))
+    assert back.dtype == array.dtype and back.shape == array.shape and np.array_equal(back, array)
+
+
+def test_an_npy_body_may_be_a_memoryview_of_its_buffer():
+    body = bytearray(_npy(np.arange(24, dtype=np.float32).reshape(2, 3, 4)))
+    request = decode_binary(memoryview(body), NPY, [ServingTensor("pixels", np.dtype(np.float32), (-1, 3, 4))])
+    assert request.inputs["pixels"].tolist() == np.arange(24, dtype=np.float32).reshape(2, 3, 4).tolist()
+    with pytest.raises(BadInput, match="sent as application/x-npy"):
+        decode_binary(memoryview(bytearray(b"PK" + bytes(200))), NPY, PIXELS)
+    with pytest.raises(BadInput, match="not a .npy file"):
+        decode_binary(memoryview(bytearray(b"\x93NUMPY\x01\x00\xff\xff" + bytes(100))), NPY, PIXELS)
+
+
 def test_bad_binary_bodies():
     with pytest.raises(BadInput, match="not a .npy file"):
         decode_binary(b"hello", NPY, PIXELS)

@@ -4,6 +4,7 @@ starve the others, and the server is alive after each attack. Classes of cases, 
 where that is cheap (hypothesis), against a real server process on loopback."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ from attacks import (
 from conftest import DIGITS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving import Client, Server, free_port, memory_mb
+from serving import Client, Server, free_port, memory_mb, wait_for
 
 from edgekit.serve.grpc import to_tensor
 from edgekit.serve.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
@@ -64,6 +65,23 @@ def alive(running: Server) -> None:
     assert status == 200 and seconds < 2.0, (status, seconds)
     stub = serving_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}"))
     assert stub.Predict(grpc_request("half", "x", to_tensor(np.ones(3, np.float32))), timeout=10).outputs["y"]
+
+
+def reserved_memory(running: Server) -> float:
+    """Request memory the server holds now (the --max-memory-mb budget's gauge)."""
+    text = Client(running.port).request("GET", "/metrics")[2].decode()
+    return float(next(line for line in text.splitlines() if line.startswith("edgekit_request_memory_bytes ")).split()[-1])
+
+
+@pytest.fixture(autouse=True)
+def memory_comes_back(request):
+    """Whatever a test sent the shared server, every byte of request memory it reserved is
+    given back once its clients are answered, refused or gone (a body shed for memory
+    once kept its bytes counted forever)."""
+    yield
+    if "server" in request.fixturenames:
+        running = request.getfixturevalue("server")
+        assert wait_for(lambda: reserved_memory(running) == 0.0, 15), reserved_memory(running)
 
 
 def grpc_request(model: str, name: str, tensor) -> serving_pb2.PredictRequest:
@@ -746,3 +764,88 @@ def test_paused_bodies_that_fill_the_bodies_share_go_on_when_the_first_completes
             thread.join()
     assert sorted(code for code, _ in answers.values()) in ([200, 503, 503], [200, 200, 503], [200, 200, 200])
     assert max(at for _, at in answers.values()) - completed < 4, answers
+
+
+# --- large .npy bodies: read straight into a buffer of their own ---------------------------------
+
+def _replies(stream: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of each HTTP reply in `stream`, in order."""
+    replies = []
+    while stream:
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:"))
+        replies.append((int(lines[0].split()[1]), rest[:length]))
+        stream = rest[length:]
+    return replies
+
+
+def _large_npy_request(rows: np.ndarray, content_type: str = "application/x-npy") -> tuple[bytes, bytes]:
+    body = npy_bytes(rows)
+    head = (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head, body
+
+
+CUTS = {
+    "in one write with the next request": lambda head, body, after: [head + body + after],
+    "head alone, then the body in seven pieces": lambda head, body, after: [head, *np.array_split(
+        np.frombuffer(body, np.uint8), 7)[:-1], np.array_split(np.frombuffer(body, np.uint8), 7)[-1].tobytes() + after],
+    "head and a few body bytes, then the rest with the next request": lambda head, body, after: [
+        head + body[:100], body[100:] + after],
+    "its last bytes ten at a time": lambda head, body, after: [head + body[:-50]] + [
+        body[i:i + 10] for i in range(len(body) - 50, len(body), 10)] + [after],
+}
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+def test_a_large_npy_body_arrives_whole_however_it_is_cut_and_the_next_request_follows(server, cut):
+    """A .npy predict body of 64 KB or more is read into its own buffer, outside the HTTP
+    parser; the request after it on the connection must still be parsed from its first byte."""
+    import socket
+
+    rows = np.random.default_rng(7).random((300, 8, 8, 1), dtype=np.float32)  # 76.8 KB
+    status, expected = Client(server.port).predict(PREDICT, {"instances": rows.tolist()})
+    assert status == 200
+    head, body = _large_npy_request(rows)
+    small = json.dumps({"instances": rows[:2].tolist()}).encode()
+    after = (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(small)}\r\nConnection: close\r\n\r\n"
+             ).encode() + small
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for piece in CUTS[cut](head, body, after):
+            sock.sendall(bytes(piece))
+            time.sleep(0.01)
+        stream = b""
+        while chunk := sock.recv(1 << 20):
+            stream += chunk
+    (first, answer), (second, rest) = _replies(stream)
+    assert first == 200 and np.allclose(np.load(io.BytesIO(answer)), expected["predictions"], atol=1e-6)
+    assert second == 200 and np.allclose(json.loads(rest)["predictions"], expected["predictions"][:2], atol=1e-6)
+
+
+def test_a_client_that_leaves_half_way_through_a_large_body_holds_no_memory(server):
+    import socket
+
+    head, body = _large_npy_request(np.zeros((20000, 8, 8, 1), np.float32))  # 5 MB: a mapping of its own
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head + body[: len(body) // 2])
+            time.sleep(0.05)
+    assert wait_for(lambda: reserved_memory(server) == 0.0, 10), reserved_memory(server)
+    alive(server)
+
+
+@pytest.mark.parametrize("name, body, code, fragment", [
+    ("an .npy whose header claims more rows than it holds",
+     npy_header_only((400, 8, 8, 1), data=b"\0" * (300 * 256)), 400, "the .npy body"),
+    ("an .npz archive sent as x-npy", npz_of(**{"pixels.npy": npy_bytes(np.zeros((300, 8, 8, 1), np.float32))}), 400,
+     "sent as application/x-npy"),
+    ("a Fortran-ordered array", npy_bytes(np.asfortranarray(np.zeros((300, 8, 8, 1), np.float32))), 200, ""),
+    ("the wrong shape", npy_bytes(np.zeros((300, 8, 8, 2), np.float32)), 400, "does not fit"),
+])
+def test_large_npy_bodies_read_in_place_get_the_same_answers_as_small_ones(server, name, body, code, fragment):
+    assert len(body) >= 64 << 10
+    reply = raw_exchange(server.port, post(PREDICT, body, "application/x-npy"), timeout=20)
+    assert status_of(reply) == code and fragment in error_of(reply), (name, reply[:300])
+    alive(server)
+

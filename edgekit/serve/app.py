@@ -4,11 +4,17 @@ http.py reads requests and writes replies; codec.py turns bodies into arrays; se
 holds what REST shares with gRPC (auth, lookups, limits, the run, metrics and logs). Here a
 path becomes a call and an error its status, always in TF Serving's `{"error": ...}` shape.
 Decoding, inference and encoding run in a worker thread, so a large JSON body never blocks
-the event loop, and the interpreter's invoke releases the GIL while it computes.
+the event loop, and the interpreter's invoke releases the GIL while it computes. Two kinds
+of request are answered on the event loop instead, where a thread hop costs more than it
+gives: a small body for a quick model (any machine), and a binary body for a model of up to
+ONE_CORE_CALL_SECONDS when the server has one core (taskset, a container's --cpus, a
+single-core board), where a worker thread cannot run beside the loop anyway. Those take
+turns, one inference per pass of the loop, so bodies still arriving are read in between.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 import time
@@ -32,6 +38,9 @@ BENCH_PATH = "/v1/bench"
 BENCH_OFF = ("the bench endpoint is off on this server",
              "start it with --allow-bench (which needs --api-key-file) to bench artifacts on this device")
 QUICK_BODY_BYTES = 16 << 10  # small enough to decode and answer on the event loop (with a quick model)
+# On one core, a binary predict for a model this quick is answered on the event loop: the most
+# a health check or another client's read waits behind one inference.
+ONE_CORE_CALL_SECONDS = 0.02
 KEY_HINT = "send the key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -39,9 +48,10 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class RestApp:
     """The handler http.HttpServer calls for every request."""
 
-    def __init__(self, service: Service):
-        self.service = service
+    def __init__(self, service: Service, one_core: bool = False):
+        self.service, self.one_core = service, one_core
         self.executor = ThreadPoolExecutor(service.limits.max_inflight, thread_name_prefix="edgekit-rest")
+        self.turns = LoopTurns()
 
     async def __call__(self, request: Request, body: Body) -> Response:
         started = time.perf_counter()
@@ -124,9 +134,12 @@ class RestApp:
         admission = self.service.admission(held)
         admission.wait_for_memory_here = False  # a worker thread never waits for memory: see below
         content_type = request.headers.get("content-type", codec.JSON).split(";")[0].strip().lower()
-        if loaded.quick and len(data) <= QUICK_BODY_BYTES:
+        quick = loaded.quick and len(data) <= QUICK_BODY_BYTES
+        if quick or (self.one_core and content_type in (codec.NPY, codec.NPZ)
+                     and loaded.call_seconds <= ONE_CORE_CALL_SECONDS):
             try:  # memory, a slot and an interpreter free right now: answer here, no thread hop
-                response = _predict(self.service, loaded, data, content_type, request.query, admission, wait=False)
+                arguments = (self.service, loaded, data, content_type, request.query, admission, False)
+                response = _predict(*arguments) if quick else await self.turns.take(_predict, *arguments)
                 response.on_sent = admission.close
                 return response, str(loaded.version)
             except WouldWait:
@@ -192,6 +205,12 @@ class RestApp:
         self.service.record("rest", api, model, version, str(response.status), time.perf_counter() - started,
                             method=request.method, path=request.path[:200])
 
+    def direct_body(self, request: Request) -> bool:
+        """An .npy predict body is decoded in place, so it may be read straight into its own
+        buffer (http.py) and arrive as a memoryview."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        return content_type == codec.NPY and request.path.endswith(":predict")
+
     def body_limit(self, path: str) -> int:
         """A bench upload may be larger than a predict body (--bench-max-mb)."""
         if self.service.bench is not None and (path == BENCH_PATH or path.endswith(":bench")):
@@ -200,6 +219,39 @@ class RestApp:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LoopTurns:
+    """Calls run on the event loop in order, one per pass of the loop: between two, the loop
+    reads what has arrived (the rest of another client's body, a health check) and writes
+    what is ready, so no body waits behind a run of inferences."""
+
+    def __init__(self):
+        self.waiting: collections.deque = collections.deque()
+        self.scheduled = False
+
+    def take(self, call, *arguments) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.waiting.append((future, call, arguments))
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self._next, loop)
+        return future
+
+    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self.waiting:
+            future, call, arguments = self.waiting.popleft()
+            if future.cancelled():  # its client left while it waited
+                continue
+            try:
+                future.set_result(call(*arguments))
+            except Exception as exc:
+                future.set_exception(exc)
+            break
+        self.scheduled = bool(self.waiting)
+        if self.scheduled:
+            loop.call_soon(self._next, loop)
 
 
 def _predict(service: Service, loaded: LoadedVersion, body: bytes, content_type: str, query: str,

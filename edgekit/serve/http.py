@@ -25,6 +25,12 @@ What it bounds, each from `Limits` (serve/limits.py):
 
 Pipelined requests are answered in order, one at a time. A reply sent before its request's
 body was read (an error) closes the connection.
+
+Reads go into buffers this module hands the event loop (a BufferedProtocol): requests and
+small bodies into one shared read buffer, parsed and copied out by llhttp, and a large body
+the app asks for (`direct_body`: an image sent as .npy) straight into a buffer of its own,
+sized from Content-Length and never touched by the parser, so it reaches the decoder without
+a copy in Python (a 602 KB body cost the server 0.056 ms less per request in a bare server).
 """
 from __future__ import annotations
 
@@ -36,12 +42,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httptools
+import numpy as np
 
 from edgekit.serve.limits import Limits, MemoryBudget
 
 MIN_BODY_RATE = 64 << 10  # bytes per second a client must average while it sends a body or reads a reply
 SWEEP_SECONDS = 0.25  # how often deadlines are checked
 LINGER_SECONDS = 2.0  # how long a refused upload may go on sending after its answer
+READ_BYTES = 256 << 10  # the shared read buffer: uvloop's own read size
+DIRECT_BODY_BYTES = 64 << 10  # a body the app takes directly is read into its own buffer from this size
 REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
@@ -81,9 +90,11 @@ class Body:
     """A request's body as it arrives; `read()` waits for all of it. The bytes are counted in
     the memory budget as they arrive; `read()` hands that reservation to the caller."""
 
-    def __init__(self, connection: _Connection, request: Request, expect_continue: bool):
+    def __init__(self, connection: _Connection, request: Request, expect_continue: bool, keep_alive: bool):
         self._connection, self.request = connection, request
         self.chunks: list[bytes] = []
+        self.view: memoryview | None = None  # read directly: the buffer its bytes arrive in
+        self.keep_alive = keep_alive  # what the request's version and Connection header ask for
         self.size = 0
         self.held = 0  # bytes of the budget this body holds until read() hands them over
         self.arriving = 0  # of those, bytes of a body not complete yet
@@ -93,8 +104,9 @@ class Body:
         self._expect_continue = expect_continue
         self._waiter: asyncio.Future | None = None
 
-    async def read(self) -> tuple[bytes, int]:
-        """The whole body, and the budget bytes it holds (now the caller's to release)."""
+    async def read(self) -> tuple[bytes | memoryview, int]:
+        """The whole body, and the budget bytes it holds (now the caller's to release): bytes,
+        or for a body read directly, a memoryview of its buffer."""
         if self._expect_continue and not self.complete and not self.size:
             self._expect_continue = False
             self._connection.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -102,7 +114,10 @@ class Body:
         if not self.complete:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        if self.view is not None:
+            data, self.view = self.view, None
+        else:
+            data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks = []
         held, self.held, self.consumed = self.held, 0, True
         return data, held
@@ -117,10 +132,15 @@ class HttpServer:
     """Serves `handler` on a listening socket until `shutdown()`."""
 
     def __init__(self, handler: Handler, limits: Limits, budget: MemoryBudget, on_error: ErrorHook | None = None,
-                 body_limit: Callable[[str], int] | None = None):
+                 body_limit: Callable[[str], int] | None = None, direct_body: Callable[[Request], bool] | None = None):
         self.handler, self.limits, self.budget = handler, limits, budget
         # the largest body a path takes (the bench upload's is its own), else --max-body-mb
         self.body_limit = body_limit or (lambda path: limits.max_body_bytes)
+        # whether the handler takes a request's body as a memoryview (read without copies)
+        self.direct_body = direct_body or (lambda request: False)
+        # every connection reads into this, one read at a time on the event loop; what a request
+        # keeps of it, llhttp copies out (its callbacks get bytes)
+        self.read_buffer = memoryview(bytearray(READ_BYTES))
         self.on_error = on_error or (lambda status, message: None)
         self.connections: set[_Connection] = set()
         self.idle: dict[_Connection, None] = {}  # connections between requests, longest idle first
@@ -220,7 +240,7 @@ def raise_file_limit() -> None:
             pass
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     def __init__(self, server: HttpServer):
         self.server, self.limits = server, server.limits
         self.loop = asyncio.get_running_loop()
@@ -228,6 +248,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.queue: collections.deque[Body] = collections.deque()  # requests parsed, answered in order
         self.current: Body | None = None  # the request whose body is arriving
+        self.direct: Body | None = None  # the current body, when it is read into its own buffer
         self.task: asyncio.Task | None = None
         self.deadline = 0.0  # when `on_deadline` fires (0: no deadline); the server sweeps them
         self.on_deadline = None
@@ -273,6 +294,7 @@ class _Connection(asyncio.Protocol):
             self.server.idle.pop(self, None)
 
     def connection_lost(self, exc) -> None:
+        self.direct = None
         self.server.connections.discard(self)
         self._set_idle(False)
         self.server.heading.pop(self, None)
@@ -294,20 +316,45 @@ class _Connection(asyncio.Protocol):
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        body = self.direct
+        if body is not None:  # never empty: a direct body leaves this state as its last byte arrives
+            return body.view[body.size:]
+        return self.server.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        body = self.direct
+        if body is not None:
+            self._direct_received(body, nbytes)
+        else:
+            self.data_received(self.server.read_buffer[:nbytes])
+
+    def _direct_received(self, body: Body, nbytes: int) -> None:
+        """Bytes of a direct body arrived in its buffer. The parser does not see them: once
+        the body is whole, the next request starts with a new parser."""
+        if not self._count(body, nbytes):
+            return
+        if body.size == len(body.view):
+            self.parser = httptools.HttpRequestParser(self)
+            self.on_message_complete()
+        elif not self.gone:
+            self._check_body_budget()
+
+    def data_received(self, data: memoryview) -> None:
+        """`data`: a view of the shared read buffer, valid only during this call."""
         if self.discarding or (self.closing and not self.queue):
             return
         if self.raw_left:  # the body of a request that asked to upgrade (curl --http2 sends h2c)
-            self._raw_body(data)
+            self._raw_body(bytes(data))
             return
         if self.in_head or self.current is None:
             self.head_bytes += len(data)
-            if self.head_bytes > self.limits.max_header_bytes and self._head_too_large(data):
+            if self.head_bytes > self.limits.max_header_bytes and self._head_too_large(bytes(data)):
                 return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._refuse_upgrade(data[upgrade.args[0]:] if upgrade.args else b"")
+            self._refuse_upgrade(bytes(data[upgrade.args[0]:]) if upgrade.args else b"")
         except httptools.HttpParserError as exc:
             self.server.on_error(400, "malformed HTTP")
             self._reply_and_close(400, f"malformed HTTP request: {_parser_message(exc)}")
@@ -331,6 +378,7 @@ class _Connection(asyncio.Protocol):
             return
         if request.content_length:
             body.complete = False
+            body.view, self.direct = None, None  # read as the rest of this connection: parsed by hand
             self.current = body
             self.raw_left = request.content_length
             self._raw_body(rest)
@@ -386,7 +434,7 @@ class _Connection(asyncio.Protocol):
         declared = int(length) if length is not None and length.isdigit() else None
         request = Request(self.parser.get_method().decode("latin-1"), raw_path, query, headers, declared)
         expect = headers.get("expect", "").lower() == "100-continue"
-        body = Body(self, request, expect)
+        body = Body(self, request, expect, self.parser.should_keep_alive())
         self.current = body
         self.queue.append(body)
         self.server.receiving[self] = None
@@ -397,30 +445,47 @@ class _Connection(asyncio.Protocol):
         body.limit = self.server.body_limit(raw_path)
         if declared is not None and declared > body.limit:
             self._refuse_oversized(body)
-        elif self.task is None:
+            return
+        if declared is not None and declared >= DIRECT_BODY_BYTES and self.server.direct_body(request):
+            # untouched memory: a large buffer is its own mapping, paged in as the body arrives
+            # (which the budget counts), and a smaller one comes from the heap, reused
+            body.view = memoryview(np.empty(declared, np.uint8))
+            self.direct = body
+        if self.task is None:
             self._start_next()
 
     def on_body(self, chunk: bytes) -> None:
         body = self.current
-        if body is None or self.transport.is_closing():
+        if body is None or self.transport.is_closing() or not self._count(body, len(chunk)):
             return
-        body.size += len(chunk)
+        if body.view is not None:
+            body.view[body.size - len(chunk) : body.size] = chunk
+        else:
+            body.chunks.append(chunk)
+
+    def _count(self, body: Body, size: int) -> bool:
+        """`size` more bytes of `body` arrived: within its limit (else 413, False), counted in
+        the memory budget, and its deadline moved on."""
+        if self.discarding or self.transport.is_closing():  # answered: its memory is given back
+            return False
+        body.size += size
         if body.size > body.limit:
             self.current = None
             self._refuse_oversized(body)
-            return
-        self.server.budget.force(len(chunk))
-        self.server.buffered += len(chunk)
-        body.held += len(chunk)
-        body.arriving += len(chunk)
-        body.chunks.append(chunk)
+            return False
+        self.server.budget.force(size)
+        self.server.buffered += size
+        body.held += size
+        body.arriving += size
         if not self.reading_paused:
             self._arm(min(self.limits.read_timeout, max(0.0, self.body_deadline - self.loop.time())),
                       self._body_timeout)
+        return True
 
     def on_message_complete(self) -> None:
         body = self.current
         self.current = None
+        self.direct = None
         self.server.receiving.pop(self, None)
         if body is not None:
             self.server.buffered -= body.arriving  # arrived: no longer a body in transit
@@ -507,7 +572,7 @@ class _Connection(asyncio.Protocol):
         if self.gone:
             _sent(response)
             return
-        keep_alive = (body.complete and not self.closing and self.parser.should_keep_alive()
+        keep_alive = (body.complete and not self.closing and body.keep_alive
                       and body.request.headers.get("connection", "").lower() != "close")
         try:
             self._write(response, keep_alive, head_only=body.request.method == "HEAD")
@@ -570,6 +635,7 @@ class _Connection(asyncio.Protocol):
         """A lingering close, as nginx does: end our side, and read (and drop) what the client
         still sends for a moment, so it gets the answer instead of a reset mid-upload."""
         self.current = None
+        self.direct = None
         self.closing = True
         self.discarding = True
         self.server.paused.discard(self)

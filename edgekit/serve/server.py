@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -106,9 +107,25 @@ def read_api_key(path: str | None) -> str | None:
     return key
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset) and a container's CPU
+    quota (cgroup v2 cpu.max, docker --cpus), whichever is fewer."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def default_interpreters(threads: int, workers: int = 1) -> int:
     """One interpreter per core, shared out among the worker processes."""
-    return max(1, (os.cpu_count() or 1) // (threads * workers))
+    return max(1, usable_cores() // (threads * workers))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -187,8 +204,8 @@ def run(configs: list[ModelConfig], limits: Limits, *, host: str = "127.0.0.1", 
     log.info(json.dumps({"event": "start_workers", "workers": workers, "host": host, "port": port,
                          "grpc_port": grpc_port or None, "pid": os.getpid(),
                          "request_memory_bytes_in_all": workers * limits.max_memory_bytes}))
-    if workers > (os.cpu_count() or 1):
-        log.warning(json.dumps({"event": "more_workers_than_cores", "workers": workers, "cores": os.cpu_count(),
+    if workers > usable_cores():
+        log.warning(json.dumps({"event": "more_workers_than_cores", "workers": workers, "cores": usable_cores(),
                                 "hint": "each worker is a whole server (about 70 MB idle): one per core at most"}))
 
     def serve_worker(number: int, metrics_folder: Path) -> None:
@@ -243,6 +260,7 @@ def serve_process(sock: socket.socket, configs: list[ModelConfig], limits: Limit
     log.info(json.dumps({"event": "start", "host": host, "port": sock.getsockname()[1],
                          "grpc_port": grpc_port or None,
                          "models": {c.name: str(c.base_path) for c in configs}, "threads": threads,
+                         "cores": usable_cores(),
                          "interpreters": repository.interpreters, "auth": api_key is not None,
                          "bench_endpoint": bench_max_bytes is not None,
                          "limits": {k: v for k, v in vars(limits).items()}}))
@@ -259,14 +277,15 @@ async def _serve(sock: socket.socket, service: Service, grpc_server, load_first:
     """`load_first`: one pass over the models before accepting, so that of several workers
     on one port only those that have loaded take connections."""
     loop = asyncio.get_running_loop()
-    app = RestApp(service)
+    app = RestApp(service, one_core=usable_cores() == 1)
     if load_first:
         await loop.run_in_executor(None, service.repository.poll_once)
 
     def on_protocol_error(status: int, reason: str) -> None:
         service.record("rest", "http", "-", "-", str(status), 0.0, reason=reason)
 
-    http = HttpServer(app, service.limits, service.budget, on_error=on_protocol_error, body_limit=app.body_limit)
+    http = HttpServer(app, service.limits, service.budget, on_error=on_protocol_error, body_limit=app.body_limit,
+                      direct_body=app.direct_body)
     service.connections = lambda: len(http.connections)
     await http.start(sock)
     service.repository.start()  # the poller loads the models; /readyz says when they are in
