@@ -18,7 +18,9 @@ runs are kept in the JSON). Models: the sample digits CNN and MobileNetV2(weight
 inputs and outputs (the interpreter quantizes), and image_floor: MobileNetV2's 602 KB input into a
 float32 model that only averages it, the floor of what such a request costs the server. `--trees` runs the same cells against other
 checkouts of edgekit (PYTHONPATH), so before and after come from one run on one machine.
-The Flask baseline needs `pip install flask waitress` (edgekit[bench]).
+The Flask baseline needs `pip install flask waitress` (edgekit[bench]). `--floors` (on by default)
+adds what any Python server spends on the same requests: a bare uvloop HTTP server that reads each
+body into a buffer and answers a fixed .npy, and grpcio's server with an empty handler.
 """
 from __future__ import annotations
 
@@ -157,6 +159,92 @@ FLASK_APP = textwrap.dedent("""
 
     serve(app, host="127.0.0.1", port=int(sys.argv[2]), threads=4, _quiet=True)
 """)
+
+
+# What any Python server must spend on a request, with nothing of edgekit's: the same client and
+# pinning against (a) a bare uvloop server that reads a Content-Length body straight into a buffer
+# and answers a fixed 4 KB .npy (no routing, limits, metrics or inference), and (b) grpcio's
+# server with a handler that returns a fixed PredictResponse without reading the request.
+FLOOR_HTTP = textwrap.dedent("""
+    import asyncio, io, sys
+    import numpy as np, uvloop
+    reply = io.BytesIO(); np.save(reply, np.zeros((1, 1000), np.float32))
+    REPLY = (b"HTTP/1.1 200 OK\\r\\ncontent-type: application/x-npy\\r\\ncontent-length: %d\\r\\n\\r\\n"
+             % len(reply.getvalue())) + reply.getvalue()
+    HEAD = memoryview(bytearray(1 << 18))
+
+    class Minimal(asyncio.BufferedProtocol):
+        def connection_made(self, transport):
+            self.transport, self.body, self.pending = transport, None, b""
+        def get_buffer(self, hint):
+            return self.view[self.filled:] if self.body is not None else HEAD
+        def buffer_updated(self, size):
+            if self.body is not None:
+                self.filled += size
+            else:
+                data = self.pending + bytes(HEAD[:size])
+                end = data.find(b"\\r\\n\\r\\n")
+                if end < 0:
+                    self.pending = data
+                    return
+                head, rest, self.pending = data[:end].lower(), data[end + 4:], b""
+                length = int(head.split(b"content-length:")[1].split(b"\\r\\n")[0])
+                self.body = np.empty(length, np.uint8)
+                self.view = memoryview(self.body)
+                self.view[:len(rest)] = rest
+                self.filled = len(rest)
+            if self.filled == len(self.body):
+                self.body = None
+                self.transport.write(REPLY)
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Minimal, "127.0.0.1", int(sys.argv[1]))
+        await server.serve_forever()
+    uvloop.run(main())
+""")
+
+FLOOR_GRPC = textwrap.dedent("""
+    import sys
+    from concurrent import futures
+    import grpc, numpy as np
+    from edgekit.serve.grpc import to_tensor
+    from edgekit.serve.protos import serving_pb2
+    reply = serving_pb2.PredictResponse()
+    reply.outputs["y"].CopyFrom(to_tensor(np.zeros((1, 1000), np.float32)))
+    REPLY = reply.SerializeToString()
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.http2.bdp_probe", 0),
+               ("grpc.http2.lookahead_bytes", 1 << 20)]  # as edgekit's server
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=options)
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: REPLY)  # bytes in, bytes out
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService", {"Predict": handler}),))
+    server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
+    server.start()
+    server.wait_for_termination()
+""")
+
+
+def measure_floor(program: str, kind: str, model: str, input_name: str, body: Path, clients: int, seconds: float,
+                  server_pin: list[str], client_pin: list[str], repeat: int) -> dict:
+    port = free_port()
+    server = subprocess.Popen([*server_pin, sys.executable, "-c", program, str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        runs = [run_cell(server.pid, port, model, input_name, body, kind, clients, seconds, client_pin)
+                for _ in range(repeat)]
+        for cell in runs:
+            print(f"  floor {model} {kind}: {cell}", flush=True)
+        return median_cell(runs)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
 
 
 def free_port() -> int:
@@ -318,6 +406,8 @@ def main() -> None:
     parser.add_argument("--models", default="digits,mobilenet_v2,image_floor")
     parser.add_argument("--trees", default="now=.", help="label=path of edgekit checkouts to compare")
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "serve.json")
+    parser.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure a minimal Python HTTP server and an empty grpcio handler")
     args = parser.parse_args()
     server_pin, client_pin, pinned = pinning()
     trees = {label: Path(path).resolve() for label, path in (item.split("=", 1) for item in args.trees.split(","))}
@@ -353,6 +443,13 @@ def main() -> None:
         if flask:
             flask["ratio_to_bare"] = round(flask["throughput_rps"] / bare["throughput_rps"], 3)
         entry["flask_waitress_json"] = flask
+        if args.floors:
+            entry["floors"] = {
+                "python_http_minimal": measure_floor(FLOOR_HTTP, "npy", name, input_name, bodies["npy"],
+                                                     args.clients, args.seconds, server_pin, client_pin, args.repeat),
+                "grpcio_empty_handler": measure_floor(FLOOR_GRPC, "grpc", name, input_name, bodies["grpc"],
+                                                      args.clients, args.seconds, server_pin, client_pin,
+                                                      args.repeat)}
         results["models"][name] = entry
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

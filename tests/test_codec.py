@@ -188,6 +188,10 @@ def test_an_npy_body_may_be_a_memoryview_of_its_buffer():
 def test_bad_binary_bodies():
     with pytest.raises(BadInput, match="not a .npy file"):
         decode_binary(b"hello", NPY, PIXELS)
+    unclosed = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 8, 8, 1"  # numpy's tokenizer gives up
+    unclosed += b" " * (63 - (len(unclosed) + 10) % 64) + b"\n"
+    with pytest.raises(BadInput, match="not a .npy file"):
+        decode_binary(b"\x93NUMPY\x01\x00" + len(unclosed).to_bytes(2, "little") + unclosed, NPY, PIXELS)
     with pytest.raises(BadInput, match="without pickle"):
         decode_binary(_npy(np.array([{"a": 1}], dtype=object)), NPY, PIXELS)
     with pytest.raises(BadInput, match="holds one array"):

@@ -849,3 +849,79 @@ def test_large_npy_bodies_read_in_place_get_the_same_answers_as_small_ones(serve
     assert status_of(reply) == code and fragment in error_of(reply), (name, reply[:300])
     alive(server)
 
+
+
+@pytest.mark.parametrize("kind", ["a large .npy", "JSON"])
+def test_the_blank_line_ending_the_headers_may_come_apart_from_them(server, kind):
+    """The headers' last line in one read, the blank line that ends them with more than the
+    header limit of body in the next: a valid request, not 431."""
+    import socket
+
+    rows = np.zeros((300, 8, 8, 1), np.float32)
+    if kind == "JSON":
+        body, content_type = json.dumps({"instances": rows[:100].tolist()}).encode(), "application/json"
+    else:
+        body, content_type = npy_bytes(rows), "application/x-npy"
+    request = post(PREDICT, body, content_type)
+    cut = request.index(b"\r\n\r\n") + 2
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request[:cut])
+        time.sleep(0.05)
+        sock.sendall(request[cut:])
+        stream = b""
+        while chunk := sock.recv(1 << 20):
+            stream += chunk
+    assert status_of(stream) == 200
+
+
+@pytest.mark.parametrize("good", ["a small .npy", "a large .npy", "two JSON requests"])
+def test_a_malformed_request_behind_good_ones_is_refused_after_their_answers(server, good):
+    rows = np.zeros((300, 8, 8, 1), np.float32)
+    if good == "two JSON requests":
+        one = json.dumps({"instances": rows[:1].tolist()}).encode()
+        data = post(PREDICT, one).replace(b"Connection: close\r\n", b"") * 2
+        expected = [200, 200, 400]
+    else:
+        body = npy_bytes(rows[:1] if good == "a small .npy" else rows)
+        data = post(PREDICT, body, "application/x-npy").replace(b"Connection: close\r\n", b"")
+        expected = [200, 400]
+    reply = raw_exchange(server.port, data + b"\x00GARBAGE\r\n\r\n", timeout=10)
+    assert [status for status, _ in _replies(reply)] == expected
+    assert "malformed HTTP request" in json.loads(_replies(reply)[-1][1])["error"]
+
+
+def test_clients_declaring_large_bodies_take_no_more_than_the_bodies_share(server):
+    """40 clients each declare a 16 MB .npy and send 1 MB: buffers are made for the bodies'
+    share of the budget at most (the rest are read as they arrive), and everything is given
+    back, to the system too, once they leave (a connection lives in reference cycles until
+    the garbage collector's full pass: its bodies are dropped when it closes)."""
+    import socket
+
+    before = _vm(server.process.pid)
+    head = (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+            f"Content-Length: {16 << 20}\r\n\r\n").encode() + npy_header_only((65535, 8, 8, 1))
+    sockets = []
+    for _ in range(40):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.setblocking(False)
+        try:
+            sock.send(head + bytes(1 << 20))
+        except BlockingIOError:
+            pass
+        sockets.append(sock)
+    time.sleep(1.0)
+    during = _vm(server.process.pid)
+    for sock in sockets:
+        sock.close()
+    assert wait_for(lambda: reserved_memory(server) == 0.0, 15)
+    time.sleep(0.5)
+    after = _vm(server.process.pid)
+    assert during["VmSize"] - before["VmSize"] < 300, (before, during)  # 40 x 16 MB = 640 MB declared
+    assert after["VmRSS"] - before["VmRSS"] < 40, (before, during, after)
+    alive(server)
+
+
+def _vm(pid: int) -> dict[str, float]:
+    with open(f"/proc/{pid}/status") as status:
+        return {line.split(":")[0]: int(line.split()[1]) / 1024 for line in status
+                if line.startswith(("VmSize", "VmRSS"))}

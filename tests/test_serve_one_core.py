@@ -57,6 +57,22 @@ def test_usable_cores_follows_the_cpu_affinity():
     assert out.strip() == "1"
 
 
+def test_a_body_that_can_hold_many_rows_is_not_run_on_the_event_loop(repo):
+    """The event loop may be held for ONE_CORE_CALL_SECONDS at most, whatever the batch: a
+    body's rows are counted at one byte per value before it is decoded."""
+    from pathlib import Path
+
+    from edgekit.serve.app import ONE_CORE_CALL_SECONDS, _seconds_at_most
+    from edgekit.serve.repository import LoadedVersion
+
+    version = LoadedVersion("digits", 1, Path(repo / "digits" / "1" / "model_int8.tflite"), 1, 1)
+    version.warm_up()
+    one_row = 64 * 4 + 128  # an .npy of one float32 8x8 image
+    assert _seconds_at_most(version, one_row, "") <= ONE_CORE_CALL_SECONDS
+    assert _seconds_at_most(version, 16 << 20, "") > ONE_CORE_CALL_SECONDS
+    assert _seconds_at_most(version, 16 << 20, "") >= version.call_seconds * (16 << 20) // 64
+
+
 @pytest.fixture(scope="module")
 def pinned(repo):
     running = Server(["--model-config", str(repo / "models.json")], prefix=("taskset", "-c", "0"))

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import mmap
 import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 import httptools
 import numpy as np
 
+from edgekit.serve import malloc
 from edgekit.serve.limits import Limits, MemoryBudget
 
 MIN_BODY_RATE = 64 << 10  # bytes per second a client must average while it sends a body or reads a reply
@@ -94,6 +96,8 @@ class Body:
         self._connection, self.request = connection, request
         self.chunks: list[bytes] = []
         self.view: memoryview | None = None  # read directly: the buffer its bytes arrive in
+        self.unfilled = 0  # of the server's room for direct buffers, what this one holds until it is whole
+        self.released = False  # its memory given back: nothing more of it is counted or kept
         self.keep_alive = keep_alive  # what the request's version and Connection header ask for
         self.size = 0
         self.held = 0  # bytes of the budget this body holds until read() hands them over
@@ -141,6 +145,9 @@ class HttpServer:
         # every connection reads into this, one read at a time on the event loop; what a request
         # keeps of it, llhttp copies out (its callbacks get bytes)
         self.read_buffer = memoryview(bytearray(READ_BYTES))
+        # address space taken by direct buffers not yet filled: at most the bodies' share of the
+        # budget, so clients that declare large bodies and send nothing cannot take more
+        self.unfilled = 0
         self.on_error = on_error or (lambda status, message: None)
         self.connections: set[_Connection] = set()
         self.idle: dict[_Connection, None] = {}  # connections between requests, longest idle first
@@ -230,6 +237,20 @@ class HttpServer:
             asyncio.get_running_loop().call_later(0.02, self._resume_paused)
 
 
+def _body_buffer(size: int) -> memoryview | None:
+    """Untouched memory for a body of `size` bytes, paged in as it arrives (which the budget
+    counts), or None when the address space is short (a 32-bit board). A large one is a
+    mapping of its own, in 4 KB pages (numpy would ask for 2 MB huge pages, resident whole at
+    their first byte), unmapped when the body is dropped; a smaller one comes from the heap,
+    reused (a mapping per request costs page faults on every request)."""
+    try:
+        if size >= malloc.MMAP_THRESHOLD:
+            return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE))
+        return memoryview(np.empty(size, np.uint8))
+    except (MemoryError, OSError, ValueError):
+        return None
+
+
 def raise_file_limit() -> None:
     """Each connection is a file descriptor: use the hard limit the system allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -249,10 +270,12 @@ class _Connection(asyncio.BufferedProtocol):
         self.queue: collections.deque[Body] = collections.deque()  # requests parsed, answered in order
         self.current: Body | None = None  # the request whose body is arriving
         self.direct: Body | None = None  # the current body, when it is read into its own buffer
+        self.refusal: str | None = None  # a malformed request's 400, sent once those before it are answered
         self.task: asyncio.Task | None = None
         self.deadline = 0.0  # when `on_deadline` fires (0: no deadline); the server sweeps them
         self.on_deadline = None
         self.head_bytes = 0  # bytes of the request line and headers seen so far
+        self.head_tail = b""  # the last bytes of the previous read of them
         self.url = b""
         self.header_list: list[tuple[bytes, bytes]] = []
         self.in_head = False
@@ -294,7 +317,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.server.idle.pop(self, None)
 
     def connection_lost(self, exc) -> None:
-        self.direct = None
+        self.current = self.direct = None
         self.server.connections.discard(self)
         self._set_idle(False)
         self.server.heading.pop(self, None)
@@ -318,16 +341,19 @@ class _Connection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         body = self.direct
-        if body is not None:  # never empty: a direct body leaves this state as its last byte arrives
-            return body.view[body.size:]
+        if body is not None and body.view is not None:
+            # never empty: a direct body leaves this state as its last byte arrives. One read at a
+            # time of at most READ_BYTES, as for any body, so the budget is checked between them
+            return body.view[body.size : body.size + READ_BYTES]
         return self.server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         body = self.direct
-        if body is not None:
-            self._direct_received(body, nbytes)
-        else:
+        if body is None:
             self.data_received(self.server.read_buffer[:nbytes])
+        elif body.view is not None:
+            self._direct_received(body, nbytes)
+        # else: a direct body answered and given back before it was whole; the connection closes
 
     def _direct_received(self, body: Body, nbytes: int) -> None:
         """Bytes of a direct body arrived in its buffer. The parser does not see them: once
@@ -342,7 +368,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def data_received(self, data: memoryview) -> None:
         """`data`: a view of the shared read buffer, valid only during this call."""
-        if self.discarding or (self.closing and not self.queue):
+        if self.discarding or (self.closing and not self.queue) or self.refusal is not None:
             return
         if self.raw_left:  # the body of a request that asked to upgrade (curl --http2 sends h2c)
             self._raw_body(bytes(data))
@@ -351,13 +377,21 @@ class _Connection(asyncio.BufferedProtocol):
             self.head_bytes += len(data)
             if self.head_bytes > self.limits.max_header_bytes and self._head_too_large(bytes(data)):
                 return
+            self.head_tail = bytes(data[-3:])  # the end of the headers may come split across reads
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._refuse_upgrade(bytes(data[upgrade.args[0]:]) if upgrade.args else b"")
         except httptools.HttpParserError as exc:
             self.server.on_error(400, "malformed HTTP")
-            self._reply_and_close(400, f"malformed HTTP request: {_parser_message(exc)}")
+            message = f"malformed HTTP request: {_parser_message(exc)}"
+            if self.queue and all(body.complete for body in self.queue):
+                # well-formed requests before it on the connection are answered first (as nginx
+                # does); then this one is refused and the connection closed
+                self.refusal = message
+                self._pause_reading()
+            else:
+                self._reply_and_close(400, message)
             return
         if self.current is not None and not self.current.complete and not self.gone:
             self._check_body_budget()
@@ -392,9 +426,11 @@ class _Connection(asyncio.BufferedProtocol):
             self.on_message_complete()
 
     def _head_too_large(self, data: bytes) -> bool:
-        """Over the header limit, unless the headers end within this read."""
-        end = data.find(b"\r\n\r\n")
-        if end >= 0 and self.head_bytes - len(data) + end + 4 <= self.limits.max_header_bytes:
+        """Over the header limit, unless the headers end within this read (their blank line
+        may have begun in the previous one)."""
+        joined = self.head_tail + data  # ends where head_bytes ends
+        end = joined.find(b"\r\n\r\n")
+        if end >= 0 and self.head_bytes - len(joined) + end + 4 <= self.limits.max_header_bytes:
             return False
         self.server.on_error(431, "headers too large")
         self._reply_and_close(431, f"the request line and headers exceed {self.limits.max_header_bytes // 1024} KB "
@@ -422,6 +458,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self.in_head = False
         self.head_bytes = 0
+        self.head_tail = b""
         headers: dict[str, str] = {}
         for name, value in self.header_list:
             key = name.decode("latin-1").lower()
@@ -446,11 +483,14 @@ class _Connection(asyncio.BufferedProtocol):
         if declared is not None and declared > body.limit:
             self._refuse_oversized(body)
             return
-        if declared is not None and declared >= DIRECT_BODY_BYTES and self.server.direct_body(request):
-            # untouched memory: a large buffer is its own mapping, paged in as the body arrives
-            # (which the budget counts), and a smaller one comes from the heap, reused
-            body.view = memoryview(np.empty(declared, np.uint8))
-            self.direct = body
+        server = self.server
+        if (declared is not None and declared >= DIRECT_BODY_BYTES and server.direct_body(request)
+                and server.unfilled + declared <= self.limits.max_buffered_bytes):
+            body.view = _body_buffer(declared)
+            if body.view is not None:  # else read as any body is, as it arrives
+                body.unfilled = declared
+                server.unfilled += declared
+                self.direct = body
         if self.task is None:
             self._start_next()
 
@@ -466,7 +506,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _count(self, body: Body, size: int) -> bool:
         """`size` more bytes of `body` arrived: within its limit (else 413, False), counted in
         the memory budget, and its deadline moved on."""
-        if self.discarding or self.transport.is_closing():  # answered: its memory is given back
+        if body.released or self.transport.is_closing():  # answered: its memory is given back
             return False
         body.size += size
         if body.size > body.limit:
@@ -490,6 +530,8 @@ class _Connection(asyncio.BufferedProtocol):
         if body is not None:
             self.server.buffered -= body.arriving  # arrived: no longer a body in transit
             body.arriving = 0
+            self.server.unfilled -= body.unfilled
+            body.unfilled = 0
             body._finish()
         if self.queue:
             self._disarm()  # the server's turn: no client deadline while it answers
@@ -587,6 +629,9 @@ class _Connection(asyncio.BufferedProtocol):
             _sent(response)
         self.queue.popleft()
         self.task = None
+        if self.refusal is not None and not self.queue:
+            self._reply_and_close(400, self.refusal)
+            return
         if not keep_alive:
             if body.complete:
                 self.transport.close()
@@ -661,12 +706,17 @@ class _Connection(asyncio.BufferedProtocol):
             self.transport.close()
 
     def _release(self, body: Body) -> None:
+        """Give back what `body` holds: its budget, and its bytes now (a connection is in
+        reference cycles, so what it keeps lives until the garbage collector's next full pass)."""
         if body.arriving:
             self.server.buffered -= body.arriving
             body.arriving = 0
         if body.held:
             self.server.budget.release(body.held)
             body.held = 0
+        self.server.unfilled -= body.unfilled
+        body.unfilled = 0
+        body.chunks, body.view, body.released = [], None, True
 
     def _arm(self, seconds: float, callback) -> None:
         """A deadline, checked by the server's sweep (a timer per request costs more)."""
