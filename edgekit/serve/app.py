@@ -241,18 +241,20 @@ class LoopTurns:
         return future
 
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
-        while self.waiting:
-            future, call, arguments = self.waiting.popleft()
-            if future.cancelled():  # its client left while it waited
-                continue
-            try:
-                future.set_result(call(*arguments))
-            except Exception as exc:
-                future.set_exception(exc)
-            break
-        self.scheduled = bool(self.waiting)
-        if self.scheduled:
-            loop.call_soon(self._next, loop)
+        try:
+            while self.waiting:
+                future, call, arguments = self.waiting.popleft()
+                if future.cancelled():  # its client left while it waited
+                    continue
+                try:
+                    future.set_result(call(*arguments))
+                except Exception as exc:
+                    future.set_exception(exc)
+                break
+        finally:  # the next turn is due whatever this one raised
+            self.scheduled = bool(self.waiting)
+            if self.scheduled:
+                loop.call_soon(self._next, loop)
 
 
 def _seconds_at_most(loaded: LoadedVersion, body_bytes: int, query: str) -> float:
