@@ -192,6 +192,10 @@ def test_bad_binary_bodies():
     unclosed += b" " * (63 - (len(unclosed) + 10) % 64) + b"\n"
     with pytest.raises(BadInput, match="not a .npy file"):
         decode_binary(b"\x93NUMPY\x01\x00" + len(unclosed).to_bytes(2, "little") + unclosed, NPY, PIXELS)
+    signs = b"{'descr': '<f4', 'fortran_order': False, 'shape': (" + b"-" * 4900 + b"1,), }"  # ast recurses
+    signs += b" " * (63 - (len(signs) + 10) % 64) + b"\n"
+    with pytest.raises(BadInput, match="not a .npy file"):
+        decode_binary(b"\x93NUMPY\x01\x00" + len(signs).to_bytes(2, "little") + signs, NPY, PIXELS)
     with pytest.raises(BadInput, match="without pickle"):
         decode_binary(_npy(np.array([{"a": 1}], dtype=object)), NPY, PIXELS)
     with pytest.raises(BadInput, match="holds one array"):

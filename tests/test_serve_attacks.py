@@ -851,10 +851,11 @@ def test_large_npy_bodies_read_in_place_get_the_same_answers_as_small_ones(serve
 
 
 
+@pytest.mark.parametrize("cut", ["two reads", "three reads", "behind another request"])
 @pytest.mark.parametrize("kind", ["a large .npy", "JSON"])
-def test_the_blank_line_ending_the_headers_may_come_apart_from_them(server, kind):
-    """The headers' last line in one read, the blank line that ends them with more than the
-    header limit of body in the next: a valid request, not 431."""
+def test_the_blank_line_ending_the_headers_may_come_apart_from_them(server, kind, cut):
+    """The blank line that ends the headers split across reads, with more than the header
+    limit of body behind it: a valid request, not 431."""
     import socket
 
     rows = np.zeros((300, 8, 8, 1), np.float32)
@@ -863,31 +864,54 @@ def test_the_blank_line_ending_the_headers_may_come_apart_from_them(server, kind
     else:
         body, content_type = npy_bytes(rows), "application/x-npy"
     request = post(PREDICT, body, content_type)
-    cut = request.index(b"\r\n\r\n") + 2
+    end = request.index(b"\r\n\r\n")
+    before = post(PREDICT, json.dumps({"instances": rows[:1].tolist()}).encode()).replace(b"Connection: close\r\n", b"")
+    pieces = {"two reads": [request[:end + 2], request[end + 2:]],
+              "three reads": [request[:end + 1], request[end + 1:end + 2], request[end + 2:]],
+              "behind another request": [before + request[:end + 3], request[end + 3:]]}[cut]
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(request[:cut])
-        time.sleep(0.05)
-        sock.sendall(request[cut:])
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.05)
         stream = b""
         while chunk := sock.recv(1 << 20):
             stream += chunk
-    assert status_of(stream) == 200
+    assert [status for status, _ in _replies(stream)] == [200] * (2 if cut == "behind another request" else 1)
 
 
+BAD_NEXT = {  # a request that is refused, pipelined behind good ones: (bytes, status, words)
+    "garbage": (b"\x00GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
+    "a bad chunk size": (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".encode(),
+                         400, "chunk size"),
+    "a body over the limit": (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n".encode(),
+                              413, "this server accepts at most"),
+    "headers over the limit": (f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 40000}\r\n\r\n".encode(), 431,
+                               "exceed 16 KB"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_NEXT))
 @pytest.mark.parametrize("good", ["a small .npy", "a large .npy", "two JSON requests"])
-def test_a_malformed_request_behind_good_ones_is_refused_after_their_answers(server, good):
+def test_a_refused_request_behind_good_ones_is_refused_after_their_answers(server, good, bad):
+    """Whatever refuses it (its head, its framing, its size), a request pipelined in the same
+    write behind good ones lets them be answered first, in order; then it gets its 4xx."""
     rows = np.zeros((300, 8, 8, 1), np.float32)
     if good == "two JSON requests":
         one = json.dumps({"instances": rows[:1].tolist()}).encode()
         data = post(PREDICT, one).replace(b"Connection: close\r\n", b"") * 2
-        expected = [200, 200, 400]
     else:
         body = npy_bytes(rows[:1] if good == "a small .npy" else rows)
         data = post(PREDICT, body, "application/x-npy").replace(b"Connection: close\r\n", b"")
-        expected = [200, 400]
-    reply = raw_exchange(server.port, data + b"\x00GARBAGE\r\n\r\n", timeout=10)
-    assert [status for status, _ in _replies(reply)] == expected
-    assert "malformed HTTP request" in json.loads(_replies(reply)[-1][1])["error"]
+    refused, status, words = BAD_NEXT[bad]
+    replies = _replies(raw_exchange(server.port, data + refused, timeout=10))
+    assert [code for code, _ in replies] == [200] * (2 if good == "two JSON requests" else 1) + [status]
+    assert words in json.loads(replies[-1][1])["error"]
+
+
+def test_what_follows_a_request_that_closes_the_connection_is_dropped(server):
+    data = post(PREDICT, npy_bytes(np.zeros((1, 8, 8, 1), np.float32)), "application/x-npy")  # Connection: close
+    replies = _replies(raw_exchange(server.port, data + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10))
+    assert [code for code, _ in replies] == [200]
 
 
 def test_clients_declaring_large_bodies_take_no_more_than_the_bodies_share(server):

@@ -71,6 +71,18 @@ def test_a_body_that_can_hold_many_rows_is_not_run_on_the_event_loop(repo):
     assert _seconds_at_most(version, one_row, "") <= ONE_CORE_CALL_SECONDS
     assert _seconds_at_most(version, 16 << 20, "") > ONE_CORE_CALL_SECONDS
     assert _seconds_at_most(version, 16 << 20, "") >= version.call_seconds * (16 << 20) // 64
+    from edgekit.serve.app import RestApp
+    from edgekit.serve.limits import Limits
+    from edgekit.serve.service import Service
+
+    on_one_core, on_several = RestApp(Service(None, Limits()), one_core=True), RestApp(Service(None, Limits()))
+    assert on_one_core.takes_turns(version, one_row, "application/x-npy", "")
+    assert not on_one_core.takes_turns(version, 16 << 20, "application/x-npy", "")
+    # a compressed .npz says nothing of its rows by its size (128 images in 19 KB): never on the loop
+    assert not on_one_core.takes_turns(version, one_row, "application/x-npz", "")
+    assert not on_several.takes_turns(version, one_row, "application/x-npy", "")
+    on_one_core.close()
+    on_several.close()
 
 
 @pytest.fixture(scope="module")

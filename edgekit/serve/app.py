@@ -6,7 +6,7 @@ path becomes a call and an error its status, always in TF Serving's `{"error": .
 Decoding, inference and encoding run in a worker thread, so a large JSON body never blocks
 the event loop, and the interpreter's invoke releases the GIL while it computes. Two kinds
 of request are answered on the event loop instead, where a thread hop costs more than it
-gives: a small body for a quick model (any machine), and a binary body whose rows take up to
+gives: a small body for a quick model (any machine), and an .npy body whose rows take up to
 ONE_CORE_CALL_SECONDS when the server has one core (taskset, a container's --cpus, a
 single-core board), where a worker thread cannot run beside the loop anyway. Those take
 turns, one inference per pass of the loop, so bodies still arriving are read in between.
@@ -38,9 +38,10 @@ BENCH_PATH = "/v1/bench"
 BENCH_OFF = ("the bench endpoint is off on this server",
              "start it with --allow-bench (which needs --api-key-file) to bench artifacts on this device")
 QUICK_BODY_BYTES = 16 << 10  # small enough to decode and answer on the event loop (with a quick model)
-# On one core, a binary predict is answered on the event loop when the rows its body can hold
+# On one core, an .npy predict is answered on the event loop when the rows its body can hold
 # take at most this long (_seconds_at_most): the most a health check or another client's read
-# waits behind one turn. A 602 KB image to MobileNetV2 (1.5 ms a row) counts as 4 rows.
+# waits behind one turn. A 602 KB image to MobileNetV2 (1.5 ms a row) counts as 4 rows. Not an
+# .npz: compressed, a small one can hold many rows (128 images in 19 KB held the loop 262 ms).
 ONE_CORE_CALL_SECONDS = 0.02
 KEY_HINT = "send the key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -136,8 +137,7 @@ class RestApp:
         admission.wait_for_memory_here = False  # a worker thread never waits for memory: see below
         content_type = request.headers.get("content-type", codec.JSON).split(";")[0].strip().lower()
         quick = loaded.quick and len(data) <= QUICK_BODY_BYTES
-        if quick or (self.one_core and content_type in (codec.NPY, codec.NPZ)
-                     and _seconds_at_most(loaded, len(data), request.query) <= ONE_CORE_CALL_SECONDS):
+        if quick or self.takes_turns(loaded, len(data), content_type, request.query):
             try:  # memory, a slot and an interpreter free right now: answer here, no thread hop
                 arguments = (self.service, loaded, data, content_type, request.query, admission, False)
                 response = _predict(*arguments) if quick else await self.turns.take(_predict, *arguments)
@@ -206,6 +206,12 @@ class RestApp:
         self.service.record("rest", api, model, version, str(response.status), time.perf_counter() - started,
                             method=request.method, path=request.path[:200])
 
+    def takes_turns(self, loaded: LoadedVersion, size: int, content_type: str, query: str) -> bool:
+        """Whether a predict runs on the event loop in turns (LoopTurns): on one core, an .npy
+        body whose rows take at most ONE_CORE_CALL_SECONDS."""
+        return (self.one_core and content_type == codec.NPY
+                and _seconds_at_most(loaded, size, query) <= ONE_CORE_CALL_SECONDS)
+
     def direct_body(self, request: Request) -> bool:
         """An .npy predict body is decoded in place, so it may be read straight into its own
         buffer (http.py) and arrive as a memoryview."""
@@ -258,7 +264,7 @@ class LoopTurns:
 
 
 def _seconds_at_most(loaded: LoadedVersion, body_bytes: int, query: str) -> float:
-    """How long a binary body can keep an interpreter busy, before it is decoded: a one-row
+    """How long an .npy body can keep an interpreter busy, before it is decoded: a one-row
     call's time (at load) for each row it can hold, at one byte per value (uint8 images)."""
     served = loaded.signatures.get(_query_signature(query)) or next(iter(loaded.signatures.values()))
     return loaded.call_seconds * max(1, body_bytes // served.row_values)

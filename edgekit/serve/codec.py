@@ -474,7 +474,7 @@ def _npy_header(stream, where: str) -> tuple[tuple[int, ...], np.dtype, str]:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream, max_header_size=10000)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError, RecursionError) as exc:
         detail = "its header is over 10,000 bytes" if "max_header_size" in str(exc) else str(exc)[:200]
         raise BadInput(f"{where} is not a .npy file: {detail}", "write it with np.save, or send JSON") from None
     if dtype.hasobject:

@@ -270,12 +270,13 @@ class _Connection(asyncio.BufferedProtocol):
         self.queue: collections.deque[Body] = collections.deque()  # requests parsed, answered in order
         self.current: Body | None = None  # the request whose body is arriving
         self.direct: Body | None = None  # the current body, when it is read into its own buffer
-        self.refusal: str | None = None  # a malformed request's 400, sent once those before it are answered
+        self.refusal: tuple[int, str] | None = None  # a refusal sent once the requests before it are answered
         self.task: asyncio.Task | None = None
         self.deadline = 0.0  # when `on_deadline` fires (0: no deadline); the server sweeps them
         self.on_deadline = None
         self.head_bytes = 0  # bytes of the request line and headers seen so far
         self.head_tail = b""  # the last bytes of the previous read of them
+        self.head_size = 0  # bytes of the request line and headers the parser has passed on
         self.url = b""
         self.header_list: list[tuple[bytes, bytes]] = []
         self.in_head = False
@@ -370,6 +371,8 @@ class _Connection(asyncio.BufferedProtocol):
         """`data`: a view of the shared read buffer, valid only during this call."""
         if self.discarding or (self.closing and not self.queue) or self.refusal is not None:
             return
+        if self.queue and self.queue[-1].complete and not self.queue[-1].keep_alive:
+            return  # after a request that closes the connection (Connection: close, HTTP/1.0)
         if self.raw_left:  # the body of a request that asked to upgrade (curl --http2 sends h2c)
             self._raw_body(bytes(data))
             return
@@ -377,22 +380,18 @@ class _Connection(asyncio.BufferedProtocol):
             self.head_bytes += len(data)
             if self.head_bytes > self.limits.max_header_bytes and self._head_too_large(bytes(data)):
                 return
-            self.head_tail = bytes(data[-3:])  # the end of the headers may come split across reads
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._refuse_upgrade(bytes(data[upgrade.args[0]:]) if upgrade.args else b"")
         except httptools.HttpParserError as exc:
+            if self.queue and self.queue[-1].complete and not self.queue[-1].keep_alive:
+                return  # llhttp refuses what follows a request that closes the connection: dropped
             self.server.on_error(400, "malformed HTTP")
-            message = f"malformed HTTP request: {_parser_message(exc)}"
-            if self.queue and all(body.complete for body in self.queue):
-                # well-formed requests before it on the connection are answered first (as nginx
-                # does); then this one is refused and the connection closed
-                self.refusal = message
-                self._pause_reading()
-            else:
-                self._reply_and_close(400, message)
+            self._refuse(400, f"malformed HTTP request: {_parser_message(exc)}", self.current)
             return
+        if self.in_head:  # headers go on in the next read: their blank line may begin in this one
+            self.head_tail = (self.head_tail + bytes(data[-3:]))[-3:]
         if self.current is not None and not self.current.complete and not self.gone:
             self._check_body_budget()
 
@@ -432,33 +431,44 @@ class _Connection(asyncio.BufferedProtocol):
         end = joined.find(b"\r\n\r\n")
         if end >= 0 and self.head_bytes - len(joined) + end + 4 <= self.limits.max_header_bytes:
             return False
-        self.server.on_error(431, "headers too large")
-        self._reply_and_close(431, f"the request line and headers exceed {self.limits.max_header_bytes // 1024} KB "
-                                   "(--max-header-kb)")
+        self._refuse_large_head()
         return True
+
+    def _refuse_large_head(self) -> None:
+        self.server.on_error(431, "headers too large")
+        self._refuse(431, f"the request line and headers exceed {self.limits.max_header_bytes // 1024} KB "
+                          "(--max-header-kb)")
 
     # --- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.refusal is not None:  # the rest of a read after a refused request: not read on
+            return
         self._set_idle(False)
         self.server.heading[self] = None
         self.in_head = True
         self.url = b""
         self.header_list = []
+        self.head_size = 0
         self._arm(self.limits.read_timeout, self._head_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_list.append((name, value))
+        self.head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         self.server.heading.pop(self, None)
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.refusal is not None:
             return
         self.in_head = False
         self.head_bytes = 0
         self.head_tail = b""
+        if self.head_size > self.limits.max_header_bytes:  # a request pipelined behind another in one read
+            self._refuse_large_head()
+            return
         headers: dict[str, str] = {}
         for name, value in self.header_list:
             key = name.decode("latin-1").lower()
@@ -580,9 +590,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.server.on_error(413, "body too large")
         size = body.request.content_length or body.size
         option = "--max-body-mb" if body.limit == self.limits.max_body_bytes else "--bench-max-mb"
-        self._reply_and_close(413, f"the body is {'at least ' if body.request.content_length is None else ''}"
-                                   f"{size} bytes; this server accepts at most "
-                                   f"{body.limit / 1048576:.3g} MB ({option})")
+        self._refuse(413, f"the body is {'at least ' if body.request.content_length is None else ''}"
+                          f"{size} bytes; this server accepts at most {body.limit / 1048576:.3g} MB ({option})", body)
 
     def _head_timeout(self) -> None:
         self.server.on_error(408, "header timeout")
@@ -630,7 +639,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.queue.popleft()
         self.task = None
         if self.refusal is not None and not self.queue:
-            self._reply_and_close(400, self.refusal)
+            self._reply_and_close(*self.refusal)
             return
         if not keep_alive:
             if body.complete:
@@ -663,6 +672,23 @@ class _Connection(asyncio.BufferedProtocol):
     def write_raw(self, data: bytes) -> None:
         if not self.gone:
             self.transport.write(data)
+
+    def _refuse(self, status: int, message: str, failing: Body | None = None) -> None:
+        """Refuse the request being read (`failing`, or one whose headers are arriving). Whole
+        requests before it on the connection are answered first, as nginx does: nothing more
+        is read, and the refusal goes out after their answers, then the connection closes."""
+        first = self.queue[0] if self.queue else None
+        if first is None or first is failing or not first.complete:
+            self._reply_and_close(status, message)
+            return
+        if failing is not None and self.queue[-1] is failing:  # never answered: not in line
+            self.queue.pop()
+            self._release(failing)
+        self.current = self.direct = None
+        self.server.receiving.pop(self, None)
+        self._disarm()  # the server's turn
+        self.refusal = (status, message)
+        self._pause_reading()
 
     def _reply_and_close(self, status: int, message: str) -> None:
         """A protocol-level refusal: answer it (TF Serving's shape) and close."""
