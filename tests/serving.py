@@ -89,14 +89,20 @@ class Server:
 
 
 def memory_mb(pid: int) -> dict[str, float]:
-    """Resident memory now and at its peak (VmHWM), from /proc."""
+    """Resident memory now and at its peak (VmHWM), and the address space (VmSize), from /proc."""
     fields = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             key = line.split(":")[0]
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "VmSize"):
                 fields[key] = round(int(line.split()[1]) / 1024, 1)
-    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"], "size_mb": fields["VmSize"]}
+
+
+def reserved_memory(port: int) -> float:
+    """Request memory the server holds now (the --max-memory-mb budget's gauge in /metrics)."""
+    text = Client(port).request("GET", "/metrics")[2].decode()
+    return float(next(line for line in text.splitlines() if line.startswith("edgekit_request_memory_bytes ")).split()[-1])
 
 
 def wait_for(predicate, seconds: float = 30.0) -> bool:

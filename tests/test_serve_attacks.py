@@ -33,7 +33,7 @@ from attacks import (
 from conftest import DIGITS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving import Client, Server, free_port, memory_mb, wait_for
+from serving import Client, Server, free_port, memory_mb, reserved_memory, wait_for
 
 from edgekit.serve.grpc import to_tensor
 from edgekit.serve.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
@@ -67,12 +67,6 @@ def alive(running: Server) -> None:
     assert stub.Predict(grpc_request("half", "x", to_tensor(np.ones(3, np.float32))), timeout=10).outputs["y"]
 
 
-def reserved_memory(running: Server) -> float:
-    """Request memory the server holds now (the --max-memory-mb budget's gauge)."""
-    text = Client(running.port).request("GET", "/metrics")[2].decode()
-    return float(next(line for line in text.splitlines() if line.startswith("edgekit_request_memory_bytes ")).split()[-1])
-
-
 @pytest.fixture(autouse=True)
 def memory_comes_back(request):
     """Whatever a test sent the shared server, every byte of request memory it reserved is
@@ -81,7 +75,7 @@ def memory_comes_back(request):
     yield
     if "server" in request.fixturenames:
         running = request.getfixturevalue("server")
-        assert wait_for(lambda: reserved_memory(running) == 0.0, 15), reserved_memory(running)
+        assert wait_for(lambda: reserved_memory(running.port) == 0.0, 15), reserved_memory(running.port)
 
 
 def grpc_request(model: str, name: str, tensor) -> serving_pb2.PredictRequest:
@@ -831,7 +825,7 @@ def test_a_client_that_leaves_half_way_through_a_large_body_holds_no_memory(serv
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             sock.sendall(head + body[: len(body) // 2])
             time.sleep(0.05)
-    assert wait_for(lambda: reserved_memory(server) == 0.0, 10), reserved_memory(server)
+    assert wait_for(lambda: reserved_memory(server.port) == 0.0, 10), reserved_memory(server.port)
     alive(server)
 
 
@@ -921,7 +915,7 @@ def test_clients_declaring_large_bodies_take_no_more_than_the_bodies_share(serve
     the garbage collector's full pass: its bodies are dropped when it closes)."""
     import socket
 
-    before = _vm(server.process.pid)
+    before = memory_mb(server.process.pid)
     head = (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
             f"Content-Length: {16 << 20}\r\n\r\n").encode() + npy_header_only((65535, 8, 8, 1))
     sockets = []
@@ -934,18 +928,12 @@ def test_clients_declaring_large_bodies_take_no_more_than_the_bodies_share(serve
             pass
         sockets.append(sock)
     time.sleep(1.0)
-    during = _vm(server.process.pid)
+    during = memory_mb(server.process.pid)
     for sock in sockets:
         sock.close()
-    assert wait_for(lambda: reserved_memory(server) == 0.0, 15)
+    assert wait_for(lambda: reserved_memory(server.port) == 0.0, 15)
     time.sleep(0.5)
-    after = _vm(server.process.pid)
-    assert during["VmSize"] - before["VmSize"] < 300, (before, during)  # 40 x 16 MB = 640 MB declared
-    assert after["VmRSS"] - before["VmRSS"] < 40, (before, during, after)
+    after = memory_mb(server.process.pid)
+    assert during["size_mb"] - before["size_mb"] < 300, (before, during)  # 40 x 16 MB = 640 MB declared
+    assert after["rss_mb"] - before["rss_mb"] < 40, (before, during, after)
     alive(server)
-
-
-def _vm(pid: int) -> dict[str, float]:
-    with open(f"/proc/{pid}/status") as status:
-        return {line.split(":")[0]: int(line.split()[1]) / 1024 for line in status
-                if line.startswith(("VmSize", "VmRSS"))}

@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 import pytest
-from serving import Client, Server, wait_for
+from attacks import npy_bytes
+from serving import Client, Server, reserved_memory, wait_for
 
 from edgekit.serve.app import LoopTurns
 
@@ -92,12 +93,6 @@ def pinned(repo):
     running.stop()
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
 def test_on_one_core_concurrent_large_bodies_each_get_their_own_answer(pinned):
     with open(pinned.log.name) as log:
         start = next(json.loads(line) for line in log if '"event": "start"' in line)
@@ -114,7 +109,7 @@ def test_on_one_core_concurrent_large_bodies_each_get_their_own_answer(pinned):
 
     def send(slot: int) -> None:
         for _ in range(8):
-            status, _, payload = client.request("POST", PREDICT, _npy(inputs[slot]), "application/x-npy")
+            status, _, payload = client.request("POST", PREDICT, npy_bytes(inputs[slot]), "application/x-npy")
             if status != 200 or not np.allclose(np.load(io.BytesIO(payload)), expected[slot], atol=1e-6):
                 wrong.append((slot, status))
 
@@ -134,19 +129,14 @@ def test_on_one_core_concurrent_large_bodies_each_get_their_own_answer(pinned):
 
 
 def test_on_one_core_a_client_gone_before_its_turn_costs_nothing(pinned):
-    body = _npy(np.zeros((300, 8, 8, 1), np.float32))
+    body = npy_bytes(np.zeros((300, 8, 8, 1), np.float32))
     head = (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     for _ in range(10):
         with socket.create_connection(("127.0.0.1", pinned.port), timeout=10) as sock:
             sock.sendall(head + body)  # and leave without reading the reply
 
-    def reserved() -> float:
-        text = Client(pinned.port).request("GET", "/metrics")[2].decode()
-        return float(next(line for line in text.splitlines()
-                          if line.startswith("edgekit_request_memory_bytes ")).split()[-1])
-
-    assert wait_for(lambda: reserved() == 0.0, 10)
+    assert wait_for(lambda: reserved_memory(pinned.port) == 0.0, 10)
     status, _, payload = Client(pinned.port).request("POST", PREDICT, body, "application/x-npy")
     assert status == 200 and np.load(io.BytesIO(payload)).shape == (300, 10)
     assert pinned.process.poll() is None

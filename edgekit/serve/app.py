@@ -135,7 +135,7 @@ class RestApp:
         data, held = await body.read()
         admission = self.service.admission(held)
         admission.wait_for_memory_here = False  # a worker thread never waits for memory: see below
-        content_type = request.headers.get("content-type", codec.JSON).split(";")[0].strip().lower()
+        content_type = _media_type(request)
         quick = loaded.quick and len(data) <= QUICK_BODY_BYTES
         if quick or self.takes_turns(loaded, len(data), content_type, request.query):
             try:  # memory, a slot and an interpreter free right now: answer here, no thread hop
@@ -215,8 +215,7 @@ class RestApp:
     def direct_body(self, request: Request) -> bool:
         """An .npy predict body is decoded in place, so it may be read straight into its own
         buffer (http.py) and arrive as a memoryview."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        return content_type == codec.NPY and request.path.endswith(":predict")
+        return _media_type(request) == codec.NPY and request.path.endswith(":predict")
 
     def body_limit(self, path: str) -> int:
         """A bench upload may be larger than a predict body (--bench-max-mb)."""
@@ -329,6 +328,11 @@ def _bench(service: Service, loaded: LoadedVersion | None, body: bytes, query: d
         return _json(200, result)
     except EdgekitError as exc:
         return error_response(exc.http_status, client_message(exc))
+
+
+def _media_type(request: Request) -> str:
+    """The body's media type, without parameters; JSON when none is given (as TF Serving reads it)."""
+    return request.headers.get("content-type", codec.JSON).split(";")[0].strip().lower()
 
 
 def _query_signature(query: str) -> str:
