@@ -24,6 +24,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from edgekit.serve import wire
+
 
 def stubs(running):
     channel = grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}")
@@ -123,6 +125,32 @@ def test_errors_map_to_tf_serving_status_codes_and_the_server_keeps_serving(serv
     got, _ = _code(lambda: models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest()))
     assert got == grpc.StatusCode.UNIMPLEMENTED
     assert prediction.Predict(predict_request("digits", {"pixels": digits_rows})).outputs["probs"].dtype == 1
+
+
+def test_a_large_tensor_is_read_in_place_and_answers_as_rest(server):
+    """Contents of 64 KB or more are read where they lie in the message (wire.py), at whatever
+    alignment the fields before them leave: the answers are REST's."""
+    with np.load(DIGITS / "eval.npz") as archive:
+        rows = np.tile(archive["pixels"], (2, 1, 1, 1))[:300]  # 300 x 256 bytes
+    _, reply = server.client.predict("/v1/models/digits:predict", {"instances": rows.tolist()})
+    prediction, _ = stubs(server)
+    offsets = set()
+    for signature in ("serving_default", ""):  # 17 bytes more or less before the content
+        request = predict_request("digits", {"pixels": rows}, signature=signature)
+        offsets.add(wire.split_request(request.SerializeToString())[1][b"pixels"][0] % 4)
+        probs = tf.make_ndarray(prediction.Predict(request, timeout=10.0).outputs["probs"])
+        assert probs.shape == (300, 10) and np.allclose(probs, reply["predictions"], atol=1e-6)
+    assert len(offsets) == 2
+
+
+def test_a_message_that_is_not_a_predict_request_is_invalid_argument(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+    request = predict_request("digits", {"pixels": np.zeros((300, 8, 8, 1), np.float32)}).SerializeToString()
+    for raw in (b"\xff\xff\xff", request[:-1000], request[:70]):  # garbage, and cut inside the content or before
+        got, details = _code(lambda: predict(raw, timeout=10.0))
+        assert got == grpc.StatusCode.INVALID_ARGUMENT and "not a tensorflow.serving.PredictRequest" in details
+    channel.close()
 
 
 def test_api_key_and_message_size_limit(repo, digits_rows):

@@ -10,9 +10,10 @@ the message size limit, enforced by gRPC), UNAUTHENTICATED (the API key, sent as
 
 TensorProto in: dtype, tensor_shape, and either tensor_content (what tf.make_tensor_proto
 sends) or the typed value fields; one value is broadcast to the whole shape, as
-TensorFlow does. The declared shape and dtype are checked against the signature, and the
-memory they unfold to reserved, before a value is copied or broadcast. Out:
-tensor_content, which tf.make_ndarray decodes.
+TensorFlow does. A tensor_content of 64 KB or more is read where it lies in the message as
+received, not copied (wire.py). The declared shape and dtype are checked against the
+signature, and the memory they unfold to reserved, before a value is copied or broadcast.
+Out: tensor_content, which tf.make_ndarray decodes.
 
 This module maps the protocol only; service.py holds what both doors share.
 """
@@ -26,9 +27,10 @@ from concurrent import futures
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from edgekit.errors import BadInput, EdgekitError, NotFound, NotImplementedHere
-from edgekit.serve import codec
+from edgekit.serve import codec, wire
 from edgekit.serve.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
 from edgekit.serve.repository import LoadedVersion
 from edgekit.serve.service import Service, client_message
@@ -83,9 +85,14 @@ def to_numpy(tensor: tensorflow_pb2.TensorProto, where: str = "a tensor") -> np.
     return _values(tensor, *declared(tensor, where), where)
 
 
-def _values(tensor: tensorflow_pb2.TensorProto, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
-    # Each read of a bytes field copies it (protobuf's upb): tensor_content is read once.
-    content = tensor.tensor_content if tensor.dtype != tensorflow_pb2.DT_STRING else b""
+def _values(tensor: tensorflow_pb2.TensorProto, shape: tuple[int, ...], dtype: np.dtype, where: str,
+            content: memoryview | None = None) -> np.ndarray:
+    """`content`: the tensor_content as it lies in the received message (wire.py), where it
+    was split off; else it is read from the message (each read of a bytes field copies it)."""
+    if tensor.dtype == tensorflow_pb2.DT_STRING:
+        content = b""
+    elif content is None:
+        content = tensor.tensor_content
     if tensor.dtype == tensorflow_pb2.DT_STRING:
         have = len(tensor.string_val)
     elif content:
@@ -178,23 +185,40 @@ class _Door:
         context.abort(code, message)
 
 
+def read_predict(raw: bytes) -> tuple[serving_pb2.PredictRequest, dict[str, memoryview]]:
+    """A PredictRequest from the bytes received, with its large tensor contents left where
+    they lie in `raw` (wire.py): {input name: content}."""
+    split = wire.split_request(raw)
+    try:
+        request = serving_pb2.PredictRequest.FromString(split[0] if split else raw)
+    except DecodeError as exc:
+        raise BadInput(f"the message is not a tensorflow.serving.PredictRequest: {exc}"[:300],
+                       "send a serialized PredictRequest (TF Serving's predict.proto)") from None
+    if not split:
+        return request, {}
+    view = memoryview(raw)
+    return request, {name.decode(): view[at:at + size] for name, (at, size) in split[1].items()}
+
+
 class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
     def __init__(self, door: _Door):
         self.door, self.service = door, door.service
 
-    def Predict(self, request, context):
+    def Predict(self, raw: bytes, context):
+        """`raw`: the message as received (registered without a deserializer: _add_prediction_service)."""
         def work():
             # gRPC read the message before this runs; it is counted from here on, with what
             # decoding it takes (waiting for room: a waiting call holds only its message)
             admission = self.service.admission()
             try:
-                return self._predict(request, admission)
+                return self._predict(raw, admission)
             finally:
                 admission.close()
 
         return self.door.call("grpc_predict", context, work)
 
-    def _predict(self, request, admission) -> tuple[str, str, serving_pb2.PredictResponse]:
+    def _predict(self, raw: bytes, admission) -> tuple[str, str, serving_pb2.PredictResponse]:
+        request, contents = read_predict(raw)
         loaded = self.door.resolve(request.model_spec)
         signature = request.model_spec.signature_name or codec.DEFAULT_SIGNATURE
         served = loaded.specs(signature)
@@ -215,10 +239,9 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
             decoded_bytes += codec.check_declared(spec, shape, dtype, spec.name)
             rows, values = max(rows, shape[0] if shape else 1), values + math.prod(shape)
             tensors.append((spec, tensor, shape, dtype))
-        admission.need(self.service.tensor_cost(served, request.ByteSize(), decoded_bytes, rows, values),
-                       "this PredictRequest")
+        admission.need(self.service.tensor_cost(served, len(raw), decoded_bytes, rows, values), "this PredictRequest")
         with self.service.slot():
-            inputs = {spec.name: _cast(_values(tensor, shape, dtype, spec.name), spec)
+            inputs = {spec.name: _cast(_values(tensor, shape, dtype, spec.name, contents.get(spec.name)), spec)
                       for spec, tensor, shape, dtype in tensors}
             outputs = self.service.run(loaded, signature, inputs)
             reply = serving_pb2.PredictResponse()
@@ -322,8 +345,7 @@ def create_server(service: Service, *, host: str, port: int, workers: int = 2,
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgekit-grpc"),
                          options=options, maximum_concurrent_rpcs=limits.max_connections)
     door = _Door(service)
-    prediction = PredictionService(door)
-    serving_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
+    _add_prediction_service(PredictionService(door), server)
     serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(door), server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
@@ -334,6 +356,23 @@ def create_server(service: Service, *, host: str, port: int, workers: int = 2,
                         "or the address is not this machine's",
                         "stop the other server, or choose another --grpc-port (0 turns gRPC off)")
     return server, bound
+
+
+def _add_prediction_service(servicer: PredictionService, server: grpc.Server) -> None:
+    """serving_pb2_grpc.add_PredictionServiceServicer_to_server, but Predict gets the bytes as
+    received, to parse them itself (read_predict)."""
+    pb = serving_pb2
+    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=ask,
+                                                          response_serializer=reply.SerializeToString)
+                for name, ask, reply in (
+                    ("Predict", None, pb.PredictResponse),
+                    ("GetModelMetadata", pb.GetModelMetadataRequest.FromString, pb.GetModelMetadataResponse),
+                    ("Classify", pb.ClassificationRequest.FromString, pb.ClassificationResponse),
+                    ("Regress", pb.RegressionRequest.FromString, pb.RegressionResponse),
+                    ("MultiInference", pb.MultiInferenceRequest.FromString, pb.MultiInferenceResponse))}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService",
+                                                                          handlers),))
+    server.add_registered_method_handlers("tensorflow.serving.PredictionService", handlers)
 
 
 def _refuse_if_taken(host: str, port: int) -> None:
