@@ -168,6 +168,8 @@ FLASK_APP = textwrap.dedent("""
 FLOOR_HTTP = textwrap.dedent("""
     import asyncio, io, sys
     import numpy as np, uvloop
+    from edgekit.serve import malloc
+    malloc.tune()  # as edgekit's server (0.060 instead of 0.067 ms per 602 KB request)
     reply = io.BytesIO(); np.save(reply, np.zeros((1, 1000), np.float32))
     REPLY = (b"HTTP/1.1 200 OK\\r\\ncontent-type: application/x-npy\\r\\ncontent-length: %d\\r\\n\\r\\n"
              % len(reply.getvalue())) + reply.getvalue()
@@ -207,8 +209,10 @@ FLOOR_GRPC = textwrap.dedent("""
     import sys
     from concurrent import futures
     import grpc, numpy as np
+    from edgekit.serve import malloc
     from edgekit.serve.grpc import to_tensor
     from edgekit.serve.protos import serving_pb2
+    malloc.tune()  # as edgekit's server: 0.21 instead of 0.30-0.38 ms per 602 KB call
     reply = serving_pb2.PredictResponse()
     reply.outputs["y"].CopyFrom(to_tensor(np.zeros((1, 1000), np.float32)))
     REPLY = reply.SerializeToString()
