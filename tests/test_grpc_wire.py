@@ -33,8 +33,18 @@ def rejoined(raw: bytes) -> serving_pb2.PredictRequest | None:
     return rest
 
 
-def field(number: int, payload: bytes) -> bytes:
-    return wire._tag(number) + wire._varint(len(payload)) + payload
+def field(number: int, payload: bytes, tag_bytes: int = 0, length_bytes: int = 0) -> bytes:
+    """A length-delimited field; its tag or length spelled in more bytes than needed if asked."""
+    return (padded(number << 3 | 2, tag_bytes) + padded(len(payload), length_bytes) + payload)
+
+
+def padded(value: int, size: int) -> bytes:
+    """A varint in `size` bytes at least (protobuf takes up to 5 for a tag or a length)."""
+    shortest = wire._varint(value)
+    if size <= len(shortest):
+        return shortest
+    groups = [value >> (7 * i) & 0x7F for i in range(size)]
+    return bytes(g | 0x80 for g in groups[:-1]) + bytes([groups[-1]])
 
 
 def request(inputs: dict, **spec) -> serving_pb2.PredictRequest:
@@ -99,6 +109,11 @@ NOT_PLAIN = {
     "a length past the end": request({"x": image(LARGE)}).SerializeToString()[:-1],
     "a varint that never ends": b"\x80" * 20,
     "field number 0": bytes([0x02, 0]) + request({"x": image(LARGE)}).SerializeToString(),
+    "a content's tag in 6 bytes (protobuf refuses it)": field(2, field(1, b"x") + field(2, field(4, b"a" * LARGE, 6))),
+    "an entry's length in 6 bytes": field(2, field(1, b"x") + field(2, field(4, b"a" * LARGE)), length_bytes=6),
+    "a value's length in 2 bytes where 1 would do": field(2, field(1, b"x") + field(2, bytes([0x08, 1]), 0, 2)
+                                                           + field(2, field(4, b"a" * LARGE))),
+    "much else besides the content": field(2, field(1, b"x") + field(2, field(4, b"a" * LARGE) + field(99, b"b" * LARGE))),
     "thousands of fields before the content": bytes([0x48, 1]) * 5000 + request({"x": image(LARGE)}).SerializeToString(),
     "values as unpacked fields": field(2, field(1, b"x") + field(2, bytes([0x2D, 0, 0, 0, 0]) * 5000
                                                                    + field(4, b"a" * LARGE))),
@@ -139,11 +154,18 @@ def random_message(rng: random.Random) -> bytes:
     """A message built field by field: inputs whose entries and tensors hold any mix of the
     fields they may hold (or should not), in any order, between unknown fields of every wire
     type; the shapes clients send among them."""
+    def spelling() -> int:  # how many bytes a tag or length takes: mostly the fewest
+        return rng.choice([2, 5, 6, 10]) if rng.random() < 0.01 else 0
+
+    def field(number: int, payload: bytes) -> bytes:
+        return globals()["field"](number, payload, spelling(), spelling())
+
     def unknown() -> bytes:
         number = rng.choice([5, 9, 15, 111, 2047])
         kind = rng.choice([0, 1, 2, 5])
-        tag = wire._varint(number << 3 | kind)
-        return tag + {0: wire._varint(rng.randrange(1 << 40)), 1: bytes(8), 2: wire._varint(3) + b"abc",
+        tag = padded(number << 3 | kind, spelling())
+        blob = b"abc" if rng.random() < 0.9 else b"b" * (LARGE + 1)
+        return tag + {0: wire._varint(rng.randrange(1 << 40)), 1: bytes(8), 2: padded(len(blob), spelling()) + blob,
                       5: bytes(4)}[kind]
 
     def tensor() -> bytes:

@@ -30,7 +30,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from edgekit.errors import BadInput, EdgekitError, NotFound, NotImplementedHere
-from edgekit.serve import codec, wire
+from edgekit.serve import codec, malloc, wire
 from edgekit.serve.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
 from edgekit.serve.repository import LoadedVersion
 from edgekit.serve.service import Service, client_message
@@ -213,7 +213,9 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
             try:
                 return self._predict(raw, admission)
             finally:
-                admission.close()
+                trimmed = admission.close()
+                if not trimmed and len(raw) >= malloc.TRIM_AFTER_BYTES:
+                    malloc.trim()  # a large message refused before it held memory: give it back too
 
         return self.door.call("grpc_predict", context, work)
 

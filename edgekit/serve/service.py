@@ -97,12 +97,16 @@ class Admission:
             self.held = total
         return True
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Give the memory back; True if the C heap was trimmed too (a large request)."""
+        trimmed = False
         if self.held:
             self.service.budget.release(self.held)
             if self.held >= malloc.TRIM_AFTER_BYTES:
                 malloc.trim()
+                trimmed = True
             self.held = 0
+        return trimmed
 
 
 class Service:

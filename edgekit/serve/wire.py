@@ -7,12 +7,12 @@ dozen fields) and returns the message without those fields, to be parsed as usua
 each one lies in the bytes received, to be read in place (np.frombuffer).
 
 The walk only takes a message of the shape clients send: each input named once, its map
-entry holding only its name and its TensorProto, that holding one tensor_content, a few dozen
-fields in all. Anything else (a malformed
-message, a repeated key, groups, values sent as thousands of unpacked fields, which a walk in
-Python would take long over) returns None, and the whole message is parsed as it came, with
-protobuf's own checks and errors. So the split never changes what a message means, only where
-its bytes are read.
+entry holding only its name and its TensorProto, that holding one tensor_content; a few dozen
+fields in all, little else besides the contents, tags and lengths in their shortest form.
+Anything else (a malformed message, a repeated key, groups, values sent as thousands of
+unpacked fields, which a walk in Python would take long over) returns None, and the whole
+message is parsed as it came, with protobuf's own checks and errors. So the split never
+changes what a message means, only where its bytes are read.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
 _INPUTS, _KEY, _VALUE, _CONTENT = 2, 1, 2, 4
 SPLIT_MIN_BYTES = 64 << 10  # smaller contents are parsed as usual: splitting them saves nothing
 MAX_FIELDS = 256  # fields walked per message, all levels together, before leaving it to protobuf
+MAX_REST_BYTES = 64 << 10  # what the split copies besides the contents (a client sends a few hundred)
 
 
 def split_request(raw: bytes) -> tuple[bytes, dict[bytes, tuple[int, int]]] | None:
@@ -46,7 +47,7 @@ class _Walk:
 
     def split(self) -> tuple[bytes, dict[bytes, tuple[int, int]]] | None:
         view = self.view
-        pieces: list[bytes | memoryview] = []
+        pieces: list[bytes | memoryview] = []  # joined once, at the end
         spans: dict[bytes, tuple[int, int]] = {}
         names: set[bytes] = set()
         kept = 0  # view[kept:start] goes unchanged before each rewritten entry
@@ -63,14 +64,17 @@ class _Walk:
                 continue
             content_tag, content_at, content_end = content
             # the entry again, its value without the content (the key where it was)
-            value = bytes(view[value_at:content_tag]) + bytes(view[content_end:value_end])
-            entry = (bytes(view[body:value_tag]) + _tag(_VALUE) + _varint(len(value)) + value
-                     + bytes(view[value_end:end]))
-            pieces += [view[kept:start], _tag(_INPUTS) + _varint(len(entry)) + entry]
+            value = [view[value_at:content_tag], view[content_end:value_end]]
+            value_size = (content_tag - value_at) + (value_end - content_end)
+            entry = [view[body:value_tag], _tag(_VALUE) + _varint(value_size), *value, view[value_end:end]]
+            entry_size = (value_tag - body) + len(entry[1]) + value_size + (end - value_end)
+            pieces += [view[kept:start], _tag(_INPUTS) + _varint(entry_size), *entry]
             kept = end
             spans[name] = (content_at, content_end - content_at)
         if not spans:
             return None
+        if len(view) - sum(size for _, size in spans.values()) > MAX_REST_BYTES:
+            return None  # much else besides the contents: no copy of it saved, one more made
         pieces.append(view[kept:])
         return b"".join(pieces), spans
 
@@ -106,7 +110,7 @@ class _Walk:
             if self.left < 0:
                 raise _NotPlain
             tag_start = at
-            tag, at = self.varint(at, end)
+            tag, at = self.size(at, end)
             field, kind = tag >> 3, tag & 7
             if field == 0:
                 raise _NotPlain
@@ -115,7 +119,7 @@ class _Walk:
                 yield field, kind, tag_start, at, at
                 continue
             if kind == _BYTES:
-                length, at = self.varint(at, end)
+                length, at = self.size(at, end)
                 stop = at + length
             elif kind == _FIXED64:
                 stop = at + 8
@@ -127,6 +131,15 @@ class _Walk:
                 raise _NotPlain
             yield field, kind, tag_start, at, stop
             at = stop
+
+    def size(self, at: int, end: int) -> tuple[int, int]:
+        """A tag or a length, as protobuf takes them: at most 5 bytes and below 2^31. Written
+        in the fewest bytes, too: the split writes the ones it rewrites that way, so any other
+        spelling would be judged by protobuf on a message it never saw."""
+        value, stop = self.varint(at, end)
+        if stop - at > 5 or value >= 1 << 31 or (stop - at > 1 and self.view[stop - 1] == 0):
+            raise _NotPlain
+        return value, stop
 
     def varint(self, at: int, end: int) -> tuple[int, int]:
         value = shift = 0
