@@ -760,6 +760,52 @@ def test_paused_bodies_that_fill_the_bodies_share_go_on_when_the_first_completes
     assert max(at for _, at in answers.values()) - completed < 4, answers
 
 
+def test_bodies_that_declare_much_and_send_little_cannot_hold_back_a_small_one(models):
+    """Forty clients declare 16 MB bodies, send 0.5 MB of each and go quiet: they fill the
+    bodies' share (16 MB). A 77 KB image arriving behind them goes on, as the body with the
+    fewest bytes still to come, instead of waiting for their deadlines (helper-15: 29 s). A
+    client that declares a small body and stalls, so that it is the one that goes on, is shed
+    after STALL_SECONDS while the image waits."""
+    import socket
+
+    def status(sock: socket.socket) -> tuple[int, bytes]:
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        return int(reply.split(b" ", 2)[1]) if reply else 0, reply
+
+    def declared(size: int) -> bytes:
+        return f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
+
+    head, image = _large_npy_request(np.ones((300, 8, 8, 1), np.float32))
+    with Server(["--model-config", str(models / "models.json"), *FLAGS, "--read-timeout", "20", "--queue-timeout", "6",
+                 "--max-connections", "64"]) as running:
+        holders = Holders()
+        try:
+            for _ in range(40):
+                holders.open(running.port, declared(16 << 20) + b"[" * (512 << 10))
+            time.sleep(0.5)
+            assert reserved_memory(running.port) >= 15 << 20  # the share is full
+            for staller in (False, True):
+                if staller:
+                    stalled = holders.open(running.port, declared(200_000) + b"[" * 150_000)
+                    time.sleep(0.2)
+                started = time.time()
+                with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+                    sock.sendall(head + image[:1000])  # in two reads at least, as over a network
+                    time.sleep(0.1)
+                    sock.sendall(image[1000:])
+                    code, _ = status(sock)
+                assert code == 200 and time.time() - started < 3, (staller, code, time.time() - started)
+            code, reply = status(stalled)
+            assert code == 503 and b"stopped arriving" in reply
+        finally:
+            holders.close()
+
+
 # --- large .npy bodies: read straight into a buffer of their own ---------------------------------
 
 def _replies(stream: bytes) -> list[tuple[int, bytes]]:

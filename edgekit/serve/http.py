@@ -13,8 +13,11 @@ What it bounds, each from `Limits` (serve/limits.py):
 - a body: `max_body_bytes`, refused from Content-Length before it is read (413); silence
   of `read_timeout` between reads, and a total of `read_timeout` plus one second per
   MIN_BODY_RATE bytes (408); bodies still arriving hold at most `max_buffered_bytes` of
-  the memory budget, past which their connections stop being read until memory frees
-  (the body that started first always goes on; one paused past `queue_timeout` gets 503);
+  the memory budget, past which their connections stop being read until memory frees.
+  One body always goes on, the one with the fewest bytes still to come (it frees memory
+  soonest; the first started among equals): clients that declare large bodies and send a
+  little of each cannot hold back a small one. If that body stops arriving for
+  STALL_SECONDS while others wait, it is shed (503); one paused past `queue_timeout` gets 503;
 - an idle keep-alive connection: closed after `keepalive_timeout`;
 - connections: `max_connections` open at once. At the limit a new connection closes the
   longest-idle one (nginx does the same with keep-alive connections), else the one whose
@@ -52,6 +55,7 @@ MIN_BODY_RATE = 64 << 10  # bytes per second a client must average while it send
 SWEEP_SECONDS = 0.25  # how often deadlines are checked
 LINGER_SECONDS = 2.0  # how long a refused upload may go on sending after its answer
 READ_BYTES = 256 << 10  # the shared read buffer: uvloop's own read size
+STALL_SECONDS = 1.0  # silence after which the body read on while others wait for memory is shed
 DIRECT_BODY_BYTES = 64 << 10  # a body the app takes directly is read into its own buffer from this size
 REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
@@ -210,6 +214,11 @@ class HttpServer:
             connection._reply_and_close(503, "the server needed this body's memory for requests it had already "
                                               "received; retry in a moment")
 
+    def goes_on(self) -> _Connection | None:
+        """Of the bodies arriving, the one read on when they fill their share: the fewest
+        bytes still to come, the first started among equals."""
+        return min(self.receiving, key=_Connection.bytes_to_come, default=None)
+
     def room_for_bodies(self, margin: int) -> bool:
         return (self.buffered + margin <= self.limits.max_buffered_bytes
                 and self.budget.used + margin <= self.budget.capacity)
@@ -224,14 +233,19 @@ class HttpServer:
                 self.paused.discard(connection)
                 connection.resume_reading()
         else:
-            # no room, but the body that started first always goes on: when the one that was
-            # first completes, the next in line may be a paused one, and if every body left is
-            # paused and they alone fill the bodies' share, none would ever move again (seen:
-            # 12 clients of 15 MB .npy bodies, a 96 MB budget, a 30 s stall in 1 run of 6)
-            first = next(iter(self.receiving), None)
+            # no room, but one body always goes on: when the one that went on completes, the
+            # next may be a paused one, and if every body left is paused and they alone fill
+            # the bodies' share, none would ever move again (seen: 12 clients of 15 MB .npy
+            # bodies, a 96 MB budget, a 30 s stall in 1 run of 6)
+            first = self.goes_on()
             if first in self.paused:
                 self.paused.discard(first)
                 first.resume_reading()
+            elif first is not None and first.stalled():
+                self.paused.discard(first)
+                self.on_error(503, "body shed for memory")
+                first._reply_and_close(503, f"the body stopped arriving for {STALL_SECONDS:g} s while other requests "
+                                            "waited for the memory it holds; retry in a moment")
         if self.paused:
             self._resume_scheduled = True
             asyncio.get_running_loop().call_later(0.02, self._resume_paused)
@@ -284,6 +298,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.reading_paused = False
         self.body_deadline = 0.0
         self.paused_at = 0.0
+        self.last_arrival = 0.0  # when the body last grew, or was last let go on
         self.raw_left = 0  # body bytes still to come after an upgrade request
         self.discarding = False  # answered and closing: what the client still sends is dropped
         self.drained: asyncio.Future | None = None
@@ -316,6 +331,20 @@ class _Connection(asyncio.BufferedProtocol):
             self.server.idle[self] = None
         else:
             self.server.idle.pop(self, None)
+
+    def bytes_to_come(self) -> int:
+        body = self.current
+        if body is None:
+            return 1 << 62
+        declared = body.request.content_length
+        return (declared if declared is not None else body.limit) - body.size
+
+    def stalled(self) -> bool:
+        """Silent for STALL_SECONDS though read (not paused by the server, not waiting for
+        its 100 Continue)."""
+        body = self.current
+        return (body is not None and not self.reading_paused and not (body._expect_continue and not body.size)
+                and self.loop.time() - self.last_arrival > STALL_SECONDS)
 
     def connection_lost(self, exc) -> None:
         self.current = self.direct = None
@@ -485,6 +514,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.current = body
         self.queue.append(body)
         self.server.receiving[self] = None
+        self.last_arrival = self.loop.time()
         self.body_deadline = self.loop.time() + self.limits.read_timeout + (declared or 0) / MIN_BODY_RATE
         self._arm(self.limits.read_timeout, self._body_timeout)
         if len(self.queue) > 1:
@@ -519,6 +549,7 @@ class _Connection(asyncio.BufferedProtocol):
         if body.released or self.transport.is_closing():  # answered: its memory is given back
             return False
         body.size += size
+        self.last_arrival = self.loop.time()
         if body.size > body.limit:
             self.current = None
             self._refuse_oversized(body)
@@ -549,10 +580,10 @@ class _Connection(asyncio.BufferedProtocol):
     # --- bounds ----------------------------------------------------------------------------
     def _check_body_budget(self) -> None:
         """Over the bodies' share of memory, a body stops being read until there is room,
-        except the one that started first: it always goes on, so some body completes and
-        frees memory (pausing every one of them would wait forever)."""
+        except the one that goes on (`HttpServer.goes_on`), so some body completes and frees
+        memory (pausing every one of them would wait forever)."""
         server = self.server
-        if not server.room_for_bodies(0) and next(iter(server.receiving), self) is not self:
+        if not server.room_for_bodies(0) and server.goes_on() is not self:
             self._pause_reading()
             server.pause(self)
             self._arm(self.limits.queue_timeout, self._paused_too_long)
@@ -581,6 +612,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport.is_closing() or not self.reading_paused:
             return
         self.reading_paused = False
+        self.last_arrival = self.loop.time()  # its silence counts from now
         self.transport.resume_reading()
         if self.current is not None and not self.current.complete:
             self.body_deadline += self.loop.time() - self.paused_at
