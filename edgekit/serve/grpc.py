@@ -89,11 +89,12 @@ def _values(tensor: tensorflow_pb2.TensorProto, shape: tuple[int, ...], dtype: n
             content: memoryview | None = None) -> np.ndarray:
     """`content`: the tensor_content as it lies in the received message (wire.py), where it
     was split off; else it is read from the message (each read of a bytes field copies it)."""
-    if tensor.dtype == tensorflow_pb2.DT_STRING:
+    strings = tensor.dtype == tensorflow_pb2.DT_STRING
+    if strings:
         content = b""
     elif content is None:
         content = tensor.tensor_content
-    if tensor.dtype == tensorflow_pb2.DT_STRING:
+    if strings:
         have = len(tensor.string_val)
     elif content:
         if len(content) % dtype.itemsize:
@@ -106,7 +107,7 @@ def _values(tensor: tensorflow_pb2.TensorProto, shape: tuple[int, ...], dtype: n
     if have != count and not (have == 1 and count > 1):
         raise BadInput(f"{where}: the tensor holds {have} values but its shape {list(shape)} needs {count}",
                        "send one value per element (or a single value to fill the shape)")
-    if tensor.dtype == tensorflow_pb2.DT_STRING:
+    if strings:
         values = np.empty(have, dtype=object)
         values[:] = list(tensor.string_val)
     elif content:
