@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+from google.protobuf.message import DecodeError
 
 from edgekit.serve import wire
 from edgekit.serve.grpc import read_predict, to_tensor
@@ -18,7 +19,7 @@ def parsed(raw: bytes) -> serving_pb2.PredictRequest | None:
     """What protobuf reads from the whole message (None: it refuses it)."""
     try:
         return serving_pb2.PredictRequest.FromString(raw)
-    except Exception:
+    except DecodeError:
         return None
 
 
