@@ -763,9 +763,11 @@ def test_paused_bodies_that_fill_the_bodies_share_go_on_when_the_first_completes
 def test_bodies_that_declare_much_and_send_little_cannot_hold_back_a_small_one(models):
     """Forty clients declare 16 MB bodies, send 0.5 MB of each and go quiet: they fill the
     bodies' share (16 MB). A 77 KB image arriving behind them goes on, as the body with the
-    fewest bytes still to come, instead of waiting for their deadlines (helper-15: 29 s). A
-    client that declares a small body and stalls, so that it is the one that goes on, is shed
-    after STALL_SECONDS while the image waits."""
+    fewest bytes still to come, instead of waiting for their deadlines (helper-15: 29 s).
+    Clients that take that place with a small body and then do not send are shed (503):
+    one that stalls, one that drips a byte every 0.3 s (helper-18: 10 s and 503s for the
+    image), and one whose small body is pipelined behind a request whose large reply it does
+    not read, which the server waits on (helper-18: every upload stood still 28 s)."""
     import socket
 
     def status(sock: socket.socket) -> tuple[int, bytes]:
@@ -785,23 +787,35 @@ def test_bodies_that_declare_much_and_send_little_cannot_hold_back_a_small_one(m
                  "--max-connections", "64"]) as running:
         holders = Holders()
         try:
+            pipelined = socket.socket()
+            pipelined.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads its replies
+            pipelined.connect(("127.0.0.1", running.port))
+            big_head, big = _large_npy_request(np.ones((30_000, 8, 8, 1), np.float32))
+            holders.sockets.append(pipelined)
+            threading.Thread(target=pipelined.sendall, args=((big_head + big) * 3 + declared(1),), daemon=True).start()
+            time.sleep(3.0)  # its replies (3 x 1.2 MB) fill the socket buffers: the server waits to send
             for _ in range(40):
                 holders.open(running.port, declared(16 << 20) + b"[" * (512 << 10))
             time.sleep(0.5)
             assert reserved_memory(running.port) >= 15 << 20  # the share is full
-            for staller in (False, True):
-                if staller:
-                    stalled = holders.open(running.port, declared(200_000) + b"[" * 150_000)
-                    time.sleep(0.2)
+            shed = []
+            for kind in ("holders alone", "a staller", "a dripper"):
+                if kind == "a staller":
+                    shed.append(holders.open(running.port, declared(200_000) + b"[" * 150_000))
+                elif kind == "a dripper":
+                    shed.append(holders.open(running.port, declared(4000)))
+                    holders.drip(shed[-1], b"[" * 4000, 0.3)
+                time.sleep(0.2)
                 started = time.time()
                 with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
                     sock.sendall(head + image[:1000])  # in two reads at least, as over a network
                     time.sleep(0.1)
                     sock.sendall(image[1000:])
                     code, _ = status(sock)
-                assert code == 200 and time.time() - started < 3, (staller, code, time.time() - started)
-            code, reply = status(stalled)
-            assert code == 503 and b"stopped arriving" in reply
+                assert code == 200 and time.time() - started < 3, (kind, code, time.time() - started)
+            for sock in shed:
+                code, reply = status(sock)
+                assert code == 503 and b"while other requests waited" in reply
         finally:
             holders.close()
 

@@ -17,7 +17,8 @@ What it bounds, each from `Limits` (serve/limits.py):
   One body always goes on, the one with the fewest bytes still to come (it frees memory
   soonest; the first started among equals): clients that declare large bodies and send a
   little of each cannot hold back a small one. If that body stops arriving for
-  STALL_SECONDS while others wait, it is shed (503); one paused past `queue_timeout` gets 503;
+  STALL_SECONDS while others wait, or arrives slower than MIN_BODY_RATE after that long,
+  it is shed (503); one paused past `queue_timeout` gets 503;
 - an idle keep-alive connection: closed after `keepalive_timeout`;
 - connections: `max_connections` open at once. At the limit a new connection closes the
   longest-idle one (nginx does the same with keep-alive connections), else the one whose
@@ -56,6 +57,7 @@ SWEEP_SECONDS = 0.25  # how often deadlines are checked
 LINGER_SECONDS = 2.0  # how long a refused upload may go on sending after its answer
 READ_BYTES = 256 << 10  # the shared read buffer: uvloop's own read size
 STALL_SECONDS = 1.0  # silence after which the body read on while others wait for memory is shed
+RESUME_EVERY = 0.02  # how often paused bodies are looked at
 DIRECT_BODY_BYTES = 64 << 10  # a body the app takes directly is read into its own buffer from this size
 REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
@@ -109,6 +111,8 @@ class Body:
         self.limit = 0  # the most bytes this body may have
         self.complete = False
         self.consumed = False
+        self.turn_seconds = 0.0  # how long it went on alone while others waited for memory
+        self.turn_bytes = 0  # and how much of it arrived meanwhile
         self._expect_continue = expect_continue
         self._waiter: asyncio.Future | None = None
 
@@ -161,6 +165,9 @@ class HttpServer:
         self.buffered = 0  # bytes of bodies still arriving (counted in the budget too)
         self._server: asyncio.base_events.Server | None = None
         self._resume_scheduled = False
+        self._resume_due = 0.0  # when _resume_paused should run: later means the loop was held up
+        # the body that goes on while others wait, since when, and its size then (`_falls_behind`)
+        self.turn: tuple[Body | None, float, int] = (None, 0.0, 0)
 
     async def start(self, sock) -> None:
         raise_file_limit()
@@ -197,8 +204,13 @@ class HttpServer:
         """Resume this connection (paused by the memory budget) once the budget has room."""
         self.paused.add(connection)
         if not self._resume_scheduled:
-            self._resume_scheduled = True
-            asyncio.get_running_loop().call_later(0.02, self._resume_paused)
+            self._schedule_resume()
+
+    def _schedule_resume(self) -> None:
+        self._resume_scheduled = True
+        loop = asyncio.get_running_loop()
+        self._resume_due = loop.time() + RESUME_EVERY
+        loop.call_later(RESUME_EVERY, self._resume_paused)
 
     def _shed(self, deficit: int) -> None:
         """A request that has its whole body waits for memory that bodies paused mid-way
@@ -216,8 +228,31 @@ class HttpServer:
 
     def goes_on(self) -> _Connection | None:
         """Of the bodies arriving, the one read on when they fill their share: the fewest
-        bytes still to come, the first started among equals."""
-        return min(self.receiving, key=_Connection.bytes_to_come, default=None)
+        bytes still to come, the first started among equals; not one whose client waits on
+        the server (a pipelined request waiting its turn, a body before its 100 Continue),
+        which would not move."""
+        return min((c for c in self.receiving if c.can_go_on()), key=_Connection.bytes_to_come, default=None)
+
+    def _falls_behind(self, going: _Connection, now: float) -> bool:
+        """Whether the body that goes on while others wait has been silent for STALL_SECONDS,
+        or, over all its turns, arrived slower than MIN_BODY_RATE after STALL_SECONDS of grace:
+        clients that send a byte now and then cannot keep others waiting, even taking turns."""
+        body = going.current
+        if body is not self.turn[0]:
+            self._end_turn(now)
+            self.turn = (body, now, body.size)
+        _, since, size = self.turn
+        seconds, arrived = body.turn_seconds + now - since, body.turn_bytes + body.size - size
+        return now - going.last_arrival > STALL_SECONDS or seconds > STALL_SECONDS + arrived / MIN_BODY_RATE
+
+    def _end_turn(self, now: float) -> None:
+        """The body that went on is no longer alone in going on: what its turn used is kept
+        for its next (time paused by the server is not its)."""
+        body, since, size = self.turn
+        if body is not None:
+            body.turn_seconds += now - since
+            body.turn_bytes += body.size - size
+        self.turn = (None, 0.0, 0)
 
     def room_for_bodies(self, margin: int) -> bool:
         return (self.buffered + margin <= self.limits.max_buffered_bytes
@@ -225,10 +260,14 @@ class HttpServer:
 
     def _resume_paused(self) -> None:
         self._resume_scheduled = False
+        now = asyncio.get_running_loop().time()
+        # held up (a long call on the loop, a GC pass): the reads waiting since are not seen yet
+        late = now - self._resume_due > RESUME_EVERY * 10
         deficit = self.budget.deficit()
         if deficit > 0:  # complete requests wait for memory: they go first
             self._shed(deficit)
         elif self.room_for_bodies(MIN_BODY_RATE):
+            self._end_turn(now)
             for connection in list(self.paused):
                 self.paused.discard(connection)
                 connection.resume_reading()
@@ -241,14 +280,15 @@ class HttpServer:
             if first in self.paused:
                 self.paused.discard(first)
                 first.resume_reading()
-            elif first is not None and first.stalled():
-                self.paused.discard(first)
+            if first is not None and not late and self._falls_behind(first, now):
                 self.on_error(503, "body shed for memory")
-                first._reply_and_close(503, f"the body stopped arriving for {STALL_SECONDS:g} s while other requests "
-                                            "waited for the memory it holds; retry in a moment")
+                first._reply_and_close(503, f"the body arrived slower than {MIN_BODY_RATE // 1024} KB/s (or stopped "
+                                            f"for {STALL_SECONDS:g} s) while other requests waited for the memory it "
+                                            "holds; retry in a moment")
         if self.paused:
-            self._resume_scheduled = True
-            asyncio.get_running_loop().call_later(0.02, self._resume_paused)
+            self._schedule_resume()
+        else:
+            self._end_turn(now)
 
 
 def _body_buffer(size: int) -> memoryview | None:
@@ -339,12 +379,12 @@ class _Connection(asyncio.BufferedProtocol):
         declared = body.request.content_length
         return (declared if declared is not None else body.limit) - body.size
 
-    def stalled(self) -> bool:
-        """Silent for STALL_SECONDS though read (not paused by the server, not waiting for
-        its 100 Continue)."""
+    def can_go_on(self) -> bool:
+        """Its body would arrive if read: reading is on, or paused only for memory (the
+        server resumes it), and the client is not waiting for a 100 Continue."""
         body = self.current
-        return (body is not None and not self.reading_paused and not (body._expect_continue and not body.size)
-                and self.loop.time() - self.last_arrival > STALL_SECONDS)
+        return (body is not None and (not self.reading_paused or self in self.server.paused)
+                and not (body._expect_continue and not body.size))
 
     def connection_lost(self, exc) -> None:
         self.current = self.direct = None
