@@ -16,9 +16,10 @@ What it bounds, each from `Limits` (serve/limits.py):
   the memory budget, past which their connections stop being read until memory frees.
   One body always goes on, the one with the fewest bytes still to come (it frees memory
   soonest; the first started among equals): clients that declare large bodies and send a
-  little of each cannot hold back a small one. If that body stops arriving for
-  STALL_SECONDS while others wait, or arrives slower than MIN_BODY_RATE after that long,
-  it is shed (503); one paused past `queue_timeout` gets 503;
+  little of each cannot hold back a small one; a body whose bytes already wait in the
+  socket goes before one whose client has sent nothing more. If that body stops arriving
+  for STALL_SECONDS while others wait, or brings less than MIN_BODY_RATE (or its rest) in
+  a window of that long, it is shed (503); one paused past `queue_timeout` gets 503;
 - an idle keep-alive connection: closed after `keepalive_timeout`;
 - connections: `max_connections` open at once. At the limit a new connection closes the
   longest-idle one (nginx does the same with keep-alive connections), else the one whose
@@ -40,9 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import json
 import mmap
 import resource
+import struct
+import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -112,8 +116,11 @@ class Body:
         self.limit = 0  # the most bytes this body may have
         self.complete = False
         self.consumed = False
-        self.turn_seconds = 0.0  # how long it went on alone while others waited for memory
-        self.turn_bytes = 0  # and how much of it arrived meanwhile
+        # while it goes on alone and others wait for memory (HttpServer._falls_behind): how long
+        # its current window has run, what arrived in it, and what it must bring by its end
+        self.window_seconds = 0.0
+        self.window_bytes = 0
+        self.window_need: int | None = None
         self._expect_continue = expect_continue
         self._waiter: asyncio.Future | None = None
 
@@ -230,39 +237,53 @@ class HttpServer:
                                               "received; retry in a moment")
 
     def goes_on(self) -> _Connection | None:
-        """Of the bodies arriving, the one read on when they fill their share: the fewest
-        bytes still to come, the first started among equals; not one whose client waits on
-        the server (a pipelined request waiting its turn, a body before its 100 Continue),
-        which would not move. Choosing looks at every body arriving, so the choice stands for
-        CHOOSE_EVERY while it can go on (each read of a body asks: with 230 bodies arriving,
-        choosing at each read cost 52 µs a read, 14-18 µs in all now)."""
+        """Of the bodies arriving, the one read on when they fill their share: one whose next
+        bytes wait in the socket already, with the fewest bytes its client has still to send
+        (it frees its memory soonest), the first started among equals. Not one whose client
+        waits on the server (a request pipelined behind an unread reply, a body before its
+        100 Continue), which would not move. So clients that declare a small body and send
+        nothing more cannot take the place of one whose bytes are here. Choosing looks at
+        every body arriving, so the choice stands for CHOOSE_EVERY while it can go on (each
+        read of a body asks: with 230 bodies arriving, choosing at each read cost 52 µs a read,
+        14-18 µs in all now)."""
         now = asyncio.get_running_loop().time()
         going = self._going
         if now >= self._going_until or (going is not None and not (going in self.receiving and going.can_go_on())):
-            self._going = min((c for c in self.receiving if c.can_go_on()), key=_Connection.bytes_to_come,
+            self._going = min((c for c in self.receiving if c.can_go_on()), key=_Connection.turn_order,
                               default=None)
             self._going_until = now + CHOOSE_EVERY
         return self._going
 
     def _falls_behind(self, going: _Connection, now: float) -> bool:
         """Whether the body that goes on while others wait has been silent for STALL_SECONDS,
-        or, over all its turns, arrived slower than MIN_BODY_RATE after STALL_SECONDS of grace:
-        clients that send a byte now and then cannot keep others waiting, even taking turns."""
+        or brought less than MIN_BODY_RATE (or the rest of it) in a window of STALL_SECONDS of
+        its turns: a client that sends a byte now and then cannot keep others waiting, even
+        after a burst, or taking turns with another."""
         body = going.current
         if body is not self.turn[0]:
             self._end_turn(now)
             self.turn = (body, now, body.size)
+            if body.window_need is None:
+                body.window_need = min(MIN_BODY_RATE * STALL_SECONDS, going.bytes_to_come())
         _, since, size = self.turn
-        seconds, arrived = body.turn_seconds + now - since, body.turn_bytes + body.size - size
-        return now - going.last_arrival > STALL_SECONDS or seconds > STALL_SECONDS + arrived / MIN_BODY_RATE
+        if now - going.last_arrival > STALL_SECONDS:
+            return True
+        if body.window_seconds + now - since < STALL_SECONDS:
+            return False
+        if body.window_bytes + body.size - size < body.window_need:
+            return True
+        body.window_seconds, body.window_bytes = 0.0, 0  # the next window
+        body.window_need = min(MIN_BODY_RATE * STALL_SECONDS, going.bytes_to_come())
+        self.turn = (body, now, body.size)
+        return False
 
     def _end_turn(self, now: float) -> None:
-        """The body that went on is no longer alone in going on: what its turn used is kept
-        for its next (time paused by the server is not its)."""
+        """The body that went on is no longer alone in going on: its window so far is kept
+        for its next turn (time paused by the server is not its)."""
         body, since, size = self.turn
         if body is not None:
-            body.turn_seconds += now - since
-            body.turn_bytes += body.size - size
+            body.window_seconds += now - since
+            body.window_bytes += body.size - size
         self.turn = (None, 0.0, 0)
 
     def room_for_bodies(self, margin: int) -> bool:
@@ -350,6 +371,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.body_deadline = 0.0
         self.paused_at = 0.0
         self.last_arrival = 0.0  # when the body last grew, or was last let go on
+        self.fd: int | None = None  # the socket's, to ask the kernel what waits unread
         self.raw_left = 0  # body bytes still to come after an upgrade request
         self.discarding = False  # answered and closing: what the client still sends is dropped
         self.drained: asyncio.Future | None = None
@@ -361,6 +383,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else None
         server = self.server
         if len(server.connections) >= self.limits.max_connections:
             if not server.idle and not server.heading:
@@ -389,6 +413,19 @@ class _Connection(asyncio.BufferedProtocol):
             return 1 << 62
         declared = body.request.content_length
         return (declared if declared is not None else body.limit) - body.size
+
+    def turn_order(self) -> tuple[bool, int]:
+        """HttpServer.goes_on's order: bytes waiting in the socket first, then the fewest
+        bytes the client has still to send."""
+        waiting = self.bytes_waiting()
+        return waiting == 0, self.bytes_to_come() - waiting
+
+    def bytes_waiting(self) -> int:
+        """Bytes the kernel holds for this connection, not read yet (0 where it cannot say)."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except (OSError, TypeError):
+            return 0
 
     def can_go_on(self) -> bool:
         """Its body would arrive if read: reading is on, or paused only for memory (the
