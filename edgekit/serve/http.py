@@ -278,8 +278,8 @@ class HttpServer:
         return False
 
     def _end_turn(self, now: float) -> None:
-        """The body that went on is no longer alone in going on: its window so far is kept
-        for its next turn (time paused by the server is not its)."""
+        """The turn of the body that went on ends (another goes on, or there is room again):
+        its window so far is kept for its next turn (time paused by the server is not its)."""
         body, since, size = self.turn
         if body is not None:
             body.window_seconds += now - since
