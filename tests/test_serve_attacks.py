@@ -819,10 +819,10 @@ def test_bodies_that_declare_much_and_send_little_cannot_hold_back_a_small_one(m
 
 
 def test_a_body_that_goes_on_must_keep_arriving_or_give_its_place_up(models):
-    """Under pressure, a small body that drips a byte every 0.3 s goes before a slowly sent
-    1 MB one (it has fewer bytes still to come): it must bring 64 KB (or its rest) in each
-    second of its turn or be shed (503), so the 1 MB body goes on and is answered. Without
-    that it held the place until its own deadline (helper-18, helper-19)."""
+    """Under pressure, a body that sends 600 KB at once goes on (its bytes are here), then
+    drips a byte every 0.3 s: it must bring 64 KB (or its rest) in each second of its turn or
+    be shed (503), so a 1 MB body sent at 200 KB/s behind it goes on and is answered. Without
+    that it held the place until its own deadline (helper-19: a 2 MB burst bought 32 s)."""
     import socket
 
     def declared(size: int) -> bytes:
@@ -834,11 +834,13 @@ def test_a_body_that_goes_on_must_keep_arriving_or_give_its_place_up(models):
         holders = Holders()
         try:
             for _ in range(40):
-                holders.open(running.port, declared(16 << 20) + b"[" * (512 << 10))
+                holders.open(running.port, declared(16 << 20))
+            for sock in holders.sockets:
+                sock.sendall(b"[" * (512 << 10))
             time.sleep(0.5)
-            dripper = holders.open(running.port, declared(4000))
-            holders.drip(dripper, b"[" * 4000, 0.3)
-            time.sleep(0.5)
+            burst = holders.open(running.port, declared((600 << 10) + 100) + b"[" * (600 << 10))
+            time.sleep(0.3)
+            holders.drip(burst, b"[" * 100, 0.3)
             started = time.time()
             with socket.create_connection(("127.0.0.1", running.port), timeout=20) as sock:
                 sock.sendall(head)
@@ -847,8 +849,9 @@ def test_a_body_that_goes_on_must_keep_arriving_or_give_its_place_up(models):
                     time.sleep(0.08)
                 reply = sock.recv(65536)
             assert reply.startswith(b"HTTP/1.1 200") and time.time() - started < 10, (reply[:200], time.time() - started)
-            dripper.settimeout(5)
-            assert b"503" in dripper.recv(65536).split(b"\r\n")[0]
+            burst.settimeout(5)
+            reply = burst.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 503") and b"while other requests waited" in reply
         finally:
             holders.close()
 
