@@ -158,8 +158,8 @@ def random_message(rng: random.Random) -> bytes:
     def spelling() -> int:  # how many bytes a tag or length takes: mostly the fewest
         return rng.choice([2, 5, 6, 10]) if rng.random() < 0.01 else 0
 
-    def field(number: int, payload: bytes) -> bytes:
-        return globals()["field"](number, payload, spelling(), spelling())
+    def spelled(number: int, payload: bytes) -> bytes:
+        return field(number, payload, spelling(), spelling())
 
     def unknown() -> bytes:
         number = rng.choice([5, 9, 15, 111, 2047])
@@ -170,23 +170,23 @@ def random_message(rng: random.Random) -> bytes:
                       5: bytes(4)}[kind]
 
     def tensor() -> bytes:
-        parts = [bytes([0x08, rng.choice([1, 3, 4, 7])]), field(2, field(2, b"\x08" + wire._varint(9)))]
+        parts = [bytes([0x08, rng.choice([1, 3, 4, 7])]), spelled(2, spelled(2, b"\x08" + wire._varint(9)))]
         for _ in range(rng.choice([1, 1, 1, 2, 0])):
-            parts.append(field(4, bytes([rng.randrange(256)]) * rng.choice([LARGE, LARGE + 3, 10])))
+            parts.append(spelled(4, bytes([rng.randrange(256)]) * rng.choice([LARGE, LARGE + 3, 10])))
         parts += [unknown() for _ in range(rng.choice([0, 0, 1, 2]))]
         rng.shuffle(parts)
         return b"".join(parts)
 
     def entry() -> bytes:
-        parts = [field(1, rng.choice([b"x", b"y", b"\xc3\xbc", b"\xff"])), field(2, tensor())]
+        parts = [spelled(1, rng.choice([b"x", b"y", b"\xc3\xbc", b"\xff"])), spelled(2, tensor())]
         if rng.random() < 0.15:
-            parts.append(rng.choice([unknown(), field(2, tensor()), field(1, b"z")]))
+            parts.append(rng.choice([unknown(), spelled(2, tensor()), spelled(1, b"z")]))
         if rng.random() < 0.1:
             parts.pop(rng.randrange(len(parts)))
         rng.shuffle(parts)
         return b"".join(parts)
 
-    parts = [field(1, field(1, b"m")), field(3, b"probs")] + [field(2, entry()) for _ in range(rng.randint(1, 3))]
+    parts = [spelled(1, spelled(1, b"m")), spelled(3, b"probs")] + [spelled(2, entry()) for _ in range(rng.randint(1, 3))]
     parts += [unknown() for _ in range(rng.choice([0, 1, 2]))]
     rng.shuffle(parts)
     return b"".join(parts)

@@ -61,6 +61,7 @@ LINGER_SECONDS = 2.0  # how long a refused upload may go on sending after its an
 READ_BYTES = 256 << 10  # the shared read buffer: uvloop's own read size
 CRAMPED_READ_BYTES = 4 << 10  # a read past the bodies' share, by a body that does not go on
 STALL_SECONDS = 1.0  # silence after which the body read on while others wait for memory is shed
+WINDOW_BYTES = int(MIN_BODY_RATE * STALL_SECONDS)  # what that body must bring in each STALL_SECONDS
 RESUME_EVERY = 0.02  # how often paused bodies are looked at
 CHOOSE_EVERY = 0.1  # how often the body that goes on is chosen again (HttpServer.goes_on)
 DIRECT_BODY_BYTES = 64 << 10  # a body the app takes directly is read into its own buffer from this size
@@ -250,16 +251,16 @@ class HttpServer:
         every CHOOSE_EVERY at most (each read of a body asks for the choice)."""
         now = asyncio.get_running_loop().time()
         going = self._going
-        if going is not None and going in self.receiving and going.can_go_on():
-            if now >= self._going_until:
-                self._going_until = now + CHOOSE_EVERY
-                finisher = max((c for c in self.receiving if c is not going and c.can_go_on()),
-                               key=_Connection.readiness, default=None)
-                if finisher is not None and finisher.readiness()[0]:
-                    self._going = finisher
-            return self._going
-        self._going = max((c for c in self.receiving if c.can_go_on()), key=_Connection.readiness, default=None)
+        keeps = going is not None and going in self.receiving and going.can_go_on()
+        if keeps and now < self._going_until:
+            return going
         self._going_until = now + CHOOSE_EVERY
+        readiest = max(((c.readiness(), c) for c in self.receiving if c is not going and c.can_go_on()),
+                       key=lambda ranked: ranked[0], default=None)
+        if readiest is not None and (not keeps or readiest[0][0]):  # [0][0]: it completes from what waits
+            self._going = readiest[1]
+        elif not keeps:
+            self._going = None
         return self._going
 
     def _falls_behind(self, going: _Connection, now: float) -> bool:
@@ -272,7 +273,7 @@ class HttpServer:
             self._end_turn(now)
             self.turn = (body, now, body.size)
             if body.window_need is None:
-                body.window_need = min(MIN_BODY_RATE * STALL_SECONDS, going.bytes_to_come())
+                body.window_need = min(WINDOW_BYTES, going.bytes_to_come())
         _, since, size = self.turn
         if now - going.last_arrival > STALL_SECONDS:
             return True
@@ -280,8 +281,8 @@ class HttpServer:
             return False
         if body.window_bytes + body.size - size < body.window_need:
             return True
-        body.window_seconds, body.window_bytes = 0.0, 0  # the next window
-        body.window_need = min(MIN_BODY_RATE * STALL_SECONDS, going.bytes_to_come())
+        body.window_seconds, body.window_bytes = 0.0, 0  # the next window, in the same turn
+        body.window_need = min(WINDOW_BYTES, going.bytes_to_come())
         self.turn = (body, now, body.size)
         return False
 
@@ -429,7 +430,7 @@ class _Connection(asyncio.BufferedProtocol):
         goes on must bring; then the fewest bytes the client has still to send; then the
         first started."""
         waiting, to_come = self.bytes_waiting(), self.bytes_to_come()
-        return waiting >= to_come, waiting >= min(MIN_BODY_RATE * STALL_SECONDS, to_come), waiting - to_come, -self.started
+        return waiting >= to_come, waiting >= min(WINDOW_BYTES, to_come), waiting - to_come, -self.started
 
     def bytes_waiting(self) -> int:
         """Bytes the kernel holds for this connection, not read yet (0 where it cannot say)."""
